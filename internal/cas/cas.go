@@ -1,0 +1,83 @@
+// Package cas owns content-addressed blob storage: the Store interface that
+// every consumer (the REAPI services, the executor's file cache, the runner)
+// programs against, the durable disk implementation, and wrappers that each add
+// one concern (digest verification, metrics).
+//
+// Stores are composed by wrapping: NewVerifying(NewDisk(...)) is what a server
+// runs, so that a blob whose bytes do not match its digest is never stored.
+package cas
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+
+	"github.com/hearth-build/hearth/internal/digest"
+)
+
+// ErrNotFound is returned (wrapped) when a blob is not in the store.
+var ErrNotFound = errors.New("blob not found")
+
+// ErrMismatch is returned (wrapped) by Writer.Commit when the bytes written do
+// not hash to, or are not the size of, the digest they were written under.
+var ErrMismatch = errors.New("blob does not match its digest")
+
+// Store holds blobs by digest. Digests of different functions are separate
+// namespaces. The empty blob of every function is always present.
+type Store interface {
+	// FindMissing returns the digests of ds that are not in the store, in the
+	// order given, without duplicates. It also marks present blobs as used, so
+	// that an eviction policy keeps blobs a client was just told exist.
+	FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error)
+	// Open returns a reader of the blob from offset (0 ≤ offset ≤ size). Once
+	// opened, the blob stays readable until the reader is closed, even if it
+	// is evicted meanwhile.
+	Open(ctx context.Context, d digest.Digest, offset int64) (io.ReadCloser, error)
+	// Create starts writing the blob d. Nothing is visible to readers until
+	// Commit succeeds; Close without Commit discards the write.
+	Create(ctx context.Context, d digest.Digest) (Writer, error)
+}
+
+// Writer writes one blob. Commit makes it durable (it survives a crash once
+// Commit returns) and visible; Close releases resources and, if Commit was not
+// called or failed, discards everything written.
+type Writer interface {
+	io.Writer
+	Commit() error
+	Close() error
+}
+
+// Put writes data as the blob d.
+func Put(ctx context.Context, s Store, d digest.Digest, data []byte) error {
+	return Copy(ctx, s, d, bytes.NewReader(data))
+}
+
+// Copy writes everything r yields as the blob d.
+func Copy(ctx context.Context, s Store, d digest.Digest, r io.Reader) error {
+	w, err := s.Create(ctx, d)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	if _, err := io.Copy(w, r); err != nil {
+		return err
+	}
+	return w.Commit()
+}
+
+// Get reads the whole blob d. Callers use it only for blobs they know are
+// small (protos, batch reads under the batch size limit).
+func Get(ctx context.Context, s Store, d digest.Digest) ([]byte, error) {
+	r, err := s.Open(ctx, d, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	buf := make([]byte, 0, d.Size)
+	b := bytes.NewBuffer(buf)
+	if _, err := io.Copy(b, r); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
