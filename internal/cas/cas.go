@@ -23,6 +23,14 @@ var ErrNotFound = errors.New("blob not found")
 // not hash to, or are not the size of, the digest they were written under.
 var ErrMismatch = errors.New("blob does not match its digest")
 
+// ErrOutOfRange is returned (wrapped) by Open when the offset is negative or
+// beyond the blob's size (ByteStream's OUT_OF_RANGE).
+var ErrOutOfRange = errors.New("offset out of range")
+
+// ErrTooLarge is returned (wrapped) by Create when a blob can never fit in the
+// store, e.g. it is larger than a bounded disk store's whole capacity.
+var ErrTooLarge = errors.New("blob too large for the store")
+
 // Store holds blobs by digest. Digests of different functions are separate
 // namespaces. The empty blob of every function is always present.
 type Store interface {
@@ -32,7 +40,8 @@ type Store interface {
 	FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error)
 	// Open returns a reader of the blob from offset (0 ≤ offset ≤ size). Once
 	// opened, the blob stays readable until the reader is closed, even if it
-	// is evicted meanwhile.
+	// is evicted meanwhile. An absent blob is ErrNotFound, a bad offset
+	// ErrOutOfRange (both wrapped).
 	Open(ctx context.Context, d digest.Digest, offset int64) (io.ReadCloser, error)
 	// Create starts writing the blob d. Nothing is visible to readers until
 	// Commit succeeds; Close without Commit discards the write.
@@ -81,3 +90,26 @@ func Get(ctx context.Context, s Store, d digest.Digest) ([]byte, error) {
 	}
 	return b.Bytes(), nil
 }
+
+// MissingError reports blobs that an operation needed and the store does not
+// hold. The service edge turns it into FAILED_PRECONDITION with one
+// PreconditionFailure violation of type "MISSING" and subject
+// "blobs/{hash}/{size}" per digest, as REAPI prescribes.
+type MissingError struct {
+	Digests []digest.Digest
+}
+
+func (e *MissingError) Error() string {
+	s := "missing blobs:"
+	for i, d := range e.Digests {
+		if i == 10 {
+			s += " …"
+			break
+		}
+		s += " " + d.String()
+	}
+	return s
+}
+
+// Is makes errors.Is(err, ErrNotFound) true for a MissingError.
+func (e *MissingError) Is(target error) bool { return target == ErrNotFound }

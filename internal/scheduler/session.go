@@ -1,0 +1,232 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/hearth-build/hearth/internal/workerapi"
+)
+
+// session is one connected executor.
+type session struct {
+	id          string
+	name        string
+	caps        capabilities
+	maxInflight int
+
+	// Guarded by Scheduler.mu.
+	accepting bool
+	warmKeys  map[string]bool
+	// tasks holds every attempt assigned and not yet confirmed finished,
+	// including cancelled ones, so capacity stays honest.
+	tasks map[string]*Operation
+	out   chan *workerapi.SchedulerMessage
+	dead  bool
+}
+
+func (e *session) hasCapacity() bool {
+	return e.accepting && !e.dead && len(e.tasks) < e.maxInflight
+}
+
+func (e *session) load() float64 { return float64(len(e.tasks)) / float64(e.maxInflight) }
+
+func (e *session) send(m *workerapi.SchedulerMessage) {
+	if e.dead {
+		return
+	}
+	select {
+	case e.out <- m:
+	default:
+		// The buffer holds more than every message the executor's capacity
+		// allows; a full buffer means the executor stopped reading.
+		e.dead = true
+		close(e.out)
+	}
+}
+
+func (e *session) assign(o *Operation) {
+	e.tasks[o.taskID] = o
+	e.send(&workerapi.SchedulerMessage{Msg: &workerapi.SchedulerMessage_Assign{Assign: &workerapi.Assign{
+		TaskId:          o.taskID,
+		InstanceName:    o.instance,
+		DigestFunction:  o.action.Function,
+		ActionDigest:    o.action.Proto(),
+		Action:          o.req.Action,
+		QueuedTimestamp: timestamppb.New(o.queuedAt),
+		DoNotCache:      o.req.DoNotCache,
+	}}})
+}
+
+func (e *session) cancel(taskID string) {
+	e.send(&workerapi.SchedulerMessage{Msg: &workerapi.SchedulerMessage_Cancel{Cancel: &workerapi.Cancel{TaskId: taskID}}})
+}
+
+func setOf(keys []string) map[string]bool {
+	m := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		m[k] = true
+	}
+	return m
+}
+
+// Connect implements the worker API: one stream per executor.
+func (s *Scheduler) Connect(stream workerapi.Scheduler_ConnectServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	reg := first.GetRegister()
+	if reg == nil {
+		return status.Error(codes.InvalidArgument, "the first message of a worker session must be Register")
+	}
+	if reg.GetName() == "" {
+		return status.Error(codes.InvalidArgument, "Register.name is empty")
+	}
+	if reg.GetMaxInflight() <= 0 {
+		return status.Errorf(codes.InvalidArgument, "Register.max_inflight must be positive, got %d", reg.GetMaxInflight())
+	}
+	e := &session{
+		id:          uuid.NewString(),
+		name:        reg.GetName(),
+		maxInflight: int(reg.GetMaxInflight()),
+		accepting:   true,
+		warmKeys:    setOf(reg.GetWarmKeys()),
+		tasks:       map[string]*Operation{},
+		out:         make(chan *workerapi.SchedulerMessage, 2*int(reg.GetMaxInflight())+64),
+		caps: capabilities{
+			props:      map[string][]string{},
+			minimums:   setOf(reg.GetMinimumProperties()),
+			maxTimeout: reg.GetMaxActionTimeout().AsDuration(),
+		},
+	}
+	for _, p := range reg.GetProperties() {
+		e.caps.props[p.GetName()] = append(e.caps.props[p.GetName()], p.GetValue())
+	}
+	s.logger.Info("executor connected", "executor", e.name, "max_inflight", e.maxInflight, "properties", e.caps.props)
+
+	s.mu.Lock()
+	s.executors[e] = true
+	s.dispatchLocked()
+	out := e.out
+	s.mu.Unlock()
+	defer s.disconnect(e)
+
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	writeErr := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case m, ok := <-out:
+				if !ok {
+					writeErr <- errors.New("executor stopped reading its stream")
+					return
+				}
+				if err := stream.Send(m); err != nil {
+					writeErr <- err
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	msgs := make(chan *workerapi.ExecutorMessage)
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				readErr <- err
+				return
+			}
+			select {
+			case msgs <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	timer := time.NewTimer(s.cfg.HeartbeatTimeout)
+	defer timer.Stop()
+	for {
+		select {
+		case m := <-msgs:
+			timer.Reset(s.cfg.HeartbeatTimeout)
+			if err := s.handle(e, m); err != nil {
+				return err
+			}
+		case err := <-readErr:
+			if errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err
+		case err := <-writeErr:
+			return err
+		case <-timer.C:
+			return status.Errorf(codes.DeadlineExceeded, "executor %s sent nothing for %s", e.name, s.cfg.HeartbeatTimeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (s *Scheduler) handle(e *session, m *workerapi.ExecutorMessage) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch msg := m.GetMsg().(type) {
+	case *workerapi.ExecutorMessage_Heartbeat:
+		e.warmKeys = setOf(msg.Heartbeat.GetWarmKeys())
+		e.accepting = msg.Heartbeat.GetAccepting()
+	case *workerapi.ExecutorMessage_Started:
+		if o := e.tasks[msg.Started.GetTaskId()]; o != nil && o.taskID == msg.Started.GetTaskId() {
+			o.setStage(repb.ExecutionStage_EXECUTING, nil)
+		}
+	case *workerapi.ExecutorMessage_Finished:
+		id := msg.Finished.GetTaskId()
+		o := e.tasks[id]
+		delete(e.tasks, id)
+		e.warmKeys = setOf(msg.Finished.GetWarmKeys())
+		if o != nil && o.taskID == id {
+			resp := msg.Finished.GetResponse()
+			if resp == nil {
+				resp = &repb.ExecuteResponse{Status: status.New(codes.Internal, fmt.Sprintf("executor %s finished the action without a response", e.name)).Proto()}
+			}
+			o.executor = nil
+			s.finishLocked(o, resp)
+		}
+	case *workerapi.ExecutorMessage_Register:
+		return status.Error(codes.InvalidArgument, "Register may only be the first message of a session")
+	default:
+		return status.Error(codes.InvalidArgument, "unknown executor message")
+	}
+	s.dispatchLocked()
+	return nil
+}
+
+func (s *Scheduler) disconnect(e *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.executors, e)
+	if !e.dead {
+		e.dead = true
+		close(e.out)
+	}
+	s.logger.Info("executor disconnected", "executor", e.name, "running", len(e.tasks))
+	for id, o := range e.tasks {
+		if o.taskID == id {
+			s.requeueLocked(o, "executor "+e.name+" disconnected")
+		}
+	}
+	e.tasks = nil
+	s.failUnschedulableLocked()
+	s.dispatchLocked()
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Regenerates internal/workerapi from proto/. The generated code is committed;
+# this is only needed after editing a .proto. It needs protoc (Debian:
+# protobuf-compiler), the Go plugins, and the googleapis protos that
+# remote_execution.proto imports (taken from the npm package google-proto-files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v protoc >/dev/null || { apt-get update && apt-get install -y protobuf-compiler; }
+go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.11
+go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+(cd "$tmp" && npm pack --silent google-proto-files >/dev/null && tar xzf google-proto-files-*.tgz)
+ra=$(go list -m -f '{{.Dir}}' github.com/bazelbuild/remote-apis)
+export PATH="$(go env GOPATH)/bin:$PATH"
+protoc -I proto -I "$ra" -I "$tmp/package" -I /usr/include \
+  --go_out=. --go_opt=module=github.com/hearth-build/hearth \
+  --go-grpc_out=. --go-grpc_opt=module=github.com/hearth-build/hearth \
+  proto/hearth/workerapi/v1/workerapi.proto
