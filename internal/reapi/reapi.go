@@ -5,6 +5,7 @@
 package reapi
 
 import (
+	"cloud.google.com/go/longrunning/autogen/longrunningpb"
 	"google.golang.org/grpc"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/hearth-build/hearth/internal/actioncache"
 	"github.com/hearth-build/hearth/internal/cas"
+	"github.com/hearth-build/hearth/internal/scheduler"
 )
 
 // DefaultMaxBatchTotalSizeBytes is advertised in Capabilities and enforced on
@@ -25,11 +27,18 @@ const MaxRecvMsgSize = 16 << 20
 
 // Config is what the services need.
 type Config struct {
-	CAS         cas.Store // should verify digests: cas.NewVerifying(...)
+	CAS cas.Store // should verify digests: cas.NewVerifying(...)
+	// ActionCache should be wrapped with actioncache.NewCompletenessChecking
+	// so that GetActionResult only returns results whose blobs all exist.
 	ActionCache actioncache.Store
 	// MaxBatchTotalSizeBytes bounds BatchUpdateBlobs/BatchReadBlobs; 0 means
 	// DefaultMaxBatchTotalSizeBytes.
 	MaxBatchTotalSizeBytes int64
+	// ExecEnabled is advertised in ExecutionCapabilities.exec_enabled: true
+	// when this server also runs the Execution service.
+	ExecEnabled bool
+	// Scheduler, when set, enables the Execution and Operations services.
+	Scheduler *scheduler.Scheduler
 }
 
 func (c Config) maxBatch() int64 {
@@ -40,10 +49,14 @@ func (c Config) maxBatch() int64 {
 }
 
 // Register adds the storage services (Capabilities, CAS, ByteStream,
-// ActionCache) to s.
+// ActionCache) to s, and Execution and Operations when cfg.Scheduler is set.
 func Register(s *grpc.Server, cfg Config) {
 	repb.RegisterCapabilitiesServer(s, newCapabilitiesServer(cfg))
 	repb.RegisterContentAddressableStorageServer(s, newCASServer(cfg))
 	repb.RegisterActionCacheServer(s, newActionCacheServer(cfg))
 	bspb.RegisterByteStreamServer(s, newByteStreamServer(cfg))
+	if cfg.Scheduler != nil {
+		repb.RegisterExecutionServer(s, newExecutionServer(cfg))
+		longrunningpb.RegisterOperationsServer(s, newOperationsServer(cfg))
+	}
 }

@@ -11,6 +11,10 @@ import (
 	"github.com/hearth-build/hearth/internal/actioncache"
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/inputtree"
+	"github.com/hearth-build/hearth/internal/outputs"
+	"github.com/hearth-build/hearth/internal/precondition"
+	"github.com/hearth-build/hearth/internal/scheduler"
 )
 
 // toStatus turns an error from the layers below into a gRPC status error. It
@@ -22,10 +26,29 @@ func toStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	if me := asMissing(err); me != nil {
+		return missingStatus(me)
+	}
 	code := codes.Internal
 	switch {
+	case errors.Is(err, scheduler.ErrUnschedulable):
+		code = codes.FailedPrecondition
+	case errors.Is(err, scheduler.ErrTimeoutTooLong), errors.Is(err, inputtree.ErrInvalid),
+		errors.Is(err, outputs.ErrInvalid), errors.Is(err, outputs.ErrUnexpectedType):
+		code = codes.InvalidArgument
+	case errors.Is(err, scheduler.ErrNotFound):
+		code = codes.NotFound
 	case errors.Is(err, digest.ErrInvalid), errors.Is(err, cas.ErrMismatch):
 		code = codes.InvalidArgument
+	case errors.Is(err, actioncache.ErrInvalid):
+		code = codes.InvalidArgument
+	case errors.Is(err, cas.ErrTooLarge):
+		// REAPI: uploads over max_cas_blob_size_bytes are INVALID_ARGUMENT;
+		// a blob larger than the whole store is the same permanent refusal
+		// (RESOURCE_EXHAUSTED would invite a retry that cannot succeed).
+		code = codes.InvalidArgument
+	case errors.Is(err, cas.ErrOutOfRange):
+		code = codes.OutOfRange
 	case errors.Is(err, cas.ErrNotFound), errors.Is(err, actioncache.ErrNotFound):
 		code = codes.NotFound
 	case errors.Is(err, context.Canceled):
@@ -40,3 +63,22 @@ func toStatus(err error) error {
 func invalidf(format string, args ...any) error {
 	return status.Error(codes.InvalidArgument, fmt.Sprintf(format, args...))
 }
+
+// asMissing returns the *cas.MissingError inside err, or nil.
+func asMissing(err error) *cas.MissingError {
+	var me *cas.MissingError
+	if errors.As(err, &me) {
+		return me
+	}
+	return nil
+}
+
+// missingStatus is REAPI's answer to missing blobs, so the client knows
+// exactly what to upload.
+func missingStatus(me *cas.MissingError) error {
+	return precondition.Missing(me).Err()
+}
+
+// errorsIs is errors.Is, named for the files that would otherwise import
+// errors only for it.
+var errorsIs = errors.Is

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/genproto/googleapis/rpc/code"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/hearth-build/hearth/internal/builder"
+	"github.com/hearth-build/hearth/internal/cas"
+	"github.com/hearth-build/hearth/internal/casclient"
+	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/filecache"
+	"github.com/hearth-build/hearth/internal/metadatapb"
+)
+
+type runFlags struct {
+	action, actionResult   string
+	remote, instance       string
+	disableLocalCAS        bool
+	workspacePath          string
+	stdoutFile, stderrFile string
+	collectStats           bool
+	digestFunction         string
+}
+
+// runRun is `hearth run`: buildbox-run's contract. It executes one serialized
+// Action and writes the serialized ActionResult; an infrastructure failure
+// is written as a google.rpc.Status to <action-result>.error-status and the
+// exit code is non-zero.
+func runRun(args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	var f runFlags
+	fs.StringVar(&f.action, "action", "", "file holding a serialized build.bazel.remote.execution.v2.Action (required)")
+	fs.StringVar(&f.actionResult, "action-result", "", "file to write the serialized ActionResult to (required)")
+	fs.StringVar(&f.remote, "remote", "", "CAS server, grpc://HOST:PORT (required: Hearth has no local CAS daemon)")
+	fs.StringVar(&f.instance, "instance", "", "REAPI instance name")
+	fs.BoolVar(&f.disableLocalCAS, "disable-localcas", false, "talk to --remote directly (always the case; accepted for buildbox compatibility)")
+	fs.StringVar(&f.workspacePath, "workspace-path", "", "directory in which the action's directory is created (default: a temporary directory)")
+	fs.StringVar(&f.stdoutFile, "stdout-file", "", "also write the action's stdout to this file")
+	fs.StringVar(&f.stderrFile, "stderr-file", "", "also write the action's stderr to this file")
+	fs.BoolVar(&f.collectStats, "collect-execution-stats", false, "upload rusage figures and reference them from auxiliary_metadata")
+	fs.StringVar(&f.digestFunction, "digest-function", "sha256", "digest function of the action: sha256 or blake3")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if f.action == "" || f.actionResult == "" {
+		return errors.New("--action and --action-result are required")
+	}
+	newLogger()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	result, st := runAction(ctx, f)
+	if result != nil {
+		if err := writeProto(f.actionResult, result); err != nil {
+			return err
+		}
+	}
+	if st.GetCode() != int32(code.Code_OK) {
+		if err := writeProto(f.actionResult+".error-status", st); err != nil {
+			return err
+		}
+		return fmt.Errorf("%s: %s", code.Code(st.GetCode()), st.GetMessage())
+	}
+	return nil
+}
+
+func runAction(ctx context.Context, f runFlags) (*repb.ActionResult, *spb.Status) {
+	fail := func(c code.Code, format string, args ...any) (*repb.ActionResult, *spb.Status) {
+		return nil, &spb.Status{Code: int32(c), Message: fmt.Sprintf(format, args...)}
+	}
+	fn, ok := digest.FunctionFromLower(f.digestFunction)
+	if !ok {
+		return fail(code.Code_INVALID_ARGUMENT, "--digest-function %q: want sha256 or blake3", f.digestFunction)
+	}
+	if f.remote == "" {
+		return fail(code.Code_INVALID_ARGUMENT, "--remote is required")
+	}
+	data, err := os.ReadFile(f.action)
+	if err != nil {
+		return fail(code.Code_INVALID_ARGUMENT, "reading --action: %v", err)
+	}
+	action := &repb.Action{}
+	if err := proto.Unmarshal(data, action); err != nil {
+		return fail(code.Code_INVALID_ARGUMENT, "--action %s is not a serialized Action: %v", f.action, err)
+	}
+	conn, err := casclient.Dial(ctx, f.remote)
+	if err != nil {
+		return fail(code.Code_INVALID_ARGUMENT, "--remote: %v", err)
+	}
+	defer conn.Close()
+	store := casclient.NewStore(conn, f.instance)
+
+	workspace := f.workspacePath
+	if workspace == "" {
+		if workspace, err = os.MkdirTemp("", "hearth-run-"); err != nil {
+			return fail(code.Code_INTERNAL, "%v", err)
+		}
+		defer os.RemoveAll(workspace)
+	}
+	scratch, err := os.MkdirTemp(workspace, ".hearth-files-")
+	if err != nil {
+		return fail(code.Code_INTERNAL, "%v", err)
+	}
+	defer os.RemoveAll(scratch)
+	files, err := filecache.New(scratch, store, filecache.Options{})
+	if err != nil {
+		return fail(code.Code_INTERNAL, "%v", err)
+	}
+	b := &builder.Builder{CAS: store, Files: files, WorkDir: workspace, WorkerName: hostname() + "/hearth-run"}
+	resp := b.Build(ctx, builder.Task{Instance: f.instance, ActionDigest: digest.Compute(fn, data), Action: action})
+	result := resp.GetResult()
+	if err := finishStats(ctx, store, fn, result, f.collectStats); err != nil {
+		return result, &spb.Status{Code: int32(code.Code_INTERNAL), Message: err.Error()}
+	}
+	for _, out := range []struct {
+		path string
+		d    *repb.Digest
+	}{{f.stdoutFile, result.GetStdoutDigest()}, {f.stderrFile, result.GetStderrDigest()}} {
+		if out.path == "" || out.d == nil {
+			continue
+		}
+		if err := copyBlob(ctx, store, fn, out.d, out.path); err != nil {
+			return result, &spb.Status{Code: int32(code.Code_INTERNAL), Message: err.Error()}
+		}
+	}
+	return result, resp.GetStatus()
+}
+
+// finishStats keeps the rusage figures the builder always gathers only when
+// asked, and then as buildbox does: the statistics message is uploaded and
+// auxiliary_metadata carries its digest.
+func finishStats(ctx context.Context, store cas.Store, fn digest.Function, result *repb.ActionResult, collect bool) error {
+	md := result.GetExecutionMetadata()
+	if md == nil {
+		return nil
+	}
+	var kept []*anypb.Any
+	for _, a := range md.GetAuxiliaryMetadata() {
+		if !a.MessageIs(&metadatapb.ExecutionStatistics{}) {
+			kept = append(kept, a)
+			continue
+		}
+		if !collect {
+			continue
+		}
+		d := digest.Compute(fn, a.GetValue())
+		if err := cas.Put(ctx, store, d, a.GetValue()); err != nil {
+			return fmt.Errorf("uploading execution statistics: %w", err)
+		}
+		ref, err := anypb.New(d.Proto())
+		if err != nil {
+			return err
+		}
+		kept = append(kept, ref)
+	}
+	md.AuxiliaryMetadata = kept
+	return nil
+}
+
+func copyBlob(ctx context.Context, store cas.Store, fn digest.Function, pd *repb.Digest, path string) error {
+	d, err := digest.FromProto(fn, pd)
+	if err != nil {
+		return err
+	}
+	r, err := store.Open(ctx, d, 0)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := f.ReadFrom(r); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// writeProto writes m to path atomically.
+func writeProto(path string, m proto.Message) error {
+	data, err := proto.Marshal(m)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".hearth-run-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}

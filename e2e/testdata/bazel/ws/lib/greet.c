@@ -1,0 +1,3 @@
+#include "lib/greet.h"
+
+const char *greeting(void) { return "hello from hearth e2e"; }

@@ -1,0 +1,202 @@
+package actioncache
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hearth-build/hearth/internal/digest"
+)
+
+// maxStoredResultBytes bounds what Get reads from one file. Results arrive in
+// gRPC messages of at most a few MiB, so a larger file is damage, not data.
+const maxStoredResultBytes = 64 << 20
+
+// Disk stores each ActionResult as one serialized proto file:
+//
+//	{dir}/{digest function}/{instance key}/{hash[:2]}/{hash}-{size}
+//
+// where the instance key is the first 32 hex characters of the SHA-256 of the
+// instance name, so any instance name (empty, with slashes, with "..") maps to
+// one safe directory. Files are written to {dir}/tmp, fsynced and renamed into
+// place, so a reader sees either the old result or the new one, never part of
+// one, and an acknowledged Put survives a crash.
+//
+// One Disk owns its directory: NewDisk empties {dir}/tmp, which holds only the
+// leftovers of writes interrupted by a crash.
+type Disk struct {
+	root string
+	tmp  string
+	// madeDirs remembers directories known to exist durably, so a Put into a
+	// familiar shard costs no mkdir or directory fsync beyond the rename's.
+	madeDirs sync.Map // string → struct{}
+}
+
+// NewDisk opens (creating if needed) an action cache rooted at dir.
+func NewDisk(dir string) (*Disk, error) {
+	root, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("action cache directory %q: %w", dir, err)
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, fmt.Errorf("creating action cache directory: %w", err)
+	}
+	d := &Disk{root: root, tmp: filepath.Join(root, "tmp")}
+	if err := os.RemoveAll(d.tmp); err != nil {
+		return nil, fmt.Errorf("clearing interrupted writes: %w", err)
+	}
+	if err := d.ensureDir(d.tmp); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// path returns where the result of action under instance lives. The digest is
+// validated again here because its hash becomes a file name: a Digest built
+// without digest.New must not be able to name "../x".
+func (d *Disk) path(instance string, action digest.Digest) (string, error) {
+	action, err := digest.New(action.Function, action.Hash, action.Size)
+	if err != nil {
+		return "", fmt.Errorf("action digest: %w", err)
+	}
+	sum := sha256.Sum256([]byte(instance))
+	instanceKey := hex.EncodeToString(sum[:16])
+	return filepath.Join(d.root, digest.Lower(action.Function), instanceKey, action.Hash[:2],
+		action.Hash+"-"+strconv.FormatInt(action.Size, 10)), nil
+}
+
+// Get returns the stored result. A missing or unreadable (damaged) entry is
+// ErrNotFound, so the client runs the action again and its Put repairs it.
+func (d *Disk) Get(ctx context.Context, instance string, action digest.Digest) (*repb.ActionResult, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	p, err := d.path(instance, action)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: no result for action %s in instance %q", ErrNotFound, action, instance)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading action result: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxStoredResultBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading action result %s: %w", p, err)
+	}
+	result := &repb.ActionResult{}
+	if len(data) > maxStoredResultBytes {
+		err = fmt.Errorf("file is larger than %d bytes", maxStoredResultBytes)
+	} else {
+		err = proto.Unmarshal(data, result)
+	}
+	if err != nil {
+		slog.Warn("action cache entry is damaged; treating it as a miss", "path", p, "err", err)
+		return nil, fmt.Errorf("%w: stored result for action %s is damaged: %v", ErrNotFound, action, err)
+	}
+	return result, nil
+}
+
+// Put stores result durably, replacing any earlier result of the action.
+func (d *Disk) Put(ctx context.Context, instance string, action digest.Digest, result *repb.ActionResult) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if result == nil {
+		return fmt.Errorf("%w: action result is missing", ErrInvalid)
+	}
+	p, err := d.path(instance, action)
+	if err != nil {
+		return err
+	}
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(result)
+	if err != nil {
+		return fmt.Errorf("encoding action result: %w", err)
+	}
+	dir := filepath.Dir(p)
+	if err := d.ensureDir(dir); err != nil {
+		return err
+	}
+	return writeDurably(d.tmp, dir, p, data)
+}
+
+// writeDurably writes data to a temporary file in tmpDir, fsyncs it, renames it
+// to final (in dir) and fsyncs dir, so the new name survives a crash too.
+func writeDurably(tmpDir, dir, final string, data []byte) (err error) {
+	f, err := os.CreateTemp(tmpDir, "result-*")
+	if err != nil {
+		return fmt.Errorf("creating temporary action result file: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		return fmt.Errorf("writing action result: %w", err)
+	}
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("syncing action result: %w", err)
+	}
+	if err = f.Close(); err != nil {
+		return fmt.Errorf("closing action result: %w", err)
+	}
+	if err = os.Rename(f.Name(), final); err != nil {
+		return fmt.Errorf("publishing action result: %w", err)
+	}
+	return syncDir(dir)
+}
+
+// ensureDir creates dir and any missing parents, fsyncing each parent whose
+// entries changed, so that a later rename into dir is reachable after a crash.
+func (d *Disk) ensureDir(dir string) error {
+	if _, ok := d.madeDirs.Load(dir); ok {
+		return nil
+	}
+	if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+		d.madeDirs.Store(dir, struct{}{})
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := d.ensureDir(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("creating action cache directory: %w", err)
+	}
+	if err := syncDir(parent); err != nil {
+		return err
+	}
+	d.madeDirs.Store(dir, struct{}{})
+	return nil
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("opening directory to sync: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("syncing directory %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,296 @@
+// Package builder owns the life of one action on an executor: fetch the
+// Command and the input tree, stage the inputs into a fresh directory, run the
+// command, collect and upload the outputs, and account for every step in
+// ExecutedActionMetadata. The executor (one builder per executor) and
+// `hearth run` (one action) share it, so both behave identically.
+package builder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"github.com/google/uuid"
+	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/hearth-build/hearth/internal/cas"
+	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/filecache"
+	"github.com/hearth-build/hearth/internal/inputtree"
+	"github.com/hearth-build/hearth/internal/metadatapb"
+	"github.com/hearth-build/hearth/internal/outputs"
+	"github.com/hearth-build/hearth/internal/precondition"
+	"github.com/hearth-build/hearth/internal/runner"
+)
+
+// Builder runs actions. Its fields are set once; Build is safe for
+// concurrent use.
+type Builder struct {
+	CAS   cas.Store
+	Files *filecache.Cache
+	// WorkDir holds one directory per running action, removed after it.
+	WorkDir string
+	// WorkerName goes in ExecutedActionMetadata.worker.
+	WorkerName string
+	// MaxTimeout applies to actions that set no timeout (0: none).
+	MaxTimeout time.Duration
+	Logger     *slog.Logger
+}
+
+// Task is one action to run.
+type Task struct {
+	Instance     string
+	ActionDigest digest.Digest
+	Action       *repb.Action
+	QueuedAt     time.Time
+	// Hooks let the executor shape the run from its configuration.
+	Hooks Hooks
+}
+
+// Hooks adapt a run to the executor's configuration (NativeLink-style
+// entrypoint and additional environment). All are optional.
+type Hooks struct {
+	// Environment returns variables added to the Command's own, given the
+	// action directory and the effective timeout.
+	Environment func(actionDir string, timeout time.Duration) ([]string, error)
+	// Entrypoint is prepended to the Command's arguments.
+	Entrypoint []string
+	// SideChannelFile, when set, is a file inside the action directory the
+	// entrypoint may write {"failure": "timeout"} into.
+	SideChannelFile string
+	// TimeoutHandledExternally leaves killing on timeout to the entrypoint.
+	TimeoutHandledExternally bool
+	// ExtraMetadata adds auxiliary metadata, e.g. persistent worker facts.
+	ExtraMetadata []*anypb.Any
+}
+
+// Build runs t and returns the response for the client. It never returns an
+// error: every failure becomes ExecuteResponse.status, with whatever result
+// exists (a timed-out action keeps its stdout and stderr).
+func (b *Builder) Build(ctx context.Context, t Task) *repb.ExecuteResponse {
+	md := &repb.ExecutedActionMetadata{
+		Worker:               b.WorkerName,
+		QueuedTimestamp:      timestamppb.New(t.QueuedAt),
+		WorkerStartTimestamp: timestamppb.Now(),
+	}
+	result, err := b.build(ctx, t, md)
+	md.WorkerCompletedTimestamp = timestamppb.Now()
+	if result == nil {
+		result = &repb.ActionResult{}
+	}
+	result.ExecutionMetadata = md
+	return &repb.ExecuteResponse{Result: result, Status: StatusOf(err)}
+}
+
+// ErrTimedOut marks an action killed at its timeout.
+var ErrTimedOut = errors.New("action timed out")
+
+func (b *Builder) build(ctx context.Context, t Task, md *repb.ExecutedActionMetadata) (*repb.ActionResult, error) {
+	fn := t.ActionDigest.Function
+	md.InputFetchStartTimestamp = timestamppb.Now()
+	cmd, err := b.loadCommand(ctx, fn, t.Action)
+	if err != nil {
+		return nil, err
+	}
+	rootDigest, err := digest.FromProto(fn, t.Action.GetInputRootDigest())
+	if err != nil {
+		return nil, fmt.Errorf("input_root_digest: %w", err)
+	}
+	tree, err := inputtree.Load(ctx, b.CAS, fn, rootDigest)
+	if err != nil {
+		return nil, err
+	}
+	actionDir := filepath.Join(b.WorkDir, uuid.NewString())
+	inputRoot := filepath.Join(actionDir, "root")
+	if err := os.MkdirAll(inputRoot, 0o755); err != nil {
+		return nil, fmt.Errorf("creating action directory: %w", err)
+	}
+	defer b.removeAll(actionDir)
+	if err := inputtree.Stage(ctx, tree, b.Files, inputRoot); err != nil {
+		return nil, err
+	}
+	// CreateParents validates the output paths and working directory too.
+	if err := outputs.CreateParents(inputRoot, cmd); err != nil {
+		return nil, err
+	}
+	workDir := filepath.Join(inputRoot, filepath.FromSlash(cmd.GetWorkingDirectory()))
+	md.InputFetchCompletedTimestamp = timestamppb.Now()
+
+	timeout := t.Action.GetTimeout().AsDuration()
+	if timeout <= 0 || (b.MaxTimeout > 0 && timeout > b.MaxTimeout) {
+		timeout = b.MaxTimeout
+	}
+	env := envList(cmd)
+	if t.Hooks.Environment != nil {
+		extra, err := t.Hooks.Environment(actionDir, timeout)
+		if err != nil {
+			return nil, err
+		}
+		env = mergeEnv(env, extra)
+	}
+	stdoutPath, stderrPath := filepath.Join(actionDir, "stdout"), filepath.Join(actionDir, "stderr")
+	stdout, err := os.Create(stdoutPath)
+	if err != nil {
+		return nil, err
+	}
+	defer stdout.Close()
+	stderr, err := os.Create(stderrPath)
+	if err != nil {
+		return nil, err
+	}
+	defer stderr.Close()
+	req := runner.Request{
+		Args:    append(append([]string(nil), t.Hooks.Entrypoint...), cmd.GetArguments()...),
+		Env:     env,
+		Dir:     workDir,
+		Timeout: timeout,
+		Stdout:  stdout,
+		Stderr:  stderr,
+	}
+	if t.Hooks.TimeoutHandledExternally {
+		req.Timeout = 0
+	}
+	md.ExecutionStartTimestamp = timestamppb.Now()
+	res, runErr := runner.Run(ctx, req)
+	md.ExecutionCompletedTimestamp = timestamppb.Now()
+	if runErr != nil && !errors.Is(runErr, context.Canceled) && !errors.Is(runErr, context.DeadlineExceeded) {
+		return nil, runErr
+	}
+	if stats, err := anypb.New(rusageProto(res.Usage)); err == nil {
+		md.AuxiliaryMetadata = append(md.AuxiliaryMetadata, stats)
+	}
+	md.AuxiliaryMetadata = append(md.AuxiliaryMetadata, t.Hooks.ExtraMetadata...)
+	timedOut := res.TimedOut || (t.Hooks.SideChannelFile != "" && sideChannelTimeout(filepath.Join(actionDir, t.Hooks.SideChannelFile)))
+
+	md.OutputUploadStartTimestamp = timestamppb.Now()
+	result := &repb.ActionResult{ExitCode: int32(res.ExitCode)}
+	if runErr == nil && !timedOut {
+		collected, err := outputs.Collect(ctx, b.CAS, fn, inputRoot, cmd)
+		if err != nil {
+			return nil, err
+		}
+		result = collected
+		result.ExitCode = int32(res.ExitCode)
+	}
+	// stdout and stderr are kept even for a timed-out or cancelled action:
+	// they are often the only clue to what went wrong.
+	upCtx := context.WithoutCancel(ctx)
+	for _, s := range []struct {
+		path string
+		dst  **repb.Digest
+	}{{stdoutPath, &result.StdoutDigest}, {stderrPath, &result.StderrDigest}} {
+		d, err := outputs.UploadFile(upCtx, b.CAS, fn, s.path)
+		if err != nil {
+			return nil, fmt.Errorf("uploading output stream: %w", err)
+		}
+		*s.dst = d.Proto()
+	}
+	md.OutputUploadCompletedTimestamp = timestamppb.Now()
+	if runErr != nil {
+		return result, runErr
+	}
+	if timedOut {
+		return result, fmt.Errorf("%w after %s", ErrTimedOut, timeout)
+	}
+	return result, nil
+}
+
+func (b *Builder) loadCommand(ctx context.Context, fn digest.Function, action *repb.Action) (*repb.Command, error) {
+	d, err := digest.FromProto(fn, action.GetCommandDigest())
+	if err != nil {
+		return nil, fmt.Errorf("command_digest: %w", err)
+	}
+	data, err := cas.Get(ctx, b.CAS, d)
+	if errors.Is(err, cas.ErrNotFound) {
+		return nil, &cas.MissingError{Digests: []digest.Digest{d}}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading Command %s: %w", d, err)
+	}
+	cmd := &repb.Command{}
+	if err := proto.Unmarshal(data, cmd); err != nil {
+		return nil, fmt.Errorf("%w: Command %s does not decode: %v", inputtree.ErrInvalid, d, err)
+	}
+	if len(cmd.GetArguments()) == 0 {
+		return nil, fmt.Errorf("%w: Command %s has no arguments", inputtree.ErrInvalid, d)
+	}
+	return cmd, nil
+}
+
+func (b *Builder) removeAll(dir string) {
+	// Actions may leave read-only directories behind; make them writable
+	// so that nothing of one action survives into the next.
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			os.Chmod(p, 0o755)
+		}
+		return nil
+	})
+	if err := os.RemoveAll(dir); err != nil && b.Logger != nil {
+		b.Logger.Warn("removing action directory", "dir", dir, "err", err)
+	}
+}
+
+func envList(cmd *repb.Command) []string {
+	env := make([]string, 0, len(cmd.GetEnvironmentVariables()))
+	for _, v := range cmd.GetEnvironmentVariables() {
+		env = append(env, v.GetName()+"="+v.GetValue())
+	}
+	return env
+}
+
+// mergeEnv adds extra to env; a variable in extra replaces the Command's.
+func mergeEnv(env, extra []string) []string {
+	names := map[string]bool{}
+	for _, kv := range extra {
+		name, _, _ := strings.Cut(kv, "=")
+		names[name] = true
+	}
+	out := make([]string, 0, len(env)+len(extra))
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if !names[name] {
+			out = append(out, kv)
+		}
+	}
+	return append(out, extra...)
+}
+
+func rusageProto(u runner.Rusage) *metadatapb.ExecutionStatistics {
+	return &metadatapb.ExecutionStatistics{ProcessResourceUsage: &metadatapb.ProcessResourceUsage{
+		UtimeUsec: u.UserTime.Microseconds(), StimeUsec: u.SystemTime.Microseconds(), Maxrss: u.MaxRSSKiB,
+		Minflt: u.MinorFaults, Majflt: u.MajorFaults, Inblock: u.InBlocks, Oublock: u.OutBlocks,
+		Nvcsw: u.VoluntaryCtxSwitches, Nivcsw: u.InvoluntaryCtxSwitches,
+	}}
+}
+
+// StatusOf maps a build error to the ExecuteResponse.status a client sees.
+func StatusOf(err error) *status.Status {
+	if err == nil {
+		return &status.Status{Code: int32(code.Code_OK)}
+	}
+	var me *cas.MissingError
+	c := code.Code_INTERNAL
+	switch {
+	case errors.As(err, &me):
+		return precondition.MissingProto(me)
+	case errors.Is(err, ErrTimedOut), errors.Is(err, context.DeadlineExceeded):
+		c = code.Code_DEADLINE_EXCEEDED
+	case errors.Is(err, context.Canceled):
+		c = code.Code_CANCELLED
+	case errors.Is(err, inputtree.ErrInvalid), errors.Is(err, outputs.ErrInvalid), errors.Is(err, outputs.ErrUnexpectedType), errors.Is(err, digest.ErrInvalid),
+		errors.Is(err, runner.ErrCommandNotFound), errors.Is(err, runner.ErrNotExecutable), errors.Is(err, runner.ErrInvalidRequest):
+		c = code.Code_INVALID_ARGUMENT
+	}
+	return &status.Status{Code: int32(c), Message: err.Error()}
+}

@@ -1,0 +1,186 @@
+package executor
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+
+	"github.com/hearth-build/hearth/internal/actioncache"
+	"github.com/hearth-build/hearth/internal/builder"
+	"github.com/hearth-build/hearth/internal/cas"
+	"github.com/hearth-build/hearth/internal/config"
+	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/filecache"
+	"github.com/hearth-build/hearth/internal/workerapi"
+)
+
+// Deps are the stores an executor built from configuration uses.
+type Deps struct {
+	CAS         cas.Store
+	ActionCache actioncache.Store
+	// FileSource feeds the input file cache; the bare *cas.Disk when the
+	// CAS is local, so that inputs are hardlinked from it without a copy.
+	FileSource cas.Store
+	// RunnerRemote is the CAS address given to an external runner
+	// (runner_command) as --remote.
+	RunnerRemote string
+	Logger       *slog.Logger
+}
+
+// DefaultFileCacheBytes bounds the input file cache when directory_cache
+// sets no size.
+const DefaultFileCacheBytes = 16 << 30
+
+// sideChannelName is the side channel file inside each action directory.
+const sideChannelName = "side_channel.json"
+
+// FromConfig builds an executor from a NativeLink-style local worker
+// configuration: it purges the work directory, resolves the platform
+// properties (query_cmd), and turns each setting into behaviour.
+func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executor, error) {
+	logger := deps.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	props, err := w.ResolvePlatformProperties(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(props) == 0 {
+		props = DefaultProperties()
+	}
+	if err := purge(w.WorkDirectory); err != nil {
+		return nil, err
+	}
+	cacheBytes := int64(DefaultFileCacheBytes)
+	if dc := w.DirectoryCache; dc != nil && dc.MaxSizeBytes > 0 {
+		cacheBytes = int64(dc.MaxSizeBytes)
+	}
+	files, err := filecache.New(filepath.Join(w.WorkDirectory, "files"), deps.FileSource, filecache.Options{MaxBytes: cacheBytes, Logger: logger})
+	if err != nil {
+		return nil, fmt.Errorf("input file cache: %w", err)
+	}
+	actions := filepath.Join(w.WorkDirectory, "actions")
+	if err := os.MkdirAll(actions, 0o755); err != nil {
+		return nil, err
+	}
+	var run Runner = &builder.Builder{
+		CAS: deps.CAS, Files: files, WorkDir: actions, WorkerName: w.Name,
+		MaxTimeout: w.MaxActionTimeout, Logger: logger,
+	}
+	if len(w.RunnerCommand) > 0 {
+		run = &ExternalRunner{Command: w.RunnerCommand, Remote: deps.RunnerRemote, WorkDir: actions, WorkerName: w.Name, MaxTimeout: w.MaxActionTimeout}
+	}
+	staticEnv := w.StaticEnvironment(os.LookupEnv)
+	opts := Options{
+		Name:              w.Name,
+		Properties:        props,
+		MinimumProperties: MinimumProperties,
+		MaxInflight:       w.MaxInflightTasks,
+		MaxActionTimeout:  w.MaxActionTimeout,
+		Runner:            run,
+		ActionCache:       deps.ActionCache,
+		UploadResult:      w.UploadActionResult.UploadACResultsStrategy.Uploads,
+		Message: func(resp *repb.ExecuteResponse, action digest.Digest) string {
+			tmpl := w.UploadActionResult.SuccessMessageTemplate
+			if resp.GetStatus().GetCode() != 0 || resp.GetResult().GetExitCode() != 0 {
+				tmpl = w.UploadActionResult.FailureMessageTemplate
+			}
+			return tmpl.Expand(config.TemplateValues{DigestFunction: digest.Lower(action.Function), ActionDigestHash: action.Hash, ActionDigestSize: action.Size})
+		},
+		Hooks: func(a *workerapi.Assign) (builder.Hooks, error) {
+			return hooksFor(w, staticEnv, a), nil
+		},
+		Logger: logger,
+	}
+	if len(w.PreconditionScript) > 0 {
+		opts.Accepting = func(ctx context.Context) bool {
+			return runPrecondition(ctx, w.PreconditionScript, staticEnv, logger)
+		}
+	}
+	return New(opts)
+}
+
+// hooksFor applies entrypoint, timeout_handled_externally and
+// additional_environment to one action.
+func hooksFor(w *config.LocalWorker, staticEnv map[string]string, a *workerapi.Assign) builder.Hooks {
+	h := builder.Hooks{Entrypoint: w.Entrypoint, TimeoutHandledExternally: w.TimeoutHandledExternally}
+	platform := map[string]string{}
+	for _, p := range a.GetAction().GetPlatform().GetProperties() {
+		platform[p.GetName()] = p.GetValue()
+	}
+	for _, src := range w.AdditionalEnvironment {
+		if src.Kind == config.EnvSideChannelFile {
+			h.SideChannelFile = sideChannelName
+		}
+	}
+	if len(w.AdditionalEnvironment) == 0 {
+		return h
+	}
+	h.Environment = func(actionDir string, timeout time.Duration) ([]string, error) {
+		var env []string
+		for name, src := range w.AdditionalEnvironment {
+			var v string
+			switch src.Kind {
+			case config.EnvValue, config.EnvFromEnvironment:
+				v = staticEnv[name]
+			case config.EnvProperty:
+				v = platform[src.Property]
+			case config.EnvTimeoutMillis:
+				v = strconv.FormatInt(timeout.Milliseconds(), 10)
+			case config.EnvSideChannelFile:
+				v = filepath.Join(actionDir, sideChannelName)
+			case config.EnvActionDirectory:
+				v = actionDir
+			}
+			env = append(env, name+"="+v)
+		}
+		return env, nil
+	}
+	return h
+}
+
+// runPrecondition runs experimental_precondition_script; a failure pauses
+// the executor until a later run succeeds.
+func runPrecondition(ctx context.Context, argv []string, staticEnv map[string]string, logger *slog.Logger) bool {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = []string{}
+	for k, v := range staticEnv {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		logger.Warn("precondition script failed; not taking work", "err", err, "output", string(out))
+		return false
+	}
+	return true
+}
+
+// purge empties dir, creating it if needed: leftovers of actions interrupted
+// by a crash must not leak into new ones.
+func purge(dir string) error {
+	if err := removeTree(dir); err != nil {
+		return fmt.Errorf("purging work directory %s: %w", dir, err)
+	}
+	return os.MkdirAll(dir, 0o755)
+}
+
+// removeTree removes dir even where an action left read-only directories.
+func removeTree(dir string) error {
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			os.Chmod(p, 0o755)
+		}
+		return nil
+	})
+	return os.RemoveAll(dir)
+}

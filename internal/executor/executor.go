@@ -1,0 +1,249 @@
+// Package executor owns an executor's session with the scheduler: it
+// registers the executor's platform and capacity over Hearth's worker API,
+// takes assigned actions, runs each through the builder, writes results to
+// the action cache as its upload strategy says, reports them, heartbeats, and
+// reconnects when the stream breaks. It runs in `hearth worker` and, embedded,
+// in `hearth serve`.
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/hearth-build/hearth/internal/actioncache"
+	"github.com/hearth-build/hearth/internal/builder"
+	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/workerapi"
+)
+
+// Options configure an executor.
+type Options struct {
+	Name string
+	// Properties are advertised for platform matching.
+	Properties map[string][]string
+	// MinimumProperties are matched as numeric minimums (cpu_count...).
+	MinimumProperties []string
+	MaxInflight       int
+	MaxActionTimeout  time.Duration
+	// Runner runs each action: a *builder.Builder in-process, or an
+	// ExternalRunner that spawns a buildbox-style runner per action.
+	Runner      Runner
+	ActionCache actioncache.Store
+	// UploadResult decides whether a completed action's result is cached,
+	// given whether it exited 0.
+	UploadResult func(succeeded bool) bool
+	// Message fills ExecuteResponse.message (NativeLink's message
+	// templates); nil leaves it empty.
+	Message func(resp *repb.ExecuteResponse, action digest.Digest) string
+	// Hooks shape each run (entrypoint, additional environment).
+	Hooks func(a *workerapi.Assign) (builder.Hooks, error)
+	// Accepting runs before work is taken (the precondition script); false
+	// pauses the executor. Nil means always accepting.
+	Accepting         func(ctx context.Context) bool
+	HeartbeatInterval time.Duration
+	Logger            *slog.Logger
+}
+
+// Runner runs one action and returns the client's response; it reports
+// every failure in the response's status.
+type Runner interface {
+	Build(ctx context.Context, t builder.Task) *repb.ExecuteResponse
+}
+
+// Executor is one connected executor.
+type Executor struct {
+	opts Options
+	log  *slog.Logger
+}
+
+// New checks the options.
+func New(opts Options) (*Executor, error) {
+	if opts.Name == "" {
+		return nil, errors.New("executor name is empty")
+	}
+	if opts.MaxInflight <= 0 {
+		return nil, fmt.Errorf("max inflight must be positive, got %d", opts.MaxInflight)
+	}
+	if opts.Runner == nil || opts.ActionCache == nil {
+		return nil, errors.New("executor needs a runner and an action cache")
+	}
+	if opts.HeartbeatInterval == 0 {
+		opts.HeartbeatInterval = 10 * time.Second
+	}
+	if opts.UploadResult == nil {
+		opts.UploadResult = func(succeeded bool) bool { return succeeded }
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Executor{opts: opts, log: opts.Logger.With("executor", opts.Name)}, nil
+}
+
+// Run keeps a session with the scheduler at conn until ctx ends, reconnecting
+// with backoff when the stream breaks.
+func (e *Executor) Run(ctx context.Context, conn grpc.ClientConnInterface) error {
+	backoff := 100 * time.Millisecond
+	for {
+		start := time.Now()
+		err := e.session(ctx, workerapi.NewSchedulerClient(conn))
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > time.Minute {
+			backoff = 100 * time.Millisecond
+		}
+		e.log.Warn("scheduler session ended; reconnecting", "err", err, "in", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return nil
+		}
+		backoff = min(backoff*2, 10*time.Second)
+	}
+}
+
+func (e *Executor) register() *workerapi.Register {
+	reg := &workerapi.Register{
+		Name:              e.opts.Name,
+		MaxInflight:       int32(e.opts.MaxInflight),
+		MinimumProperties: e.opts.MinimumProperties,
+	}
+	if e.opts.MaxActionTimeout > 0 {
+		reg.MaxActionTimeout = durationpb.New(e.opts.MaxActionTimeout)
+	}
+	names := make([]string, 0, len(e.opts.Properties))
+	for n := range e.opts.Properties {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		for _, v := range e.opts.Properties[n] {
+			reg.Properties = append(reg.Properties, &workerapi.Property{Name: n, Value: v})
+		}
+	}
+	return reg
+}
+
+// session is one stream's life. Actions still running when it ends are
+// cancelled: the scheduler has already given them to another executor.
+func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := client.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	var sendMu sync.Mutex
+	send := func(m *workerapi.ExecutorMessage) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(m)
+	}
+	if err := send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Register{Register: e.register()}}); err != nil {
+		return err
+	}
+	e.log.Info("connected to scheduler")
+
+	var tasksMu sync.Mutex
+	tasks := map[string]context.CancelFunc{}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+
+	go e.heartbeat(ctx, send)
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		switch msg := m.GetMsg().(type) {
+		case *workerapi.SchedulerMessage_Assign:
+			a := msg.Assign
+			tctx, tcancel := context.WithCancel(ctx)
+			tasksMu.Lock()
+			tasks[a.GetTaskId()] = tcancel
+			tasksMu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer tcancel()
+				resp := e.runTask(tctx, a, send)
+				tasksMu.Lock()
+				delete(tasks, a.GetTaskId())
+				tasksMu.Unlock()
+				if err := send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Finished{Finished: &workerapi.Finished{
+					TaskId: a.GetTaskId(), Response: resp,
+				}}}); err != nil {
+					e.log.Warn("reporting a result failed; the scheduler will re-run the action", "task", a.GetTaskId(), "err", err)
+				}
+			}()
+		case *workerapi.SchedulerMessage_Cancel:
+			tasksMu.Lock()
+			if c := tasks[msg.Cancel.GetTaskId()]; c != nil {
+				c()
+			}
+			tasksMu.Unlock()
+		}
+	}
+}
+
+func (e *Executor) heartbeat(ctx context.Context, send func(*workerapi.ExecutorMessage) error) {
+	beat := func() {
+		accepting := e.opts.Accepting == nil || e.opts.Accepting(ctx)
+		send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Heartbeat{Heartbeat: &workerapi.Heartbeat{Accepting: accepting}}})
+	}
+	if e.opts.Accepting != nil {
+		beat() // a failing precondition pauses the executor from the start
+	}
+	t := time.NewTicker(e.opts.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			beat()
+		}
+	}
+}
+
+func (e *Executor) runTask(ctx context.Context, a *workerapi.Assign, send func(*workerapi.ExecutorMessage) error) *repb.ExecuteResponse {
+	actionDigest, err := digest.FromProto(a.GetDigestFunction(), a.GetActionDigest())
+	if err != nil {
+		return &repb.ExecuteResponse{Status: builder.StatusOf(err)}
+	}
+	send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Started{Started: &workerapi.Started{TaskId: a.GetTaskId()}}})
+	task := builder.Task{
+		Instance:     a.GetInstanceName(),
+		ActionDigest: actionDigest,
+		Action:       a.GetAction(),
+		QueuedAt:     a.GetQueuedTimestamp().AsTime(),
+	}
+	if e.opts.Hooks != nil {
+		if task.Hooks, err = e.opts.Hooks(a); err != nil {
+			return &repb.ExecuteResponse{Status: builder.StatusOf(err)}
+		}
+	}
+	resp := e.opts.Runner.Build(ctx, task)
+	if e.opts.Message != nil {
+		resp.Message = e.opts.Message(resp, actionDigest)
+	}
+	e.log.Debug("action finished", "action", actionDigest.String(), "exit", resp.GetResult().GetExitCode(), "status", resp.GetStatus().GetCode())
+	if resp.GetStatus().GetCode() == 0 && !a.GetDoNotCache() && !a.GetAction().GetDoNotCache() &&
+		e.opts.UploadResult(resp.GetResult().GetExitCode() == 0) {
+		if err := e.opts.ActionCache.Put(context.WithoutCancel(ctx), a.GetInstanceName(), actionDigest, resp.GetResult()); err != nil {
+			// The client still gets its result; only caching failed.
+			e.log.Warn("writing the action cache failed", "action", actionDigest.String(), "err", err)
+		}
+	}
+	return resp
+}

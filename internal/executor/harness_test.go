@@ -1,0 +1,201 @@
+package executor_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+
+	"cloud.google.com/go/longrunning/autogen/longrunningpb"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hearth-build/hearth/internal/actioncache"
+	"github.com/hearth-build/hearth/internal/builder"
+	"github.com/hearth-build/hearth/internal/cas"
+	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/executor"
+	"github.com/hearth-build/hearth/internal/filecache"
+	"github.com/hearth-build/hearth/internal/reapi"
+	"github.com/hearth-build/hearth/internal/scheduler"
+	"github.com/hearth-build/hearth/internal/workerapi"
+)
+
+// cluster is a server (REAPI + scheduler) and one executor, wired as
+// `hearth serve` wires them, over an in-memory gRPC listener.
+type cluster struct {
+	t     *testing.T
+	conn  *grpc.ClientConn
+	store cas.Store
+	sched *scheduler.Scheduler
+	exec  repb.ExecutionClient
+}
+
+func startCluster(t *testing.T, maxTimeout time.Duration) *cluster {
+	t.Helper()
+	dir := t.TempDir()
+	disk, err := cas.NewDisk(filepath.Join(dir, "cas"), cas.DiskOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := cas.NewVerifying(disk)
+	ac, err := actioncache.NewDisk(filepath.Join(dir, "ac"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sched := scheduler.New(scheduler.Config{OrphanGrace: 200 * time.Millisecond})
+	lis := bufconn.Listen(1 << 20)
+	gs := grpc.NewServer(grpc.MaxRecvMsgSize(reapi.MaxRecvMsgSize))
+	reapi.Register(gs, reapi.Config{CAS: store, ActionCache: actioncache.NewCompletenessChecking(ac, store), ExecEnabled: true, Scheduler: sched})
+	workerapi.RegisterSchedulerServer(gs, sched)
+	go gs.Serve(lis)
+	conn, err := grpc.NewClient("passthrough:///bufnet",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := filecache.New(filepath.Join(dir, "files"), disk, filecache.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex, err := executor.New(executor.Options{
+		Name: "test-executor", Properties: executor.DefaultProperties(), MinimumProperties: executor.MinimumProperties,
+		MaxInflight: 4, MaxActionTimeout: maxTimeout,
+		Runner:      &builder.Builder{CAS: store, Files: files, WorkDir: filepath.Join(dir, "work"), WorkerName: "test-executor", MaxTimeout: maxTimeout},
+		ActionCache: ac,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { ex.Run(ctx, conn); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; conn.Close(); gs.Stop(); sched.Close() })
+	c := &cluster{t: t, conn: conn, store: store, sched: sched, exec: repb.NewExecutionClient(conn)}
+	// Wait until the executor has registered, so that platform checks see it.
+	for i := 0; ; i++ {
+		if _, err := sched.Submit(scheduler.Request{ActionDigest: digest.Compute(digest.SHA256, []byte("probe")), Action: &repb.Action{},
+			Platform: &repb.Platform{Properties: []*repb.Platform_Property{{Name: "nonexistent", Value: "x"}}}}); errors.Is(err, scheduler.ErrUnschedulable) {
+			break
+		}
+		if i > 500 {
+			t.Fatal("executor did not register")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return c
+}
+
+func (c *cluster) put(data []byte) *repb.Digest {
+	c.t.Helper()
+	d := digest.Compute(digest.SHA256, data)
+	if err := cas.Put(context.Background(), c.store, d, data); err != nil {
+		c.t.Fatal(err)
+	}
+	return d.Proto()
+}
+
+func (c *cluster) putProto(m proto.Message) *repb.Digest {
+	c.t.Helper()
+	data, err := proto.Marshal(m)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return c.put(data)
+}
+
+func (c *cluster) read(d *repb.Digest) string {
+	c.t.Helper()
+	dg, err := digest.FromProto(digest.SHA256, d)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	data, err := cas.Get(context.Background(), c.store, dg)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return string(data)
+}
+
+// action stores cmd, root and the Action and returns the Action's digest.
+func (c *cluster) action(cmd *repb.Command, root *repb.Directory, mutate ...func(*repb.Action)) *repb.Digest {
+	c.t.Helper()
+	if root == nil {
+		root = &repb.Directory{}
+	}
+	a := &repb.Action{CommandDigest: c.putProto(cmd), InputRootDigest: c.putProto(root)}
+	for _, m := range mutate {
+		m(a)
+	}
+	return c.putProto(a)
+}
+
+func env(kv ...string) []*repb.Command_EnvironmentVariable {
+	var out []*repb.Command_EnvironmentVariable
+	for i := 0; i < len(kv); i += 2 {
+		out = append(out, &repb.Command_EnvironmentVariable{Name: kv[i], Value: kv[i+1]})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// execute runs Execute to the end and returns every Operation message.
+func (c *cluster) execute(req *repb.ExecuteRequest) ([]*longrunningpb.Operation, *repb.ExecuteResponse, error) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := c.exec.Execute(ctx, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	return drain(c.t, stream)
+}
+
+func drain(t *testing.T, stream grpc.ServerStreamingClient[longrunningpb.Operation]) ([]*longrunningpb.Operation, *repb.ExecuteResponse, error) {
+	t.Helper()
+	var ops []*longrunningpb.Operation
+	for {
+		op, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			t.Fatal("stream ended without a done operation")
+		}
+		if err != nil {
+			return ops, nil, err
+		}
+		ops = append(ops, op)
+		if op.GetDone() {
+			if op.GetError() != nil {
+				t.Fatalf("Operation.error set: %v", op.GetError())
+			}
+			resp := &repb.ExecuteResponse{}
+			if err := op.GetResponse().UnmarshalTo(resp); err != nil {
+				t.Fatal(err)
+			}
+			return ops, resp, nil
+		}
+	}
+}
+
+func stages(t *testing.T, ops []*longrunningpb.Operation) []repb.ExecutionStage_Value {
+	t.Helper()
+	var out []repb.ExecutionStage_Value
+	for _, op := range ops {
+		md := &repb.ExecuteOperationMetadata{}
+		if err := op.GetMetadata().UnmarshalTo(md); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, md.GetStage())
+		if op.GetName() != ops[0].GetName() {
+			t.Fatalf("operation name changed from %q to %q", ops[0].GetName(), op.GetName())
+		}
+	}
+	return out
+}

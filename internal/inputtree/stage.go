@@ -1,0 +1,205 @@
+package inputtree
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hearth-build/hearth/internal/filecache"
+)
+
+// stageParallelism bounds the files linked at once. Linking a cached file is
+// one system call, but a cache miss waits for a fetch, so this is sized for
+// fetch latency rather than for cores.
+const stageParallelism = 32
+
+// Stage materializes t under dir, which must exist and be empty: directories
+// with mode 0755, files as hardlinks from cache (read-only, executable where
+// the tree says so), symlinks as symlinks. On error dir holds part of the
+// tree; the caller removes it.
+//
+// Nothing is created outside dir and no symlink is followed. Every entry is
+// created with a *at system call relative to a descriptor of its parent
+// directory and a single, validated name, and each directory descriptor is
+// opened with O_NOFOLLOW|O_DIRECTORY right after this function made the
+// directory. A symlink from the tree (or one planted by anyone else) where a
+// directory should be therefore makes Stage fail instead of writing through
+// it; the tree itself cannot ask for that, as names are unique per directory.
+func Stage(ctx context.Context, t *Tree, cache *filecache.Cache, dir string) error {
+	if len(t.Dirs) == 0 {
+		return errors.New("inputtree: staging a tree that Load did not make (it has no root directory)")
+	}
+	if err := checkEmpty(dir); err != nil {
+		return err
+	}
+	rootfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("inputtree: opening %s: %w", dir, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s := &stager{t: t, cache: cache, cancel: cancel, jobs: make(chan linkJob, 2*stageParallelism)}
+	var wg sync.WaitGroup
+	for range stageParallelism {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.linkFiles(ctx)
+		}()
+	}
+	root := newDirHandle(rootfd)
+	if err := s.walk(ctx, root, 0); err != nil {
+		s.fail(err)
+	}
+	root.release()
+	close(s.jobs)
+	wg.Wait()
+	return s.err
+}
+
+// checkEmpty fails unless dir is an empty directory.
+func checkEmpty(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("inputtree: staging into %s: %w", dir, err)
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	if err == nil && len(names) > 0 {
+		return fmt.Errorf("inputtree: staging into %s: the directory is not empty (it holds %q)", dir, names[0])
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("inputtree: staging into %s: %w", dir, err)
+	}
+	return nil
+}
+
+// stager is one Stage call: the directory walk feeds file links to workers.
+type stager struct {
+	t      *Tree
+	cache  *filecache.Cache
+	cancel context.CancelFunc
+	jobs   chan linkJob
+
+	mu  sync.Mutex
+	err error // the first failure
+}
+
+// linkJob links file Files[file] into the directory open as dir.
+type linkJob struct {
+	dir  *dirHandle
+	file int
+}
+
+// dirHandle is a directory descriptor shared by the walk and the link jobs
+// of its files; the last to release it closes it.
+type dirHandle struct {
+	fd   int
+	refs atomic.Int32
+}
+
+func newDirHandle(fd int) *dirHandle {
+	h := &dirHandle{fd: fd}
+	h.refs.Store(1)
+	return h
+}
+
+func (h *dirHandle) acquire() { h.refs.Add(1) }
+
+func (h *dirHandle) release() {
+	if h.refs.Add(-1) == 0 {
+		unix.Close(h.fd)
+	}
+}
+
+// fail records err if it is the first failure and stops the other work.
+func (s *stager) fail(err error) {
+	s.mu.Lock()
+	if s.err == nil {
+		s.err = err
+	}
+	s.mu.Unlock()
+	s.cancel()
+}
+
+// walk creates the contents of directory Dirs[i], open as h, depth first, so
+// that only the descriptors of one path from the root are held by the walk.
+func (s *stager) walk(ctx context.Context, h *dirHandle, i int) error {
+	d := &s.t.Dirs[i]
+	for f := d.filesLo; f < d.filesHi; f++ {
+		h.acquire()
+		select {
+		case s.jobs <- linkJob{dir: h, file: f}:
+		case <-ctx.Done():
+			h.release()
+			return ctx.Err()
+		}
+	}
+	for k := d.symsLo; k < d.symsHi; k++ {
+		l := &s.t.Symlinks[k]
+		if err := unix.Symlinkat(l.Target, h.fd, baseName(l.Path)); err != nil {
+			return fmt.Errorf("inputtree: creating symlink %q -> %q: %w", l.Path, l.Target, err)
+		}
+	}
+	for c := d.subsLo; c < d.subsHi; c++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		sub, err := makeDir(h.fd, s.t.Dirs[c].Path)
+		if err != nil {
+			return err
+		}
+		err = s.walk(ctx, sub, c)
+		sub.release()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// makeDir creates the directory path (its last component, relative to
+// parent) with mode 0755 and returns a handle on it.
+func makeDir(parent int, path string) (*dirHandle, error) {
+	name := baseName(path)
+	if err := unix.Mkdirat(parent, name, 0o755); err != nil {
+		return nil, fmt.Errorf("inputtree: creating directory %q: %w", path, err)
+	}
+	fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("inputtree: opening directory %q: %w", path, err)
+	}
+	// mkdir's mode is filtered by the umask; actions need 0755 to write
+	// outputs beside their inputs whatever the executor's umask is.
+	if err := unix.Fchmod(fd, 0o755); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("inputtree: setting the mode of directory %q: %w", path, err)
+	}
+	return newDirHandle(fd), nil
+}
+
+// linkFiles runs link jobs until the channel closes. After a failure it only
+// drains the channel, releasing the handles.
+func (s *stager) linkFiles(ctx context.Context) {
+	for j := range s.jobs {
+		if ctx.Err() == nil {
+			f := &s.t.Files[j.file]
+			if err := s.cache.LinkAt(ctx, f.Digest, f.Executable, j.dir.fd, baseName(f.Path)); err != nil {
+				s.fail(fmt.Errorf("inputtree: staging file %q: %w", f.Path, err))
+			}
+		}
+		j.dir.release()
+	}
+}
+
+// baseName is the last component of a path built by Load.
+func baseName(p string) string {
+	return p[strings.LastIndexByte(p, '/')+1:]
+}

@@ -1,0 +1,174 @@
+package reapi
+
+import (
+	"context"
+	"errors"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hearth-build/hearth/internal/actioncache"
+	"github.com/hearth-build/hearth/internal/cas"
+	"github.com/hearth-build/hearth/internal/digest"
+)
+
+// actionCacheServer is the ActionCache service. Results are kept per instance
+// name; the blobs they reference live in the CAS, which all instances share.
+type actionCacheServer struct {
+	repb.UnimplementedActionCacheServer
+	cfg Config
+}
+
+func newActionCacheServer(cfg Config) *actionCacheServer {
+	return &actionCacheServer{cfg: cfg}
+}
+
+// GetActionResult returns the cached result, NOT_FOUND on a miss. Whether the
+// result's blobs all still exist is the store's concern (Config.ActionCache is
+// wrapped with actioncache.NewCompletenessChecking). Inlining is done on
+// request only and within the batch size limit, so the response stays under
+// the clients' message limits; what does not fit is left for the client to
+// fetch by digest, as the spec allows.
+func (s *actionCacheServer) GetActionResult(ctx context.Context, req *repb.GetActionResultRequest) (*repb.ActionResult, error) {
+	fn, err := requestFunction(req.GetInstanceName(), req.GetDigestFunction())
+	if err != nil {
+		return nil, err
+	}
+	action, err := digest.FromProto(fn, req.GetActionDigest())
+	if err != nil {
+		return nil, invalidf("action_digest: %v", err)
+	}
+	result, err := s.cfg.ActionCache.Get(ctx, req.GetInstanceName(), action)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if !req.GetInlineStdout() && !req.GetInlineStderr() && len(req.GetInlineOutputFiles()) == 0 {
+		return result, nil
+	}
+	// The store may hand out shared messages; inline into a copy.
+	result = proto.Clone(result).(*repb.ActionResult)
+	in := inliner{ctx: ctx, store: s.cfg.CAS, fn: fn, action: action, budget: s.cfg.maxBatch() - int64(proto.Size(result))}
+	if req.GetInlineStdout() && len(result.GetStdoutRaw()) == 0 {
+		if result.StdoutRaw, err = in.inline(result.GetStdoutDigest(), "stdout"); err != nil {
+			return nil, err
+		}
+	}
+	if req.GetInlineStderr() && len(result.GetStderrRaw()) == 0 {
+		if result.StderrRaw, err = in.inline(result.GetStderrDigest(), "stderr"); err != nil {
+			return nil, err
+		}
+	}
+	if len(req.GetInlineOutputFiles()) > 0 {
+		wanted := make(map[string]bool, len(req.GetInlineOutputFiles()))
+		for _, p := range req.GetInlineOutputFiles() {
+			wanted[p] = true
+		}
+		for _, f := range result.GetOutputFiles() {
+			if !wanted[f.GetPath()] || len(f.GetContents()) > 0 {
+				continue
+			}
+			if f.Contents, err = in.inline(f.GetDigest(), "output file "+f.GetPath()); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return result, nil
+}
+
+// inliner reads blobs into a result while its byte budget lasts.
+type inliner struct {
+	ctx    context.Context
+	store  cas.Store
+	fn     digest.Function
+	action digest.Digest
+	budget int64
+}
+
+// inline returns the blob's contents, or nil if it does not fit the budget
+// (or there is no blob). A blob gone since the completeness check makes the
+// result unusable: NOT_FOUND, so the client runs the action again.
+func (in *inliner) inline(pd *repb.Digest, what string) ([]byte, error) {
+	if pd == nil {
+		return nil, nil
+	}
+	d, err := digest.FromProto(in.fn, pd)
+	if err != nil || d.Size == 0 || d.Size > in.budget {
+		return nil, nil
+	}
+	data, err := readSmallBlob(in.ctx, in.store, d)
+	if errors.Is(err, cas.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "result of action %s: %s blob %s is no longer in the CAS", in.action, what, d)
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	in.budget -= d.Size
+	return data, nil
+}
+
+// UpdateActionResult validates and stores a result, and returns what was
+// stored. Inline data a client sent anyway (stdout_raw, stderr_raw, output
+// file contents) is checked against its digest, moved into the CAS and
+// dropped from the stored result, so stored results are uniformly "digests
+// only" and GetActionResult inlines exactly what is asked for.
+func (s *actionCacheServer) UpdateActionResult(ctx context.Context, req *repb.UpdateActionResultRequest) (*repb.ActionResult, error) {
+	fn, err := requestFunction(req.GetInstanceName(), req.GetDigestFunction())
+	if err != nil {
+		return nil, err
+	}
+	action, err := digest.FromProto(fn, req.GetActionDigest())
+	if err != nil {
+		return nil, invalidf("action_digest: %v", err)
+	}
+	if req.GetActionResult() == nil {
+		return nil, invalidf("action_result is missing")
+	}
+	result := proto.Clone(req.GetActionResult()).(*repb.ActionResult)
+	if err := s.moveInlineToCAS(ctx, fn, result); err != nil {
+		return nil, err
+	}
+	if err := actioncache.Validate(fn, result); err != nil {
+		return nil, invalidf("action_result: %v", err)
+	}
+	if err := s.cfg.ActionCache.Put(ctx, req.GetInstanceName(), action, result); err != nil {
+		return nil, toStatus(err)
+	}
+	return result, nil
+}
+
+func (s *actionCacheServer) moveInlineToCAS(ctx context.Context, fn digest.Function, r *repb.ActionResult) error {
+	var err error
+	if r.StdoutDigest, err = s.storeInline(ctx, fn, r.GetStdoutRaw(), r.GetStdoutDigest(), "stdout_raw"); err != nil {
+		return err
+	}
+	r.StdoutRaw = nil
+	if r.StderrDigest, err = s.storeInline(ctx, fn, r.GetStderrRaw(), r.GetStderrDigest(), "stderr_raw"); err != nil {
+		return err
+	}
+	r.StderrRaw = nil
+	for _, f := range r.GetOutputFiles() {
+		if f.Digest, err = s.storeInline(ctx, fn, f.GetContents(), f.GetDigest(), "contents of output file "+f.GetPath()); err != nil {
+			return err
+		}
+		f.Contents = nil
+	}
+	return nil
+}
+
+// storeInline puts raw in the CAS and returns its digest; given must be nil or
+// that digest. Without raw it returns given unchanged.
+func (s *actionCacheServer) storeInline(ctx context.Context, fn digest.Function, raw []byte, given *repb.Digest, what string) (*repb.Digest, error) {
+	if len(raw) == 0 {
+		return given, nil
+	}
+	d := digest.Compute(fn, raw)
+	if given != nil && (given.GetHash() != d.Hash || given.GetSizeBytes() != d.Size) {
+		return nil, invalidf("action_result: %s (%d bytes, digest %s) does not match its digest %s/%d", what, len(raw), d, given.GetHash(), given.GetSizeBytes())
+	}
+	if err := cas.Put(ctx, s.cfg.CAS, d, raw); err != nil {
+		return nil, toStatus(err)
+	}
+	return d.Proto(), nil
+}

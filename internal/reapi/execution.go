@@ -1,0 +1,221 @@
+package reapi
+
+import (
+	"context"
+	"fmt"
+
+	"cloud.google.com/go/longrunning/autogen/longrunningpb"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/hearth-build/hearth/internal/actioncache"
+	"github.com/hearth-build/hearth/internal/cas"
+	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/inputtree"
+	"github.com/hearth-build/hearth/internal/scheduler"
+)
+
+// executionServer implements Execute and WaitExecution. It validates an
+// action completely before it creates an operation, so that every problem a
+// client can fix (missing blobs, malformed protos, bad paths, unschedulable
+// platforms) is a gRPC error of the Execute call, as REAPI asks; failures of
+// the execution itself arrive later in ExecuteResponse.status.
+type executionServer struct {
+	repb.UnimplementedExecutionServer
+	cfg Config
+}
+
+func newExecutionServer(cfg Config) *executionServer { return &executionServer{cfg: cfg} }
+
+func (s *executionServer) Execute(req *repb.ExecuteRequest, stream grpc.ServerStreamingServer[longrunningpb.Operation]) error {
+	ctx := stream.Context()
+	fn, err := digest.Resolve(req.GetDigestFunction())
+	if err != nil {
+		return toStatus(err)
+	}
+	actionDigest, err := digest.FromProto(fn, req.GetActionDigest())
+	if err != nil {
+		return invalidf("action_digest: %v", err)
+	}
+	if err := validateInstanceName(req.GetInstanceName()); err != nil {
+		return err
+	}
+	if !req.GetSkipCacheLookup() {
+		res, err := s.cfg.ActionCache.Get(ctx, req.GetInstanceName(), actionDigest)
+		switch {
+		case err == nil:
+			op := s.cfg.Scheduler.Completed(req.GetInstanceName(), actionDigest, &repb.ExecuteResponse{Result: res, CachedResult: true})
+			return follow(ctx, op, stream, true)
+		case !isNotFound(err):
+			return toStatus(fmt.Errorf("action cache lookup: %w", err))
+		}
+	}
+	action, platform, err := s.loadAction(ctx, req.GetInstanceName(), actionDigest)
+	if err != nil {
+		return toStatus(err)
+	}
+	op, err := s.cfg.Scheduler.Submit(scheduler.Request{
+		Instance:     req.GetInstanceName(),
+		ActionDigest: actionDigest,
+		Action:       action,
+		Platform:     platform,
+		Priority:     req.GetExecutionPolicy().GetPriority(),
+		DoNotCache:   action.GetDoNotCache(),
+	})
+	if err != nil {
+		return toStatus(err)
+	}
+	return follow(ctx, op, stream, !req.GetSkipCacheLookup())
+}
+
+func isNotFound(err error) bool {
+	return err != nil && (errorsIs(err, actioncache.ErrNotFound) || errorsIs(err, cas.ErrNotFound))
+}
+
+// loadAction fetches and checks everything the action needs: the Action, the
+// Command and the whole input tree, with every missing blob reported at once.
+func (s *executionServer) loadAction(ctx context.Context, instance string, d digest.Digest) (*repb.Action, *repb.Platform, error) {
+	action := &repb.Action{}
+	if err := s.loadProto(ctx, d, action, "Action"); err != nil {
+		return nil, nil, err
+	}
+	fn := d.Function
+	cmdDigest, err := digest.FromProto(fn, action.GetCommandDigest())
+	if err != nil {
+		return nil, nil, invalidf("Action %s: command_digest: %v", d, err)
+	}
+	rootDigest, err := digest.FromProto(fn, action.GetInputRootDigest())
+	if err != nil {
+		return nil, nil, invalidf("Action %s: input_root_digest: %v", d, err)
+	}
+	if t := action.GetTimeout(); t != nil && (t.CheckValid() != nil || t.AsDuration() < 0) {
+		return nil, nil, invalidf("Action %s: timeout %v is not a valid non-negative duration", d, t)
+	}
+	if err := validatePlatform(action.GetPlatform()); err != nil {
+		return nil, nil, invalidf("Action %s: platform: %v", d, err)
+	}
+	// Look for every missing blob before failing, so that one round trip
+	// tells the client all it must upload.
+	var missing []digest.Digest
+	cmd := &repb.Command{}
+	cmdErr := s.loadProto(ctx, cmdDigest, cmd, "Command")
+	if me := asMissing(cmdErr); me != nil {
+		missing = append(missing, me.Digests...)
+	} else if cmdErr != nil {
+		return nil, nil, cmdErr
+	}
+	tree, treeErr := inputtree.Load(ctx, s.cfg.CAS, fn, rootDigest)
+	if me := asMissing(treeErr); me != nil {
+		missing = append(missing, me.Digests...)
+	} else if treeErr != nil {
+		return nil, nil, fmt.Errorf("input root %s: %w", rootDigest, treeErr)
+	}
+	if tree != nil {
+		if me := asMissing(tree.MissingFiles(ctx, s.cfg.CAS)); me != nil {
+			missing = append(missing, me.Digests...)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, nil, &cas.MissingError{Digests: missing}
+	}
+	if err := validateCommand(cmd); err != nil {
+		return nil, nil, invalidf("Command %s: %v", cmdDigest, err)
+	}
+	platform := action.GetPlatform()
+	if len(platform.GetProperties()) == 0 {
+		platform = cmd.GetPlatform() // clients older than REAPI v2.2 set it only here
+	}
+	return action, platform, nil
+}
+
+func (s *executionServer) loadProto(ctx context.Context, d digest.Digest, m proto.Message, what string) error {
+	data, err := cas.Get(ctx, s.cfg.CAS, d)
+	if err != nil {
+		if errorsIs(err, cas.ErrNotFound) {
+			return &cas.MissingError{Digests: []digest.Digest{d}}
+		}
+		return fmt.Errorf("reading %s %s: %w", what, d, err)
+	}
+	if err := proto.Unmarshal(data, m); err != nil {
+		return invalidf("%s %s is not a valid %s message: %v", what, d, what, err)
+	}
+	return nil
+}
+
+func (s *executionServer) WaitExecution(req *repb.WaitExecutionRequest, stream grpc.ServerStreamingServer[longrunningpb.Operation]) error {
+	if req.GetName() == "" {
+		return invalidf("name is empty")
+	}
+	op, err := s.cfg.Scheduler.Get(req.GetName())
+	if err != nil {
+		return toStatus(err)
+	}
+	return follow(stream.Context(), op, stream, false)
+}
+
+// follow streams an operation's stages until it is done. It counts as a
+// waiter, so the operation is cancelled when every follower has gone.
+func follow(ctx context.Context, op *scheduler.Operation, stream grpc.ServerStreamingServer[longrunningpb.Operation], cacheChecked bool) error {
+	op.AddWaiter()
+	defer op.RemoveWaiter()
+	st, changed := op.Watch()
+	if cacheChecked {
+		// The cache was looked up before the operation existed; the client
+		// still sees the stage, under the operation's name.
+		pre := st
+		pre.Stage, pre.Response = repb.ExecutionStage_CACHE_CHECK, nil
+		if err := sendState(stream, pre); err != nil {
+			return err
+		}
+	}
+	last := repb.ExecutionStage_UNKNOWN
+	for {
+		if st.Stage != last || st.Done() {
+			if err := sendState(stream, st); err != nil {
+				return err
+			}
+			last = st.Stage
+		}
+		if st.Done() {
+			return nil
+		}
+		select {
+		case <-changed:
+			st, changed = op.Watch()
+		case <-ctx.Done():
+			return toStatus(ctx.Err())
+		}
+	}
+}
+
+func sendState(stream grpc.ServerStreamingServer[longrunningpb.Operation], st scheduler.State) error {
+	op, err := operationProto(st)
+	if err != nil {
+		return toStatus(err)
+	}
+	return stream.Send(op)
+}
+
+// operationProto renders a state as a longrunning Operation. Execution
+// failures travel in ExecuteResponse.status; Operation.error is never set.
+func operationProto(st scheduler.State) (*longrunningpb.Operation, error) {
+	md, err := anypb.New(&repb.ExecuteOperationMetadata{
+		Stage:          st.Stage,
+		ActionDigest:   st.ActionDigest.Proto(),
+		DigestFunction: st.ActionDigest.Function,
+	})
+	if err != nil {
+		return nil, err
+	}
+	op := &longrunningpb.Operation{Name: st.Name, Metadata: md, Done: st.Done()}
+	if st.Done() {
+		resp, err := anypb.New(st.Response)
+		if err != nil {
+			return nil, err
+		}
+		op.Result = &longrunningpb.Operation_Response{Response: resp}
+	}
+	return op, nil
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the tools `make test` needs that this machine lacks:
+#   - bazel: Debian's bazel-bootstrap (Bazel 4.2.3; it brings gcc via
+#     build-essential), for the e2e tests that build a workspace through hearth;
+#   - gcc, should bazel be present without it;
+#   - staticcheck, pinned so CI does not change under us.
+# Tools already on PATH are left alone, so a developer's own versions are used.
+set -euo pipefail
+
+STATICCHECK_VERSION="${STATICCHECK_VERSION:-v0.8.2}"
+
+apt_packages=()
+command -v bazel >/dev/null 2>&1 || apt_packages+=(bazel-bootstrap)
+command -v gcc >/dev/null 2>&1 || apt_packages+=(gcc)
+if ((${#apt_packages[@]})); then
+  sudo=()
+  [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)
+  echo "install-test-deps: apt-get install ${apt_packages[*]}"
+  "${sudo[@]}" apt-get update
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y "${apt_packages[@]}"
+fi
+
+gobin="$(go env GOBIN)"
+[[ -n "$gobin" ]] || gobin="$(go env GOPATH)/bin"
+if ! command -v staticcheck >/dev/null 2>&1 && [[ ! -x "$gobin/staticcheck" ]]; then
+  echo "install-test-deps: go install staticcheck@$STATICCHECK_VERSION"
+  go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+fi
