@@ -16,4 +16,4 @@ export PATH="$(go env GOPATH)/bin:$PATH"
 protoc -I proto -I "$ra" -I "$tmp/package" -I /usr/include \
   --go_out=. --go_opt=module=github.com/hearth-build/hearth \
   --go-grpc_out=. --go-grpc_opt=module=github.com/hearth-build/hearth \
-  proto/hearth/workerapi/v1/workerapi.proto proto/hearth/metadata/v1/metadata.proto
+  proto/hearth/workerapi/v1/workerapi.proto proto/hearth/metadata/v1/metadata.proto proto/hearth/workerprotocol/v1/workerprotocol.proto

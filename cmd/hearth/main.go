@@ -13,6 +13,8 @@ const usage = `hearth: remote execution with warm persistent workers (REAPI v2)
 usage:
   hearth serve  [flags]   CAS, action cache, scheduler and an embedded executor in one process
   hearth server [flags]   the same without the executor; executors connect with "hearth worker"
+  hearth worker --config worker.json5
+                          executors for a "hearth server" (NativeLink-style config)
   hearth run    --action=F --action-result=F --remote=URL [flags]
                           execute one serialized Action (buildbox-run compatible)
   hearth version
@@ -31,6 +33,8 @@ func main() {
 		err = runServe(os.Args[2:])
 	case "server":
 		err = runServer(os.Args[2:])
+	case "worker":
+		err = runWorker(os.Args[2:])
 	case "run":
 		err = runRun(os.Args[2:])
 	case "version", "--version":

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"syscall"
 	"time"
 
@@ -19,13 +20,13 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/test/bufconn"
 
-	"github.com/hearth-build/hearth/internal/builder"
+	"github.com/hearth-build/hearth/internal/config"
 	"github.com/hearth-build/hearth/internal/executor"
-	"github.com/hearth-build/hearth/internal/filecache"
 )
 
 type serveFlags struct {
 	serverFlags
+	configPath        string
 	fileCacheMaxBytes int64
 	maxInflight       int
 	maxActionTimeout  time.Duration
@@ -35,7 +36,8 @@ func runServe(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	var f serveFlags
 	f.register(fs)
-	fs.Int64Var(&f.fileCacheMaxBytes, "file-cache-max-bytes", 16<<30, "bound of the executor's input file cache (hardlinks into the CAS cost no extra space)")
+	fs.StringVar(&f.configPath, "config", "", "configuration of the embedded executor(s): a worker file (docs/configuration.md) whose worker_api_endpoint is optional; overrides the three flags below")
+	fs.Int64Var(&f.fileCacheMaxBytes, "file-cache-max-bytes", executor.DefaultFileCacheBytes, "bound of the executor's input file cache (hardlinks into the CAS cost no extra space)")
 	fs.IntVar(&f.maxInflight, "max-inflight", runtime.NumCPU(), "actions the embedded executor runs at once")
 	fs.DurationVar(&f.maxActionTimeout, "max-action-timeout", 20*time.Minute, "longest action timeout accepted, and the timeout of actions that set none")
 	if err := parseFlags(fs, args); err != nil {
@@ -44,10 +46,44 @@ func runServe(args []string) error {
 	if f.maxInflight <= 0 {
 		return fmt.Errorf("--max-inflight must be positive, got %d", f.maxInflight)
 	}
+	if f.maxActionTimeout <= 0 {
+		return fmt.Errorf("--max-action-timeout must be positive, got %s", f.maxActionTimeout)
+	}
 	logger := newLogger()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return serve(ctx, f, logger)
+}
+
+// embeddedWorkers returns the executors' configuration: the --config file,
+// or one worker built from the flags.
+func embeddedWorkers(f serveFlags, logger *slog.Logger) ([]config.LocalWorker, error) {
+	if f.configPath != "" {
+		data, err := os.ReadFile(f.configPath)
+		if err != nil {
+			return nil, err
+		}
+		file, err := config.ParseEmbedded(data)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f.configPath, err)
+		}
+		logWarnings(logger, file.Warnings)
+		var ws []config.LocalWorker
+		for _, w := range file.Workers {
+			ws = append(ws, w.Local)
+		}
+		return ws, nil
+	}
+	host, _ := os.Hostname()
+	w := config.LocalWorker{
+		Name:             host + "/embedded",
+		WorkDirectory:    filepath.Join(f.data, "work"),
+		MaxInflightTasks: f.maxInflight,
+		MaxActionTimeout: f.maxActionTimeout,
+		DirectoryCache:   &config.DirectoryCache{MaxSizeBytes: uint64(f.fileCacheMaxBytes)},
+	}
+	w.ApplyDefaults(config.DetectMachine())
+	return []config.LocalWorker{w}, nil
 }
 
 func parseFlags(fs *flag.FlagSet, args []string) error {
@@ -70,38 +106,16 @@ func newLogger() *slog.Logger {
 // in-process listener: the same worker API stream a remote `hearth worker`
 // uses, without a network hop.
 func serve(ctx context.Context, f serveFlags, logger *slog.Logger) error {
+	workers, err := embeddedWorkers(f, logger)
+	if err != nil {
+		return err
+	}
 	srv, err := openServer(f.serverFlags, logger)
 	if err != nil {
 		return err
 	}
 	defer srv.close()
 
-	workDir := filepath.Join(f.data, "work")
-	if err := purgeDir(workDir); err != nil {
-		return err
-	}
-	files, err := filecache.New(filepath.Join(f.data, "filecache"), srv.disk, filecache.Options{MaxBytes: f.fileCacheMaxBytes, Logger: logger})
-	if err != nil {
-		return fmt.Errorf("file cache: %w", err)
-	}
-	host, _ := os.Hostname()
-	name := host + "/embedded"
-	exec, err := executor.New(executor.Options{
-		Name:              name,
-		Properties:        executor.DefaultProperties(),
-		MinimumProperties: executor.MinimumProperties,
-		MaxInflight:       f.maxInflight,
-		MaxActionTimeout:  f.maxActionTimeout,
-		Runner: &builder.Builder{
-			CAS: srv.store, Files: files, WorkDir: workDir, WorkerName: name,
-			MaxTimeout: f.maxActionTimeout, Logger: logger,
-		},
-		ActionCache: srv.acDisk,
-		Logger:      logger,
-	})
-	if err != nil {
-		return err
-	}
 	inproc := bufconn.Listen(1 << 20)
 	conn, err := grpc.NewClient("passthrough:///embedded",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return inproc.DialContext(ctx) }),
@@ -111,33 +125,21 @@ func serve(ctx context.Context, f serveFlags, logger *slog.Logger) error {
 	}
 	defer conn.Close()
 	execCtx, stopExec := context.WithCancel(context.Background())
-	execDone := make(chan struct{})
-	go func() { exec.Run(execCtx, conn); close(execDone) }()
-	stopExecutor := func() { stopExec(); <-execDone }
-	defer stopExecutor()
-
-	return srv.run(ctx, logger, inproc, stopExecutor)
-}
-
-// purgeDir empties dir (creating it), because leftovers of actions
-// interrupted by a crash must not leak into new ones.
-func purgeDir(dir string) error {
-	if err := makeWritable(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("purging %s: %w", dir, err)
-	}
-	return os.MkdirAll(dir, 0o755)
-}
-
-func makeWritable(dir string) error {
-	return filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			os.Chmod(p, 0o755)
+	var running sync.WaitGroup
+	stopExecutors := sync.OnceFunc(func() { stopExec(); running.Wait() })
+	defer stopExecutors()
+	for i := range workers {
+		exec, err := executor.FromConfig(ctx, &workers[i], executor.Deps{
+			CAS: srv.store, ActionCache: srv.acDisk, FileSource: srv.disk,
+			RunnerRemote: "grpc://" + f.listen, Logger: logger,
+		})
+		if err != nil {
+			return fmt.Errorf("embedded executor %s: %w", workers[i].Name, err)
 		}
-		return err
-	})
+		running.Add(1)
+		go func() { defer running.Done(); exec.Run(execCtx, conn) }()
+	}
+	return srv.run(ctx, logger, inproc, stopExecutors)
 }
 
 // lockDataDir takes an exclusive flock on the data directory, because two

@@ -44,7 +44,9 @@ type Store interface {
 	// ErrOutOfRange (both wrapped).
 	Open(ctx context.Context, d digest.Digest, offset int64) (io.ReadCloser, error)
 	// Create starts writing the blob d. Nothing is visible to readers until
-	// Commit succeeds; Close without Commit discards the write.
+	// Commit succeeds; Close without Commit discards the write. A store that
+	// can never hold d (a bounded store smaller than d) returns ErrTooLarge
+	// (wrapped).
 	Create(ctx context.Context, d digest.Digest) (Writer, error)
 }
 

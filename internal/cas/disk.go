@@ -124,6 +124,8 @@ func NewDisk(dir string, opts DiskOptions) (*Disk, error) {
 // install): creating all 512 up front costs a fifth of a second on some
 // filesystems, for every new store.
 func (d *Disk) makeDirs() error {
+	_, err := os.Stat(d.dir)
+	created := errors.Is(err, fs.ErrNotExist)
 	if err := os.MkdirAll(d.tmpDir, dirMode); err != nil {
 		return fmt.Errorf("cas: creating %s: %w", d.tmpDir, err)
 	}
@@ -135,7 +137,12 @@ func (d *Disk) makeDirs() error {
 	if err := syncDir(d.dir); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(d.dir))
+	if created {
+		// The store's own entry in its parent. (Any further ancestors
+		// MkdirAll created are the operator's business.)
+		return syncDir(filepath.Dir(d.dir))
+	}
+	return nil
 }
 
 // removeTemps deletes everything in tmp/: uploads of a previous process that

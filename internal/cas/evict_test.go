@@ -3,8 +3,11 @@ package cas
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"sync"
 	"testing"
 
 	"github.com/hearth-build/hearth/internal/digest"
@@ -164,5 +167,79 @@ func TestEvictionNeverEvictsTheBlobJustStored(t *testing.T) {
 	c := mustPut(t, d, digest.SHA256, blobN(2))
 	if present(t, d, a) || present(t, d, b) || !present(t, d, c) || d.SizeBytes() != 10 {
 		t.Errorf("present a=%v b=%v c=%v, bytes %d; want only c, 10", present(t, d, a), present(t, d, b), present(t, d, c), d.SizeBytes())
+	}
+}
+
+// TestDiskConcurrentChurn runs writers, readers and FindMissing against a
+// small bounded store, so that commits, duplicate commits, evictions and
+// reads of blobs being evicted interleave; then checks that the index and
+// the disk agree and every blob reads back intact.
+func TestDiskConcurrentChurn(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	const blobs, capacity = 40, 15
+	d := newDisk(t, dir, capacity*10)
+	ds := make([]digest.Digest, blobs)
+	for i := range ds {
+		ds[i] = digest.Compute(digest.BLAKE3, blobN(i))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := 0; g < 4; g++ {
+		wg.Add(2)
+		go func() { // writer
+			defer wg.Done()
+			for j := 0; j < 50; j++ {
+				i := (g*13 + j*7) % blobs
+				if err := Put(ctx, d, ds[i], blobN(i)); err != nil {
+					errs <- fmt.Errorf("put %d: %w", i, err)
+					return
+				}
+			}
+		}()
+		go func() { // reader
+			defer wg.Done()
+			for j := 0; j < 200; j++ {
+				i := (g + j*3) % blobs
+				b, err := Get(ctx, d, ds[i])
+				if err != nil && !errors.Is(err, ErrNotFound) {
+					errs <- fmt.Errorf("get %d: %w", i, err)
+					return
+				}
+				if err == nil && !bytes.Equal(b, blobN(i)) {
+					errs <- fmt.Errorf("blob %d read %q", i, b)
+					return
+				}
+				if _, err := d.FindMissing(ctx, ds[:10]); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if d.SizeBytes() > capacity*10 {
+		t.Errorf("%d bytes stored, over the bound %d", d.SizeBytes(), capacity*10)
+	}
+	if files := countBlobFiles(t, dir); files != d.Count() || int64(files)*10 != d.SizeBytes() {
+		t.Errorf("%d files on disk, index says %d blobs of %d bytes", files, d.Count(), d.SizeBytes())
+	}
+	m := missing(t, d, ds...)
+	if blobs-len(m) != d.Count() {
+		t.Errorf("FindMissing sees %d present, Count says %d", blobs-len(m), d.Count())
+	}
+	for i, dg := range ds {
+		if p, ok := d.Path(dg); ok {
+			if b, err := os.ReadFile(p); err != nil || !bytes.Equal(b, blobN(i)) {
+				t.Errorf("blob %d on disk: %q, %v", i, b, err)
+			}
+		}
+	}
+	if n := tmpEntries(t, dir); len(n) != 0 {
+		t.Errorf("temp files left: %v", n)
 	}
 }

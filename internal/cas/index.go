@@ -12,10 +12,11 @@ import (
 // The in-memory index of the disk store.
 //
 // It is sharded by the first byte of the hash: 256 shards, each a map under its
-// own RWMutex. The shard of a blob is also its on-disk subdirectory, so the
-// shard lock is what serialises the two operations that change which file
-// sits at a blob's path (rename on commit, unlink on eviction), and a dir fsync
-// of one subdirectory never contends with another shard.
+// own RWMutex, so writers of one shard never stall lookups in the others. The
+// shard of a blob is also its on-disk subdirectory. The operations that change
+// which file sits at a blob's path (rename + dir fsync on commit, unlink on
+// eviction) are serialised by marking the entry busy under the shard lock and
+// then running without it, so a slow fsync or unlink never blocks lookups.
 //
 // Recency is an approximate-LRU stamp per entry, stored atomically, so that
 // FindMissing and Open mark use under the shard's *read* lock: a FindMissing of
@@ -41,7 +42,7 @@ type entry struct {
 	// stamp orders entries for eviction: a value of Disk.clock at last use,
 	// or the file's mtime in nanoseconds for entries found at startup.
 	stamp atomic.Int64
-	// pins counts writers of an already-present blob (see newPresentWriter)
+	// pins counts writers of an already-present blob (see Disk.pin)
 	// that rely on it staying present until they commit; eviction skips
 	// pinned entries.
 	pins atomic.Int32

@@ -127,17 +127,10 @@ func (d *Disk) rebuildShard(i int, st *rebuildStats) (int64, error) {
 // rebuildShardDir indexes the directory of shard i of fn into s.
 func (d *Disk) rebuildShardDir(s *shard, fn digest.Function, i int, st *rebuildStats) (int64, error) {
 	dir := d.shardDir(fn, i)
-	// A Root stats names relative to the directory's descriptor
-	// (fstatat), sparing the kernel a walk of the whole path per file.
-	root, err := os.OpenRoot(dir)
+	f, err := os.Open(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil // no blob of this shard stored yet
 	}
-	if err != nil {
-		return 0, fmt.Errorf("cas: opening %s: %w", dir, err)
-	}
-	defer root.Close()
-	f, err := root.Open(".")
 	if err != nil {
 		return 0, fmt.Errorf("cas: listing %s: %w", dir, err)
 	}
@@ -167,7 +160,7 @@ func (d *Disk) rebuildShardDir(s *shard, fn digest.Function, i int, st *rebuildS
 		}
 		var stamp int64
 		if d.maxBytes > 0 {
-			fi, err := root.Lstat(name)
+			fi, err := de.Info()
 			if errors.Is(err, fs.ErrNotExist) {
 				continue
 			}
@@ -177,7 +170,7 @@ func (d *Disk) rebuildShardDir(s *shard, fn digest.Function, i int, st *rebuildS
 			if fi.Size() != k.size {
 				atomic.AddInt64(&st.damaged, 1)
 				d.logger.Warn("cas: removing a blob file of the wrong size", "path", filepath.Join(dir, name), "size", fi.Size())
-				if err := root.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				if err := removeFile(filepath.Join(dir, name)); err != nil {
 					return 0, fmt.Errorf("cas: removing damaged blob %s: %w", filepath.Join(dir, name), err)
 				}
 				continue
@@ -220,8 +213,7 @@ func parseBlobName(fn digest.Function, name string) (blobKey, bool) {
 
 func isLowerHex(s string) bool {
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+		if hexValue[s[i]] == badHex {
 			return false
 		}
 	}

@@ -25,7 +25,7 @@ func parseLocal(body string, noBase bool) (*File, error) {
 	if !noBase {
 		body = baseLocal + body
 	}
-	return parse([]byte("{workers: [{local: {"+body+"}}]}"), testMachine, testLookup)
+	return parse([]byte("{workers: [{local: {"+body+"}}]}"), testMachine, testLookup, false)
 }
 
 type fieldCase struct {

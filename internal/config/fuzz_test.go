@@ -18,7 +18,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{workers: [{local: {` + baseLocal + `max_action_timeout: "1h", persistent_workers: {protocols: ["json"]}}}]}`))
 	f.Add([]byte(`{workers: [{local: {additional_environment: {A: {value: "${X:-y}"}}, upload_action_result: {success_message_template: "{{}}"}}}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		_, err := parse(data, testMachine, testLookup)
+		_, err := parse(data, testMachine, testLookup, false)
 		if err != nil && !errors.Is(err, ErrInvalid) {
 			t.Fatalf("error %v does not wrap ErrInvalid", err)
 		}

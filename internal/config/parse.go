@@ -51,15 +51,22 @@ func Load(path string) (*File, error) {
 // defaults for this machine (DetectMachine). Strings may refer to the
 // process environment as $VAR, ${VAR} or ${VAR:-default}.
 func Parse(data []byte) (*File, error) {
-	return parse(data, DetectMachine(), os.LookupEnv)
+	return parse(data, DetectMachine(), os.LookupEnv, false)
 }
 
-func parse(data []byte, m Machine, lookupEnv func(string) (string, bool)) (*File, error) {
+// ParseEmbedded parses the configuration of `hearth serve`: the same file,
+// whose workers run inside the server, so worker_api_endpoint is optional
+// (and unused: they reach the scheduler in-process).
+func ParseEmbedded(data []byte) (*File, error) {
+	return parse(data, DetectMachine(), os.LookupEnv, true)
+}
+
+func parse(data []byte, m Machine, lookupEnv func(string) (string, bool), embedded bool) (*File, error) {
 	root, err := decodeJSON5(data)
 	if err != nil {
 		return nil, err
 	}
-	d := &decoder{lookupEnv: lookupEnv}
+	d := &decoder{lookupEnv: lookupEnv, embedded: embedded}
 	f := &File{}
 	o, ok := d.object("", root)
 	if !ok {
@@ -83,7 +90,7 @@ func parse(data []byte, m Machine, lookupEnv func(string) (string, bool)) (*File
 	for i := range f.Workers {
 		w := &f.Workers[i].Local
 		w.ApplyDefaults(m)
-		if err := w.Validate(fieldPath(indexPath("workers", i), "local")); err != nil {
+		if err := w.validate(fieldPath(indexPath("workers", i), "local"), !embedded); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -118,7 +125,7 @@ func (d *decoder) workers(path string, v any) []Worker {
 		// reported together with every other problem of the file.
 		if m, ok := arg.(map[string]any); ok {
 			for _, key := range sortedKeys(requiredLocalFields) {
-				if m[key] == nil {
+				if m[key] == nil && !(d.embedded && key == "worker_api_endpoint") {
 					d.errorf(fieldPath(lp, key), "%s", requiredLocalFields[key])
 				}
 			}
@@ -155,12 +162,14 @@ func DecodeLocalWorker(path string, v any) (*LocalWorker, []string, error) {
 // Validate checks what can only be checked once defaults are applied: the
 // required fields, and that the purged work directory and the directory
 // cache do not contain each other. path names the worker in errors.
-func (w *LocalWorker) Validate(path string) error {
+func (w *LocalWorker) Validate(path string) error { return w.validate(path, true) }
+
+func (w *LocalWorker) validate(path string, needEndpoint bool) error {
 	var errs []error
 	fail := func(p, format string, args ...any) {
 		errs = append(errs, &FieldError{Path: p, Msg: fmt.Sprintf(format, args...)})
 	}
-	if w.WorkerAPIEndpoint.URI == "" {
+	if needEndpoint && w.WorkerAPIEndpoint.URI == "" {
 		fail(fieldPath(path, "worker_api_endpoint"), "%s", requiredLocalFields["worker_api_endpoint"])
 	}
 	if w.WorkDirectory == "" {

@@ -73,7 +73,7 @@ func TestUnknownFieldsAtEveryLevel(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := parse([]byte(tc.doc), testMachine, testLookup)
+			_, err := parse([]byte(tc.doc), testMachine, testLookup, false)
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("error %v\nwant it to contain %q", err, tc.wantErr)
 			}
@@ -102,7 +102,7 @@ func TestTopLevel(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			f, err := parse([]byte(tc.doc), testMachine, testLookup)
+			f, err := parse([]byte(tc.doc), testMachine, testLookup, false)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error %v\nwant it to contain %q", err, tc.wantErr)
@@ -162,7 +162,7 @@ func TestJSON5Syntax(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			f, err := parse([]byte(tc.doc), testMachine, testLookup)
+			f, err := parse([]byte(tc.doc), testMachine, testLookup, false)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error %v\nwant it to contain %q", err, tc.wantErr)
@@ -183,5 +183,22 @@ func TestJSON5Syntax(t *testing.T) {
 			wantEqual(t, "Name", w.Name, "it's")
 			wantEqual(t, "URI", w.WorkerAPIEndpoint.URI, "grpc://127.0.0.1:50061")
 		})
+	}
+}
+
+func TestParseEmbeddedEndpointOptional(t *testing.T) {
+	doc := []byte(`{workers: [{local: {work_directory: "/tmp/hearth-embedded-test"}}]}`)
+	if _, err := parse(doc, testMachine, testLookup, false); err == nil || !strings.Contains(err.Error(), "worker_api_endpoint") {
+		t.Fatalf("worker file without endpoint: err = %v", err)
+	}
+	f, err := parse(doc, testMachine, testLookup, true)
+	if err != nil {
+		t.Fatalf("embedded config without endpoint: %v", err)
+	}
+	if f.Workers[0].Local.WorkDirectory != "/tmp/hearth-embedded-test" {
+		t.Fatalf("work directory %q", f.Workers[0].Local.WorkDirectory)
+	}
+	if _, err := parse([]byte(`{workers: [{local: {}}]}`), testMachine, testLookup, true); err == nil || !strings.Contains(err.Error(), "work_directory") {
+		t.Fatalf("embedded config without work_directory: err = %v", err)
 	}
 }

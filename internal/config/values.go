@@ -17,6 +17,8 @@ import (
 // turns it into typed values. It collects every error instead of stopping at
 // the first, so a user fixing a translated config sees all problems at once.
 type decoder struct {
+	// embedded: the workers run inside `hearth serve` (see ParseEmbedded).
+	embedded  bool
 	lookupEnv func(string) (string, bool)
 	errs      []error
 	warnings  []string

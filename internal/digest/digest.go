@@ -98,7 +98,7 @@ func Parse(fn Function, s string) (Digest, error) {
 		return Digest{}, fmt.Errorf("%w: %q is not of the form hash/size", ErrInvalid, s)
 	}
 	size, err := strconv.ParseInt(sizeStr, 10, 64)
-	if err != nil || (len(sizeStr) > 1 && sizeStr[0] == '0') || sizeStr[0] == '+' {
+	if err != nil || (len(sizeStr) > 1 && sizeStr[0] == '0') || sizeStr[0] < '0' || sizeStr[0] > '9' {
 		return Digest{}, fmt.Errorf("%w: size %q in %q is not a decimal integer", ErrInvalid, sizeStr, s)
 	}
 	return New(fn, hash, size)

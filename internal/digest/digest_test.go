@@ -36,6 +36,7 @@ func TestParse(t *testing.T) {
 		{"no slash", emptySHA, SHA256, true, 0},
 		{"negative", emptySHA + "/-1", SHA256, true, 0},
 		{"plus", emptySHA + "/+1", SHA256, true, 0},
+		{"minus zero", emptySHA + "/-0", SHA256, true, 0},
 		{"leading zero", emptySHA + "/01", SHA256, true, 0},
 		{"empty size", emptySHA + "/", SHA256, true, 0},
 		{"upper hex", strings.ToUpper(emptySHA) + "/0", SHA256, true, 0},

@@ -33,11 +33,28 @@ const stageParallelism = 32
 // directory should be therefore makes Stage fail instead of writing through
 // it; the tree itself cannot ask for that, as names are unique per directory.
 func Stage(ctx context.Context, t *Tree, cache *filecache.Cache, dir string) error {
+	return StageWith(ctx, t, cache, dir, StageOptions{})
+}
+
+// StageOptions adapt Stage to a directory that is reused between actions: a
+// persistent worker's workspace, where the tool files stay.
+type StageOptions struct {
+	// Skip leaves out the files it returns true for (already present).
+	Skip func(*File) bool
+	// Reuse allows dir to be non-empty and directories of the tree to exist
+	// already (they are entered, never followed if they are symlinks).
+	Reuse bool
+}
+
+// StageWith is Stage with options.
+func StageWith(ctx context.Context, t *Tree, cache *filecache.Cache, dir string, opts StageOptions) error {
 	if len(t.Dirs) == 0 {
 		return errors.New("inputtree: staging a tree that Load did not make (it has no root directory)")
 	}
-	if err := checkEmpty(dir); err != nil {
-		return err
+	if !opts.Reuse {
+		if err := checkEmpty(dir); err != nil {
+			return err
+		}
 	}
 	rootfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -45,7 +62,7 @@ func Stage(ctx context.Context, t *Tree, cache *filecache.Cache, dir string) err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s := &stager{t: t, cache: cache, cancel: cancel, jobs: make(chan linkJob, 2*stageParallelism)}
+	s := &stager{t: t, cache: cache, opts: opts, cancel: cancel, jobs: make(chan linkJob, 2*stageParallelism)}
 	var wg sync.WaitGroup
 	for range stageParallelism {
 		wg.Add(1)
@@ -85,6 +102,7 @@ func checkEmpty(dir string) error {
 type stager struct {
 	t      *Tree
 	cache  *filecache.Cache
+	opts   StageOptions
 	cancel context.CancelFunc
 	jobs   chan linkJob
 
@@ -134,6 +152,9 @@ func (s *stager) fail(err error) {
 func (s *stager) walk(ctx context.Context, h *dirHandle, i int) error {
 	d := &s.t.Dirs[i]
 	for f := d.filesLo; f < d.filesHi; f++ {
+		if s.opts.Skip != nil && s.opts.Skip(&s.t.Files[f]) {
+			continue
+		}
 		h.acquire()
 		select {
 		case s.jobs <- linkJob{dir: h, file: f}:
@@ -152,7 +173,7 @@ func (s *stager) walk(ctx context.Context, h *dirHandle, i int) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		sub, err := makeDir(h.fd, s.t.Dirs[c].Path)
+		sub, err := makeDir(h.fd, s.t.Dirs[c].Path, s.opts.Reuse)
 		if err != nil {
 			return err
 		}
@@ -166,10 +187,11 @@ func (s *stager) walk(ctx context.Context, h *dirHandle, i int) error {
 }
 
 // makeDir creates the directory path (its last component, relative to
-// parent) with mode 0755 and returns a handle on it.
-func makeDir(parent int, path string) (*dirHandle, error) {
+// parent) with mode 0755 and returns a handle on it. With reuse, an existing
+// directory is fine (a symlink in its place still fails to open).
+func makeDir(parent int, path string, reuse bool) (*dirHandle, error) {
 	name := baseName(path)
-	if err := unix.Mkdirat(parent, name, 0o755); err != nil {
+	if err := unix.Mkdirat(parent, name, 0o755); err != nil && !(reuse && errors.Is(err, unix.EEXIST)) {
 		return nil, fmt.Errorf("inputtree: creating directory %q: %w", path, err)
 	}
 	fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)

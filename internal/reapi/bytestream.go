@@ -45,11 +45,21 @@ var byteStreamCompressors = map[repb.Compressor_Value]bool{repb.Compressor_ZSTD:
 //     first write_offset + compressed bytes received.
 //   - A first write_offset must equal the session's committed size, or be 0,
 //     which restarts the upload from scratch (a client that lost its place
-//     can always start over; content addressing makes that safe).
+//     can always start over; content addressing makes that safe). A restart
+//     is the one case where QueryWriteStatus's committed_size goes down.
+//   - A stream that ends without finish_write is answered with the committed
+//     size (ByteStream docs); a broken or cancelled one leaves the upload
+//     resumable. Sessions are keyed by the name without its metadata, live
+//     in memory, expire after DefaultUploadIdleTimeout idle, and at most
+//     DefaultMaxIdleUploads idle ones are kept (oldest dropped first).
 //   - A second stream on an upload that another stream still owns waits up
-//     to uploadTakeoverWait, then gets ABORTED.
-//   - QueryWriteStatus answers complete=true, committed_size=size whenever
-//     the blob is in the CAS, whoever uploaded it.
+//     to DefaultUploadTakeoverWait for it to end, then gets ABORTED.
+//   - QueryWriteStatus answers complete=true, committed_size=size (the
+//     uncompressed size, also for compressed names) whenever the blob is in
+//     the CAS, whoever uploaded it; NOT_FOUND when there is neither the blob
+//     nor a session.
+//   - After finish_write the server reads once more and requires the
+//     client's close: a request after finish_write is INVALID_ARGUMENT.
 type byteStreamServer struct {
 	bspb.UnimplementedByteStreamServer
 	store   cas.Store
@@ -124,9 +134,7 @@ func (s *byteStreamServer) Read(req *bspb.ReadRequest, stream bspb.ByteStream_Re
 		n, err = compressTo(send, r)
 	}
 	if err != nil {
-		if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
-			return err // the stream's own error (client gone)
-		}
+		// A Send error (client gone) keeps its status through the wrapping.
 		return toStatus(fmt.Errorf("read %s: %w", req.GetResourceName(), err))
 	}
 	if n != want {

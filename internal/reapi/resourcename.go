@@ -18,8 +18,18 @@ import (
 //	        {instance}/uploads/{uuid}/compressed-blobs/{compressor}/{function/}{hash}/{size}{/metadata}
 //
 // The parser is strict so that every valid name has exactly one spelling,
-// which String reproduces: the function segment is present exactly when REAPI
-// requires it (BLAKE3), never for SHA256.
+// which String reproduces:
+//   - the digest-function segment is present exactly when REAPI requires it
+//     (BLAKE3); a segment REAPI says must be omitted ("sha256", "sha1", ...)
+//     is rejected, and a hash without one must be SHA256's 64 hex characters;
+//   - "compressed-blobs/identity/" is rejected (REAPI: the compressor is one
+//     other than identity); other compressor names parse, and the service
+//     decides which it supports;
+//   - read names carry no metadata; instance segments may not be empty or a
+//     reserved keyword;
+//   - the upload uuid is any segment that is not a keyword: REAPI asks
+//     clients for a version 4 UUID, but refusing other ids would only break
+//     clients, and the id's sole role is to keep concurrent uploads apart.
 type ResourceName struct {
 	// Instance is the instance name; "" when the name starts with the keyword.
 	Instance string

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+
+	"github.com/hearth-build/hearth/internal/casclient"
+	"github.com/hearth-build/hearth/internal/config"
+	"github.com/hearth-build/hearth/internal/executor"
+)
+
+// runWorker is `hearth worker --config FILE`: executors that connect to a
+// `hearth server` (or `hearth serve`) and use its CAS and action cache.
+func runWorker(args []string) error {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	path := fs.String("config", "", "worker configuration (JSON5, NativeLink's local worker shape; see docs/configuration.md)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *path == "" {
+		return errors.New("--config is required")
+	}
+	logger := newLogger()
+	file, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	logWarnings(logger, file.Warnings)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var wg sync.WaitGroup
+	errs := make([]error, len(file.Workers))
+	for i := range file.Workers {
+		w := &file.Workers[i].Local
+		conn, err := casclient.Dial(ctx, w.WorkerAPIEndpoint.URI)
+		if err != nil {
+			return fmt.Errorf("workers[%d].local.worker_api_endpoint: %w", i, err)
+		}
+		defer conn.Close()
+		store := casclient.NewStore(conn, "")
+		exec, err := executor.FromConfig(ctx, w, executor.Deps{
+			CAS: store, ActionCache: casclient.NewActionCache(conn), FileSource: store,
+			RunnerRemote: w.WorkerAPIEndpoint.URI, Logger: logger,
+		})
+		if err != nil {
+			return fmt.Errorf("workers[%d]: %w", i, err)
+		}
+		logger.Info("hearth worker starting", "name", w.Name, "scheduler", w.WorkerAPIEndpoint.URI, "work_directory", w.WorkDirectory, "max_inflight", w.MaxInflightTasks)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = exec.Run(ctx, conn)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func logWarnings(logger *slog.Logger, warnings []string) {
+	for _, w := range warnings {
+		logger.Warn("config: " + w)
+	}
+}
