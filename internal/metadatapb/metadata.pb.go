@@ -177,6 +177,116 @@ func (x *ProcessResourceUsage) GetNivcsw() int64 {
 	return 0
 }
 
+// PersistentWorkerInfo says how an action that opted into persistent workers
+// was served.
+type PersistentWorkerInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The pool key Hearth computed (not the client's persistentWorkerKey).
+	PoolKey string `protobuf:"bytes,1,opt,name=pool_key,json=poolKey,proto3" json:"pool_key,omitempty"`
+	// The client's persistentWorkerKey, if it sent one.
+	ClientKey string `protobuf:"bytes,2,opt,name=client_key,json=clientKey,proto3" json:"client_key,omitempty"`
+	// True when the worker process had served requests before (a warm start).
+	Warm bool `protobuf:"varint,3,opt,name=warm,proto3" json:"warm,omitempty"`
+	// This request's number on its worker process (1 = first).
+	Invocation int32 `protobuf:"varint,4,opt,name=invocation,proto3" json:"invocation,omitempty"`
+	// True when the action ran one-shot instead: the worker failed, the pool
+	// had no capacity, or the key is quarantined. fallback_reason says why.
+	FellBack       bool   `protobuf:"varint,5,opt,name=fell_back,json=fellBack,proto3" json:"fell_back,omitempty"`
+	FallbackReason string `protobuf:"bytes,6,opt,name=fallback_reason,json=fallbackReason,proto3" json:"fallback_reason,omitempty"`
+	// True when verification mode also ran the action one-shot; mismatch
+	// lists the outputs whose digests differed.
+	Verified      bool     `protobuf:"varint,7,opt,name=verified,proto3" json:"verified,omitempty"`
+	Mismatch      []string `protobuf:"bytes,8,rep,name=mismatch,proto3" json:"mismatch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistentWorkerInfo) Reset() {
+	*x = PersistentWorkerInfo{}
+	mi := &file_hearth_metadata_v1_metadata_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistentWorkerInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistentWorkerInfo) ProtoMessage() {}
+
+func (x *PersistentWorkerInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_hearth_metadata_v1_metadata_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistentWorkerInfo.ProtoReflect.Descriptor instead.
+func (*PersistentWorkerInfo) Descriptor() ([]byte, []int) {
+	return file_hearth_metadata_v1_metadata_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PersistentWorkerInfo) GetPoolKey() string {
+	if x != nil {
+		return x.PoolKey
+	}
+	return ""
+}
+
+func (x *PersistentWorkerInfo) GetClientKey() string {
+	if x != nil {
+		return x.ClientKey
+	}
+	return ""
+}
+
+func (x *PersistentWorkerInfo) GetWarm() bool {
+	if x != nil {
+		return x.Warm
+	}
+	return false
+}
+
+func (x *PersistentWorkerInfo) GetInvocation() int32 {
+	if x != nil {
+		return x.Invocation
+	}
+	return 0
+}
+
+func (x *PersistentWorkerInfo) GetFellBack() bool {
+	if x != nil {
+		return x.FellBack
+	}
+	return false
+}
+
+func (x *PersistentWorkerInfo) GetFallbackReason() string {
+	if x != nil {
+		return x.FallbackReason
+	}
+	return ""
+}
+
+func (x *PersistentWorkerInfo) GetVerified() bool {
+	if x != nil {
+		return x.Verified
+	}
+	return false
+}
+
+func (x *PersistentWorkerInfo) GetMismatch() []string {
+	if x != nil {
+		return x.Mismatch
+	}
+	return nil
+}
+
 var File_hearth_metadata_v1_metadata_proto protoreflect.FileDescriptor
 
 const file_hearth_metadata_v1_metadata_proto_rawDesc = "" +
@@ -195,7 +305,19 @@ const file_hearth_metadata_v1_metadata_proto_rawDesc = "" +
 	"\ainblock\x18\x06 \x01(\x03R\ainblock\x12\x18\n" +
 	"\aoublock\x18\a \x01(\x03R\aoublock\x12\x14\n" +
 	"\x05nvcsw\x18\b \x01(\x03R\x05nvcsw\x12\x16\n" +
-	"\x06nivcsw\x18\t \x01(\x03R\x06nivcswB4Z2github.com/hearth-build/hearth/internal/metadatapbb\x06proto3"
+	"\x06nivcsw\x18\t \x01(\x03R\x06nivcsw\"\x82\x02\n" +
+	"\x14PersistentWorkerInfo\x12\x19\n" +
+	"\bpool_key\x18\x01 \x01(\tR\apoolKey\x12\x1d\n" +
+	"\n" +
+	"client_key\x18\x02 \x01(\tR\tclientKey\x12\x12\n" +
+	"\x04warm\x18\x03 \x01(\bR\x04warm\x12\x1e\n" +
+	"\n" +
+	"invocation\x18\x04 \x01(\x05R\n" +
+	"invocation\x12\x1b\n" +
+	"\tfell_back\x18\x05 \x01(\bR\bfellBack\x12'\n" +
+	"\x0ffallback_reason\x18\x06 \x01(\tR\x0efallbackReason\x12\x1a\n" +
+	"\bverified\x18\a \x01(\bR\bverified\x12\x1a\n" +
+	"\bmismatch\x18\b \x03(\tR\bmismatchB4Z2github.com/hearth-build/hearth/internal/metadatapbb\x06proto3"
 
 var (
 	file_hearth_metadata_v1_metadata_proto_rawDescOnce sync.Once
@@ -209,10 +331,11 @@ func file_hearth_metadata_v1_metadata_proto_rawDescGZIP() []byte {
 	return file_hearth_metadata_v1_metadata_proto_rawDescData
 }
 
-var file_hearth_metadata_v1_metadata_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_hearth_metadata_v1_metadata_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_hearth_metadata_v1_metadata_proto_goTypes = []any{
 	(*ExecutionStatistics)(nil),  // 0: hearth.metadata.v1.ExecutionStatistics
 	(*ProcessResourceUsage)(nil), // 1: hearth.metadata.v1.ProcessResourceUsage
+	(*PersistentWorkerInfo)(nil), // 2: hearth.metadata.v1.PersistentWorkerInfo
 }
 var file_hearth_metadata_v1_metadata_proto_depIdxs = []int32{
 	1, // 0: hearth.metadata.v1.ExecutionStatistics.process_resource_usage:type_name -> hearth.metadata.v1.ProcessResourceUsage
@@ -234,7 +357,7 @@ func file_hearth_metadata_v1_metadata_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hearth_metadata_v1_metadata_proto_rawDesc), len(file_hearth_metadata_v1_metadata_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

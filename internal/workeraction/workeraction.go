@@ -1,0 +1,241 @@
+// Package workeraction owns the translation of a REAPI action into a
+// persistent worker request, following Bazel's rules so that any Bazel or
+// Buck2 worker behaves remotely as it does locally: which platform
+// properties opt an action in (hints, never requirements), how the argv is
+// split into startup arguments and flag files, how flag files are expanded
+// into WorkRequest.arguments, and which pool key a worker process is shared
+// under.
+package workeraction
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+
+	"github.com/hearth-build/hearth/internal/inputtree"
+)
+
+// Hints are what the client's platform properties say about running the
+// action on a persistent worker.
+type Hints struct {
+	// OptIn: persistentWorkerKey is present (Bazel ≥ 6, Buck2) or
+	// supports-workers=1 was set through exec_properties.
+	OptIn bool
+	// ClientKey is persistentWorkerKey's value ("" when absent). Hearth
+	// never trusts it alone; it is one input of the pool key.
+	ClientKey string
+	// Protocol is "proto" (default) or "json".
+	Protocol string
+	// Multiplex: supports-multiplex-workers=1.
+	Multiplex bool
+	// Sandboxing: supports-multiplex-sandboxing=1 (multiplex requests get
+	// their own sandbox_dir).
+	Sandboxing bool
+	// Cancellable: supports-worker-cancellation=1.
+	Cancellable bool
+}
+
+// ParseHints reads the worker hints from an action's platform properties. An
+// unknown protocol name returns an error: the caller runs the action one-shot
+// rather than guessing.
+func ParseHints(props []*repb.Platform_Property) (Hints, error) {
+	h := Hints{Protocol: "proto"}
+	for _, p := range props {
+		v := p.GetValue()
+		switch p.GetName() {
+		case "persistentWorkerKey":
+			h.OptIn, h.ClientKey = true, v
+		case "supports-workers":
+			h.OptIn = h.OptIn || v == "1" || strings.EqualFold(v, "true")
+		case "persistentWorkerProtocol", "requires-worker-protocol":
+			h.Protocol = strings.ToLower(v)
+		case "supports-multiplex-workers":
+			h.Multiplex = v == "1" || strings.EqualFold(v, "true")
+		case "supports-multiplex-sandboxing":
+			h.Sandboxing = v == "1" || strings.EqualFold(v, "true")
+		case "supports-worker-cancellation":
+			h.Cancellable = v == "1" || strings.EqualFold(v, "true")
+		}
+	}
+	if h.Protocol != "proto" && h.Protocol != "json" {
+		return h, fmt.Errorf("unknown worker protocol %q (want proto or json)", h.Protocol)
+	}
+	if !h.Multiplex {
+		h.Sandboxing = false
+	}
+	return h, nil
+}
+
+// flagFileArg is Bazel's rule for a flag-file argument.
+var flagFileArg = regexp.MustCompile(`^(@|--?flagfile=)(.+)`)
+
+// SplitArgs splits a Command's arguments as Bazel does: every flag-file
+// argument (@file, --flagfile=file, -flagfile=file; anywhere, any number)
+// goes to the request, everything else, in order, is the startup command.
+// With no flag-file argument the action cannot be a worker request.
+func SplitArgs(args []string) (startup, request []string) {
+	for _, a := range args {
+		if flagFileArg.MatchString(a) {
+			request = append(request, a)
+		} else {
+			startup = append(startup, a)
+		}
+	}
+	return startup, request
+}
+
+// maxFlagFileDepth bounds recursive @file expansion (a file naming itself).
+const maxFlagFileDepth = 16
+
+// maxExpandedBytes bounds the total size of expanded arguments.
+const maxExpandedBytes = 256 << 20
+
+// ErrFlagFile is wrapped when a flag file cannot be read or expanded; the
+// action then runs one-shot, where the tool reads its flag files itself.
+var ErrFlagFile = errors.New("flag file")
+
+// ExpandArgs builds WorkRequest.arguments: each "@file" is replaced by the
+// file's lines, one argument per line, recursively; "@@x" (an escaped @) and
+// --flagfile=/-flagfile= arguments are passed unchanged, for the worker to
+// read. Files are read through an os.Root at dir (the action's working
+// directory), so a flag file path or symlink cannot leave it.
+func ExpandArgs(dir string, request []string) ([]string, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrFlagFile, err)
+	}
+	defer root.Close()
+	var out []string
+	total := 0
+	var expand func(arg string, depth int) error
+	expand = func(arg string, depth int) error {
+		if !strings.HasPrefix(arg, "@") || strings.HasPrefix(arg, "@@") {
+			total += len(arg)
+			out = append(out, arg)
+			return nil
+		}
+		if depth >= maxFlagFileDepth {
+			return fmt.Errorf("%w: %s: nested more than %d deep", ErrFlagFile, arg, maxFlagFileDepth)
+		}
+		data, err := root.ReadFile(strings.TrimPrefix(arg[1:], "./"))
+		if err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrFlagFile, arg, err)
+		}
+		if total += len(data); total > maxExpandedBytes {
+			return fmt.Errorf("%w: expanded arguments exceed %d bytes", ErrFlagFile, maxExpandedBytes)
+		}
+		text := strings.TrimSuffix(string(data), "\n")
+		if text == "" {
+			return nil
+		}
+		for _, line := range strings.Split(text, "\n") {
+			if err := expand(strings.TrimSuffix(line, "\r"), depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, a := range request {
+		if err := expand(a, 0); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// ToolFiles returns the tool files of an action: the inputs marked with the
+// bazel_tool_input node property, or, when the client marks none (older
+// Bazel, Buck2), the input files that the startup arguments name (relative to
+// the working directory). Their digests are part of the pool key, so a
+// changed tool is never served by a stale process.
+func ToolFiles(t *inputtree.Tree, startup []string, workingDir string) []inputtree.File {
+	var marked []inputtree.File
+	for _, f := range t.Files {
+		if f.ToolInput {
+			marked = append(marked, f)
+		}
+	}
+	if len(marked) > 0 {
+		return marked
+	}
+	named := map[string]bool{}
+	for _, a := range startup {
+		p := strings.TrimPrefix(a, "./")
+		if workingDir != "" {
+			p = workingDir + "/" + p
+		}
+		named[p] = true
+		// --flag=path forms name tools too (e.g. --jvm_flag=..., -jar=x.jar).
+		if _, v, ok := strings.Cut(a, "="); ok {
+			v = strings.TrimPrefix(v, "./")
+			if workingDir != "" {
+				v = workingDir + "/" + v
+			}
+			named[v] = true
+		}
+	}
+	var tools []inputtree.File
+	for _, f := range t.Files {
+		if named[f.Path] {
+			tools = append(tools, f)
+		}
+	}
+	return tools
+}
+
+// KeyInput is everything that decides whether two actions may share a worker
+// process.
+type KeyInput struct {
+	Instance   string
+	ClientKey  string
+	Startup    []string
+	Env        []string
+	WorkingDir string
+	Protocol   string
+	Multiplex  bool
+	Sandboxing bool
+	Tools      []inputtree.File
+}
+
+// PoolKey hashes k. The client's persistentWorkerKey is only one of the
+// inputs: the startup command, environment, protocol and the digests of the
+// tool files are hashed here too, so a client that reuses a key for a changed
+// tool still gets a fresh process.
+func PoolKey(k KeyInput) string {
+	h := sha256.New()
+	field := func(s string) {
+		fmt.Fprintf(h, "%d:%s;", len(s), s)
+	}
+	field("hearth-worker-key-v1")
+	field(k.Instance)
+	field(k.ClientKey)
+	field(k.WorkingDir)
+	field(k.Protocol)
+	field(fmt.Sprint(k.Multiplex, k.Sandboxing))
+	field(fmt.Sprint(len(k.Startup)))
+	for _, a := range k.Startup {
+		field(a)
+	}
+	env := append([]string(nil), k.Env...)
+	sort.Strings(env)
+	field(fmt.Sprint(len(env)))
+	for _, e := range env {
+		field(e)
+	}
+	tools := append([]inputtree.File(nil), k.Tools...)
+	sort.Slice(tools, func(i, j int) bool { return tools[i].Path < tools[j].Path })
+	field(fmt.Sprint(len(tools)))
+	for _, t := range tools {
+		field(t.Path)
+		field(t.Digest.String())
+		field(fmt.Sprint(t.Executable))
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
