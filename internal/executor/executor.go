@@ -48,7 +48,10 @@ type Options struct {
 	Hooks func(a *workerapi.Assign) (builder.Hooks, error)
 	// Accepting runs before work is taken (the precondition script); false
 	// pauses the executor. Nil means always accepting.
-	Accepting         func(ctx context.Context) bool
+	Accepting func(ctx context.Context) bool
+	// WarmKeys lists the pool keys with an idle warm persistent worker,
+	// reported so that the scheduler routes actions of those keys here.
+	WarmKeys          func() []string
 	HeartbeatInterval time.Duration
 	Logger            *slog.Logger
 }
@@ -111,9 +114,17 @@ func (e *Executor) Run(ctx context.Context, conn grpc.ClientConnInterface) error
 	}
 }
 
+func (e *Executor) warmKeys() []string {
+	if e.opts.WarmKeys == nil {
+		return nil
+	}
+	return e.opts.WarmKeys()
+}
+
 func (e *Executor) register() *workerapi.Register {
 	reg := &workerapi.Register{
 		Name:              e.opts.Name,
+		WarmKeys:          e.warmKeys(),
 		MaxInflight:       int32(e.opts.MaxInflight),
 		MinimumProperties: e.opts.MinimumProperties,
 	}
@@ -181,7 +192,7 @@ func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient
 				delete(tasks, a.GetTaskId())
 				tasksMu.Unlock()
 				if err := send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Finished{Finished: &workerapi.Finished{
-					TaskId: a.GetTaskId(), Response: resp,
+					TaskId: a.GetTaskId(), Response: resp, WarmKeys: e.warmKeys(),
 				}}}); err != nil {
 					e.log.Warn("reporting a result failed; the scheduler will re-run the action", "task", a.GetTaskId(), "err", err)
 				}
@@ -199,7 +210,7 @@ func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient
 func (e *Executor) heartbeat(ctx context.Context, send func(*workerapi.ExecutorMessage) error) {
 	beat := func() {
 		accepting := e.opts.Accepting == nil || e.opts.Accepting(ctx)
-		send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Heartbeat{Heartbeat: &workerapi.Heartbeat{Accepting: accepting}}})
+		send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Heartbeat{Heartbeat: &workerapi.Heartbeat{Accepting: accepting, WarmKeys: e.warmKeys()}}})
 	}
 	if e.opts.Accepting != nil {
 		beat() // a failing precondition pauses the executor from the start
