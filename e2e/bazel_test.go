@@ -32,9 +32,38 @@ type bazelRunner struct {
 	logDir     string
 	env        []string
 	runs       int
+	// targets are what localBaseline and checkRemoteMatchesLocal build and
+	// test: //... unless a test adds manual targets.
+	targets []string
 }
 
+// newBazel returns a runner on a private copy of testdata/bazel/ws.
 func newBazel(t *testing.T) *bazelRunner {
+	t.Helper()
+	return newBazelIn(t, "ws")
+}
+
+// newGeneratedBazel returns a runner on a workspace made of files (path
+// relative to the workspace root → content), written beside a copy of the
+// offline stubs, which its WORKSPACE file must map as ws/WORKSPACE does.
+func newGeneratedBazel(t *testing.T, files map[string]string) *bazelRunner {
+	t.Helper()
+	b := newBazelIn(t, "generated")
+	for name, content := range files {
+		path := filepath.Join(b.workspace, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b
+}
+
+// newBazelIn sets up a runner whose workspace is src/wsName below its root,
+// with testdata/bazel copied to src.
+func newBazelIn(t *testing.T, wsName string) *bazelRunner {
 	t.Helper()
 	if _, err := exec.LookPath("bazel"); err != nil {
 		t.Fatalf("bazel is not installed (scripts/install-test-deps.sh installs Debian's bazel-bootstrap): %v", err)
@@ -43,9 +72,10 @@ func newBazel(t *testing.T) *bazelRunner {
 	b := &bazelRunner{
 		t:          t,
 		root:       root,
-		workspace:  filepath.Join(root, "src", "ws"),
+		workspace:  filepath.Join(root, "src", wsName),
 		outputBase: filepath.Join(root, "output_base"),
 		logDir:     filepath.Join(root, "logs"),
+		targets:    []string{"//..."},
 	}
 	home := filepath.Join(root, "home")
 	for _, dir := range []string{home, b.logDir} {
@@ -87,9 +117,12 @@ func (b *bazelRunner) startupOptions() []string {
 }
 
 // buildFlags are added to every build and test: no convenience symlinks in
-// the workspace, no disk cache, plain output, and an action environment that
-// does not depend on the caller's PATH (it is part of every action's key).
+// the workspace, no disk cache, plain output, an action environment that
+// does not depend on the caller's PATH (it is part of every action's key),
+// and ctx.actions.declare_symlink (experimental in Bazel 4) for
+// //symlinks:dangling.
 var buildFlags = []string{
+	"--experimental_allow_unresolved_symlinks",
 	"--symlink_prefix=/",
 	"--disk_cache=",
 	"--color=no",
@@ -215,6 +248,8 @@ type spawnRecord struct {
 	RemoteCacheHit bool     `json:"remoteCacheHit"`
 	Remotable      bool     `json:"remotable"`
 	Cacheable      bool     `json:"cacheable"`
+	Status         string   `json:"status"` // empty on success
+	ExitCode       int      `json:"exitCode"`
 	CommandArgs    []string `json:"commandArgs"`
 	ActualOutputs  []struct {
 		Path string `json:"path"`
@@ -226,7 +261,7 @@ func (s spawnRecord) String() string {
 	if len(s.ActualOutputs) > 0 {
 		out = s.ActualOutputs[0].Path
 	}
-	return fmt.Sprintf("%s %s (runner %q, remotable %v, cacheable %v)", s.Mnemonic, out, s.Runner, s.Remotable, s.Cacheable)
+	return fmt.Sprintf("%s %s (runner %q, remotable %v, cacheable %v, remote cache hit %v)", s.Mnemonic, out, s.Runner, s.Remotable, s.Cacheable, s.RemoteCacheHit)
 }
 
 // readExecutionLog parses --execution_log_json_file: a stream of JSON

@@ -24,6 +24,7 @@ type reapiClient struct {
 	cas  repb.ContentAddressableStorageClient
 	bs   bspb.ByteStreamClient
 	caps repb.CapabilitiesClient
+	exec repb.ExecutionClient
 }
 
 func dial(t *testing.T, addr string) *reapiClient {
@@ -40,6 +41,7 @@ func dial(t *testing.T, addr string) *reapiClient {
 		cas:  repb.NewContentAddressableStorageClient(conn),
 		bs:   bspb.NewByteStreamClient(conn),
 		caps: repb.NewCapabilitiesClient(conn),
+		exec: repb.NewExecutionClient(conn),
 	}
 }
 

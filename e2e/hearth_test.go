@@ -23,7 +23,8 @@ const (
 	exitTimeout  = 40 * time.Second
 )
 
-// hearthProcess is one running `hearth serve` child.
+// hearthProcess is one running hearth child: `hearth serve`, `hearth server`
+// or `hearth worker`.
 type hearthProcess struct {
 	t    *testing.T
 	cmd  *exec.Cmd
@@ -43,14 +44,22 @@ type hearthProcess struct {
 // unless it exits 0.
 func startServe(t *testing.T, dataDir string, extraArgs ...string) *hearthProcess {
 	t.Helper()
+	return startServer(t, "serve", dataDir, nil, extraArgs...)
+}
+
+// startServer starts `hearth command` (serve or server) like startServe,
+// with extraEnv ("NAME=value") added to the test's own environment.
+func startServer(t *testing.T, command, dataDir string, extraEnv []string, extraArgs ...string) *hearthProcess {
+	t.Helper()
 	args := append([]string{
+		command,
 		"--listen", "127.0.0.1:0",
 		"--http", freeLoopbackAddr(t),
 		"--data", dataDir,
 	}, extraArgs...)
-	p := launchServe(t, t.TempDir(), args...)
+	p := launchHearth(t, t.TempDir(), extraEnv, args...)
 	if err := p.waitReady(t.Context()); err != nil {
-		t.Fatalf("hearth serve did not become ready: %v\n%s", err, p.log.tail(50))
+		t.Fatalf("hearth %s did not become ready: %v\n%s", command, err, p.log.tail(50))
 	}
 	return p
 }
@@ -58,9 +67,16 @@ func startServe(t *testing.T, dataDir string, extraArgs ...string) *hearthProces
 // launchServe starts `hearth serve args...` in dir without waiting for it.
 func launchServe(t *testing.T, dir string, args ...string) *hearthProcess {
 	t.Helper()
-	cmd := exec.Command(hearthBin, append([]string{"serve"}, args...)...)
+	return launchHearth(t, dir, nil, append([]string{"serve"}, args...)...)
+}
+
+// launchHearth starts `hearth args...` in dir, with extraEnv added to the
+// test's environment, without waiting for it.
+func launchHearth(t *testing.T, dir string, extraEnv []string, args ...string) *hearthProcess {
+	t.Helper()
+	cmd := exec.Command(hearthBin, args...)
 	cmd.Dir = dir
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), extraEnv...)
 	log := newLineLog()
 	cmd.Stdout, cmd.Stderr = log, log
 	// Its own process group, so that kill takes down anything it spawns

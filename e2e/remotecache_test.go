@@ -28,18 +28,19 @@ func TestBazelRemoteCache(t *testing.T) {
 // returns a snapshot of bazel-bin to compare remote builds against.
 func localBaseline(t *testing.T, b *bazelRunner) outputSnapshot {
 	t.Helper()
-	b.run("test", "//...")
+	b.run("test", b.targets...)
 	local := snapshotOutputs(t, b.info("bazel-bin"))
 	checkExpectedOutputs(t, local)
 	return local
 }
 
-// checkRemoteMatchesLocal is the procedure every remote mode (cache now,
-// executor later) must pass, given the Bazel flags that select it:
+// checkRemoteMatchesLocal is the procedure every remote mode (cache, or
+// executor) must pass, given the Bazel flags that select it:
 //  1. from a clean output tree, build and test with the flags (this
 //     populates the cache, or executes remotely); outputs must equal local;
+//     with an executor, every spawn must have run remotely;
 //  2. clean again and repeat: every spawn must now be a remote cache hit,
-//     the test included, and the outputs must still equal local.
+//     the tests included, and the outputs must still equal local.
 func checkRemoteMatchesLocal(t *testing.T, b *bazelRunner, local outputSnapshot, remoteFlags ...string) {
 	t.Helper()
 	bin := b.info("bazel-bin")
@@ -48,42 +49,98 @@ func checkRemoteMatchesLocal(t *testing.T, b *bazelRunner, local outputSnapshot,
 	executesRemotely := slices.ContainsFunc(remoteFlags, func(f string) bool { return strings.HasPrefix(f, "--remote_executor") })
 
 	b.run("clean")
-	out := b.run("test", append(remoteFlags, "//...")...)
+	execLog := filepath.Join(b.root, "first-remote-build.exec.json")
+	out := b.run("test", b.testArgs(remoteFlags, execLog)...)
 	for _, p := range remoteProblems(out) {
 		t.Errorf("first remote build: %s", p)
 	}
 	compareSnapshots(t, "first remote build", local, snapshotOutputs(t, bin), executesRemotely)
+	if executesRemotely {
+		spawns := mustReadExecutionLog(t, execLog)
+		for _, s := range spawns {
+			// A cache hit here would mean the fresh server answered
+			// from a cache it cannot have, or Bazel ran something twice.
+			if s.Runner != "remote" || !s.Remotable || s.RemoteCacheHit {
+				t.Errorf("first remote build: not executed remotely: %s", s)
+			}
+			if s.Status != "" || s.ExitCode != 0 {
+				t.Errorf("first remote build: failed remotely (status %q, exit code %d): %s", s.Status, s.ExitCode, s)
+			}
+		}
+		checkMnemonics(t, "first remote build", spawns)
+		t.Logf("first remote build: %d spawns, all executed remotely", len(spawns))
+	}
 
 	b.run("clean")
-	execLog := filepath.Join(b.root, "second-remote-build.exec.json")
-	out = b.run("test", append(remoteFlags, "--execution_log_json_file="+execLog, "//...")...)
+	execLog = filepath.Join(b.root, "second-remote-build.exec.json")
+	out = b.run("test", b.testArgs(remoteFlags, execLog)...)
 	for _, p := range remoteProblems(out) {
 		t.Errorf("second remote build: %s", p)
 	}
 	compareSnapshots(t, "second remote build", local, snapshotOutputs(t, bin), true)
-	if !strings.Contains(out, "(cached) PASSED") {
-		t.Errorf("the second remote build did not report the test result as cached:\n%s", tailLines(out, 20))
+	for _, line := range testResultLines(out) {
+		if !strings.Contains(line, "(cached) PASSED") {
+			t.Errorf("the second remote build did not report a test result as cached: %s", line)
+		}
 	}
-	spawns, err := readExecutionLog(execLog)
-	if err != nil {
-		t.Fatal(err)
-	}
+	spawns := mustReadExecutionLog(t, execLog)
 	misses := 0
-	mnemonics := map[string]bool{}
 	for _, s := range spawns {
-		mnemonics[s.Mnemonic] = true
 		if !s.RemoteCacheHit {
 			misses++
 			t.Errorf("not a remote cache hit: %s", s)
 		}
 	}
-	// Genrules, C++ compile and link, the tree artifact rule, the test.
+	checkMnemonics(t, "second remote build", spawns)
+	t.Logf("second remote build: %d spawns, %d remote cache misses", len(spawns), misses)
+}
+
+// testArgs are the arguments of a `bazel test` of b.targets with flags,
+// writing the execution log to execLog.
+func (b *bazelRunner) testArgs(flags []string, execLog string) []string {
+	args := append(slices.Clone(flags), "--execution_log_json_file="+execLog)
+	return append(args, b.targets...)
+}
+
+// checkMnemonics fails the test unless spawns include every kind of action
+// the workspace exists to exercise: genrules, C++ compile and link, the
+// tree artifact rule and the tests.
+func checkMnemonics(t *testing.T, what string, spawns []spawnRecord) {
+	t.Helper()
+	mnemonics := map[string]bool{}
+	for _, s := range spawns {
+		mnemonics[s.Mnemonic] = true
+	}
 	for _, m := range []string{"Genrule", "CppCompile", "CppLink", "FileTree", "TestRunner"} {
 		if !mnemonics[m] {
-			t.Errorf("no %s spawn in the second remote build's execution log", m)
+			t.Errorf("%s: no %s spawn in the execution log", what, m)
 		}
 	}
-	t.Logf("second remote build: %d spawns, %d remote cache misses", len(spawns), misses)
+}
+
+// testResultLines returns the lines of Bazel's test summary ("//:t  PASSED
+// in 0.1s"); failing unless there is at least one is left to the callers,
+// which all pass tests.
+func testResultLines(output string) []string {
+	var lines []string
+	for _, line := range strings.Split(output, "\n") {
+		if strings.HasPrefix(line, "//") && (strings.Contains(line, "PASSED") || strings.Contains(line, "FAILED")) {
+			lines = append(lines, line)
+		}
+	}
+	return lines
+}
+
+func mustReadExecutionLog(t *testing.T, path string) []spawnRecord {
+	t.Helper()
+	spawns, err := readExecutionLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(spawns) == 0 {
+		t.Fatalf("execution log %s lists no spawn", path)
+	}
+	return spawns
 }
 
 // outputEntry describes one path under bazel-bin.
@@ -211,11 +268,14 @@ func checkExpectedOutputs(t *testing.T, snap outputSnapshot) {
 		{path: "tree/ünïcödé.txt", kind: "file"},
 		{path: "tree/name with space.txt", kind: "file"},
 		{path: "tree/run.sh", kind: "file", exec: true},
+		{path: "tree/link_to_top.txt", kind: "symlink"},
+		{path: "tree/nested/deeper/up_link.txt", kind: "symlink"},
 		{path: "résumé.txt", kind: "file"},
 		{path: "out with space.txt", kind: "file"},
 		{path: "tools/greet.sh", kind: "file", exec: true},
 		{path: "tool_use.txt", kind: "file"},
 		{path: "hello", kind: "file", exec: true},
+		{path: "greet_test", kind: "file", exec: true},
 	}
 	for _, w := range want {
 		got, ok := snap[w.path]
@@ -226,6 +286,14 @@ func checkExpectedOutputs(t *testing.T, snap outputSnapshot) {
 			t.Errorf("%q: got %v, want a %s with exec=%v", w.path, got, w.kind, w.exec)
 		case got.size < w.minSize:
 			t.Errorf("%q: %d bytes, want at least %d", w.path, got.size, w.minSize)
+		}
+	}
+	for path, target := range map[string]string{
+		"tree/link_to_top.txt":           "top.txt",
+		"tree/nested/deeper/up_link.txt": "../../top.txt",
+	} {
+		if got := snap[path]; got.kind == "symlink" && got.target != target {
+			t.Errorf("%q: %v, want a symlink to %q", path, got, target)
 		}
 	}
 	if got := snap["empty.out"]; got.size != 0 {

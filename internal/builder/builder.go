@@ -288,7 +288,12 @@ func StatusOf(err error) *status.Status {
 		c = code.Code_DEADLINE_EXCEEDED
 	case errors.Is(err, context.Canceled):
 		c = code.Code_CANCELLED
-	case errors.Is(err, inputtree.ErrInvalid), errors.Is(err, outputs.ErrInvalid), errors.Is(err, outputs.ErrUnexpectedType), errors.Is(err, digest.ErrInvalid),
+	case errors.Is(err, outputs.ErrUnexpectedType):
+		// An output of the wrong kind (a directory named as an output
+		// file, a path through a symlink): the action ran, but its result
+		// cannot be described as the Command asked.
+		c = code.Code_FAILED_PRECONDITION
+	case errors.Is(err, inputtree.ErrInvalid), errors.Is(err, outputs.ErrInvalid), errors.Is(err, digest.ErrInvalid),
 		errors.Is(err, runner.ErrCommandNotFound), errors.Is(err, runner.ErrNotExecutable), errors.Is(err, runner.ErrInvalidRequest):
 		c = code.Code_INVALID_ARGUMENT
 	}

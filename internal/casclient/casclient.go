@@ -40,7 +40,7 @@ const MaxMsgSize = 16 << 20
 // executor session stream, a big upload), so a server must permit pings at
 // least this often while streams are active: grpc-go's default server policy
 // (one ping per 5 minutes) would close the connection with too_many_pings.
-// Servers built by Hearth set keepalive.EnforcementPolicy{MinTime: 20s}.
+// `hearth server` permits one every 10s (keepalive.EnforcementPolicy).
 const (
 	KeepaliveTime    = 30 * time.Second
 	KeepaliveTimeout = 20 * time.Second

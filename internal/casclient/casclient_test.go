@@ -31,7 +31,7 @@ type server struct {
 	cas  cas.Store // the server's own store, to check what arrived
 
 	mu    sync.Mutex
-	calls map[string]int               // RPCs by full method name
+	calls map[string]int              // RPCs by full method name
 	fns   []repb.DigestFunction_Value // digest_function of each FindMissingBlobs
 }
 

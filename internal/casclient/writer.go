@@ -153,9 +153,11 @@ func (w *streamWriter) Write(p []byte) (int, error) {
 		k := min(len(p), chunkSize-len(w.buf))
 		w.buf = append(w.buf, p[:k]...)
 		p = p[k:]
-		if len(w.buf) == chunkSize && w.written < w.d.Size {
-			// The last chunk waits for Commit, which sends it with
-			// finish_write.
+		if len(w.buf) == chunkSize && w.sent+chunkSize < w.d.Size {
+			// A full chunk is sent unless it ends the blob: the last
+			// chunk waits for Commit, which sends it with finish_write.
+			// (Write never accepts more than the blob's size, so a full
+			// last chunk means p is used up.)
 			if err := w.send(false); err != nil {
 				w.err = err
 				return 0, err
@@ -179,9 +181,10 @@ func (w *streamWriter) send(finish bool) error {
 	if err != nil {
 		return fromStatus(opWrite, "write "+w.name, err)
 	}
-	// Send has marshalled the request, so the buffer can be reused.
 	w.sent += int64(len(w.buf))
-	w.buf = w.buf[:0]
+	// A fresh buffer: gRPC allows stats handlers to look at a sent message
+	// later, so its bytes must not be overwritten.
+	w.buf = make([]byte, 0, min(chunkSize, w.d.Size-w.sent))
 	return nil
 }
 

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -198,4 +200,29 @@ func TestCreateParents(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzValidate checks that every output path Validate accepts names
+// something beneath the input root: after joining it to the working
+// directory it is relative, canonical and free of "..".
+func FuzzValidate(f *testing.F) {
+	for _, seed := range [][2]string{{"", "a"}, {"wd", "../x"}, {"a/b", "c//d"}, {"", "/etc/passwd"}, {"x", ""}, {"..", "a"}} {
+		f.Add(seed[0], seed[1])
+	}
+	f.Fuzz(func(t *testing.T, wd, p string) {
+		outs, _, err := plan(&repb.Command{WorkingDirectory: wd, OutputPaths: []string{p}})
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		rel := outs[0].rel
+		if rel == "" {
+			return
+		}
+		if clean := path.Clean(rel); clean != rel || path.IsAbs(rel) || clean == ".." || strings.HasPrefix(clean, "../") || strings.ContainsRune(rel, 0) {
+			t.Fatalf("accepted wd %q path %q, giving %q which may leave the root", wd, p, rel)
+		}
+	})
 }

@@ -46,8 +46,10 @@ func (b *blobSet) add(d digest.Digest, s blobSource) {
 	b.order = append(b.order, d)
 }
 
-func (b *blobSet) addFile(d digest.Digest, rel string)   { b.add(d, blobSource{rel: rel}) }
-func (b *blobSet) addBytes(d digest.Digest, data []byte) { b.add(d, blobSource{data: data, inline: true}) }
+func (b *blobSet) addFile(d digest.Digest, rel string) { b.add(d, blobSource{rel: rel}) }
+func (b *blobSet) addBytes(d digest.Digest, data []byte) {
+	b.add(d, blobSource{data: data, inline: true})
+}
 
 // upload asks the store which blobs it lacks, in one call, and uploads only
 // those, a few at a time, streaming files from disk.

@@ -273,7 +273,7 @@ func (d *jsonDecoder) readObject() ([]byte, error) {
 			open = append(open, ']')
 		case '}', ']':
 			if open[len(open)-1] != c {
-				return nil, fmt.Errorf("%w: unbalanced %q in JSON message %s", ErrMalformed, c, strconv.Quote(string(obj)))
+				return nil, fmt.Errorf("%w: unbalanced %q at byte %d of a JSON message ending %s", ErrMalformed, c, len(obj), strconv.Quote(string(obj[max(0, len(obj)-80):])))
 			}
 			open = open[:len(open)-1]
 		}

@@ -423,3 +423,28 @@ func fsyncPath(path string) error {
 	defer f.Close()
 	return f.Sync()
 }
+
+// parallel runs f(ctx, 0..n-1) on n goroutines and returns the first error;
+// the first failure cancels the context the others see.
+func parallel(ctx context.Context, n int, f func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx, i); err != nil {
+				cancel(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && ctx.Err() != nil {
+		return err
+	}
+	return nil
+}
+
+// quietLogger discards what in-process stores log.
+func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -32,7 +32,7 @@ type result struct {
 	notes []string
 }
 
-func (r *result) add(rw row)           { r.rows = append(r.rows, rw) }
+func (r *result) add(rw row) { r.rows = append(r.rows, rw) }
 func (r *result) note(format string, args ...any) {
 	r.notes = append(r.notes, fmt.Sprintf(format, args...))
 }
@@ -57,7 +57,9 @@ func metText(ok bool) string {
 func perSecond(n float64, d time.Duration) float64 { return n / d.Seconds() }
 
 // mibPerSecond returns a throughput in MiB/s.
-func mibPerSecond(bytes int64, d time.Duration) float64 { return float64(bytes) / (1 << 20) / d.Seconds() }
+func mibPerSecond(bytes int64, d time.Duration) float64 {
+	return float64(bytes) / (1 << 20) / d.Seconds()
+}
 
 // formatCount writes n with thousands separators: 1234567 → "1,234,567".
 func formatCount(n float64) string {

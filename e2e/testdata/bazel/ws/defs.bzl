@@ -1,4 +1,4 @@
-"""A rule with a directory output (a tree artifact)."""
+"""A rule with a directory output (a tree artifact) holding symlinks too."""
 
 def _file_tree_impl(ctx):
     out = ctx.actions.declare_directory(ctx.label.name)
@@ -19,6 +19,8 @@ printf 'unicode\\n' > "$d/ünïcödé.txt"
 printf 'space\\n' > "$d/name with space.txt"
 printf '#!/bin/sh\\necho from-tree\\n' > "$d/run.sh"
 chmod +x "$d/run.sh"
+ln -s top.txt "$d/link_to_top.txt"
+ln -s ../../top.txt "$d/nested/deeper/up_link.txt"
 """,
         mnemonic = "FileTree",
     )

@@ -1,0 +1,206 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+
+	"github.com/hearth-build/hearth/internal/digest"
+)
+
+// Scenario batchupdate: many small blobs uploaded with BatchUpdateBlobs,
+// packed up to the server's advertised max_batch_total_size_bytes, against
+// writing the same files with plain Go loops. The server makes every blob
+// durable (fsync the file, rename, fsync the directory) before answering, so
+// the loops come in three kinds: no fsync at all, the server's durable
+// sequence one file at a time, and that sequence on as many goroutines as
+// the server writes blobs of one batch at once.
+
+// serverBatchParallelism mirrors internal/reapi's batchParallelism: how many
+// blobs of one BatchUpdateBlobs call the server stores at once.
+const serverBatchParallelism = 8
+
+type blob struct {
+	d    digest.Digest
+	data []byte
+}
+
+func runBatchUpdate(ctx context.Context, b *bench) (*result, error) {
+	o := b.opts
+	dir, err := b.scratch("batchupdate")
+	if err != nil {
+		return nil, err
+	}
+	blobs := randomBlobs(o.batchBlobs, int(o.batchBlobSize))
+
+	loops := []struct {
+		name    string
+		workers int
+		durable bool
+	}{
+		{"Go loop, no fsync", 1, false},
+		{"Go loop, write+fsync+rename+fsync dir", 1, true},
+		{fmt.Sprintf("same on %d goroutines", serverBatchParallelism), serverBatchParallelism, true},
+	}
+	loopTimes := make([]time.Duration, len(loops))
+	for i, l := range loops {
+		b.logger.Info("batchupdate: baseline", "loop", l.name)
+		out := filepath.Join(dir, fmt.Sprintf("loop%d", i))
+		unix.Sync()
+		start := time.Now()
+		if err := writeFilesLoop(ctx, out, blobs, l.workers, l.durable); err != nil {
+			return nil, err
+		}
+		loopTimes[i] = time.Since(start)
+	}
+
+	srv, err := b.startHearth(ctx, filepath.Join(dir, "data"), filepath.Join(dir, "hearth.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer srv.kill()
+	conn, err := srv.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	caps, err := repb.NewCapabilitiesClient(conn).GetCapabilities(ctx, &repb.GetCapabilitiesRequest{})
+	if err != nil {
+		return nil, err
+	}
+	batches := packBatches(blobs, caps.GetCacheCapabilities().GetMaxBatchTotalSizeBytes())
+	client := repb.NewContentAddressableStorageClient(conn)
+	b.logger.Info("batchupdate: hearth serve", "batches", len(batches))
+	unix.Sync()
+	var next atomic.Int64
+	start := time.Now()
+	err = parallel(ctx, o.batchClients, func(ctx context.Context, _ int) error {
+		for {
+			i := int(next.Add(1) - 1)
+			if i >= len(batches) {
+				return nil
+			}
+			resp, err := client.BatchUpdateBlobs(ctx, batches[i])
+			if err != nil {
+				return fmt.Errorf("BatchUpdateBlobs of %d blobs: %w", len(batches[i].GetRequests()), err)
+			}
+			for _, r := range resp.GetResponses() {
+				if c := codes.Code(r.GetStatus().GetCode()); c != codes.OK {
+					return fmt.Errorf("BatchUpdateBlobs: blob %s: %s %s", r.GetDigest().GetHash(), c, r.GetStatus().GetMessage())
+				}
+			}
+		}
+	})
+	remoteTime := time.Since(start)
+	if err != nil {
+		return nil, err
+	}
+	if err := srv.stop(); err != nil {
+		return nil, err
+	}
+
+	r := &result{}
+	name := fmt.Sprintf("BatchUpdateBlobs %s × %s", formatCount(float64(len(blobs))), formatBytes(int64(o.batchBlobSize)))
+	v := perSecond(float64(len(blobs)), remoteTime)
+	for i, l := range loops {
+		base := perSecond(float64(len(blobs)), loopTimes[i])
+		r.add(row{Scenario: name, Measure: "blobs/s", Hearth: formatCount(v),
+			Baseline: fmt.Sprintf("%s: %s", l.name, formatCount(base)), Ratio: ratio(v, base)})
+	}
+	r.note("%d calls of up to %s (the advertised max_batch_total_size_bytes), %d at a time; the server fsyncs every blob and its directory before answering and stores up to %d blobs of a call at once",
+		len(batches), formatBytes(caps.GetCacheCapabilities().GetMaxBatchTotalSizeBytes()), o.batchClients, serverBatchParallelism)
+	r.note("the loops write the same bytes to files named by hash in one directory; the durable loops write a temp file, fsync it, rename it and fsync the directory, as the server does")
+	return r, nil
+}
+
+// randomBlobs returns n distinct incompressible blobs of size bytes.
+func randomBlobs(n, size int) []blob {
+	rng := rand.NewChaCha8([32]byte{3})
+	blobs := make([]blob, n)
+	for i := range blobs {
+		data := make([]byte, size)
+		rng.Read(data)
+		blobs[i] = blob{d: digest.Compute(digest.SHA256, data), data: data}
+	}
+	return blobs
+}
+
+// packBatches groups blobs into BatchUpdateBlobs requests whose data adds up
+// to at most limit bytes.
+func packBatches(blobs []blob, limit int64) []*repb.BatchUpdateBlobsRequest {
+	var (
+		out  []*repb.BatchUpdateBlobsRequest
+		cur  *repb.BatchUpdateBlobsRequest
+		size int64
+	)
+	for _, bl := range blobs {
+		if cur == nil || size+bl.d.Size > limit {
+			cur = &repb.BatchUpdateBlobsRequest{DigestFunction: repb.DigestFunction_SHA256}
+			out = append(out, cur)
+			size = 0
+		}
+		cur.Requests = append(cur.Requests, &repb.BatchUpdateBlobsRequest_Request{Digest: bl.d.Proto(), Data: bl.data})
+		size += bl.d.Size
+	}
+	return out
+}
+
+// writeFilesLoop writes each blob to dir/{hash} on workers goroutines. A
+// durable write goes through a temp file that is fsynced and renamed, then
+// the directory is fsynced.
+func writeFilesLoop(ctx context.Context, dir string, blobs []blob, workers int, durable bool) error {
+	tmpDir := filepath.Join(dir, "tmp")
+	if err := os.MkdirAll(tmpDir, 0o755); err != nil {
+		return err
+	}
+	var next atomic.Int64
+	return parallel(ctx, workers, func(ctx context.Context, _ int) error {
+		for ctx.Err() == nil {
+			i := int(next.Add(1) - 1)
+			if i >= len(blobs) {
+				return nil
+			}
+			path := filepath.Join(dir, blobs[i].d.Hash)
+			if !durable {
+				if err := os.WriteFile(path, blobs[i].data, 0o444); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := writeDurably(tmpDir, path, blobs[i].data); err != nil {
+				return err
+			}
+		}
+		return ctx.Err()
+	})
+}
+
+func writeDurably(tmpDir, path string, data []byte) error {
+	f, err := os.CreateTemp(tmpDir, "w-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	return fsyncPath(filepath.Dir(path))
+}

@@ -1,0 +1,75 @@
+package workerpool
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"syscall"
+
+	"github.com/hearth-build/hearth/internal/runner"
+)
+
+// persistentWorkerFlag is appended to the startup args, as Bazel does.
+const persistentWorkerFlag = "--persistent_worker"
+
+// command builds the exec.Cmd of w: its startup args plus
+// --persistent_worker, exactly its environment, its workspace as working
+// directory, under bubblewrap when configured. The process leads its own
+// process group, so that one signal reaches everything it starts, and gets
+// SIGKILL if the executor dies.
+func (p *Pool) command(w *worker) (*exec.Cmd, error) {
+	spec := w.spec
+	exe, err := runner.ResolveExecutable(spec.Argv[0], spec.Env, w.workspace)
+	if err != nil {
+		return nil, fmt.Errorf("%w: key %s: %w", ErrStartFailed, w.kp.key, err)
+	}
+	path, args := exe, append(slices.Clone(spec.Argv), persistentWorkerFlag)
+	if p.bwrap != "" {
+		path, args = p.bwrap, bwrapArgs(p.bwrap, p.dir, w.workspace, exe, args[1:])
+	}
+	return &exec.Cmd{
+		Path: path,
+		Args: args,
+		// Non-nil even when empty: a nil Env would inherit the executor's.
+		Env: append(make([]string, 0, len(spec.Env)), spec.Env...),
+		Dir: w.workspace,
+		SysProcAttr: &syscall.SysProcAttr{
+			Setpgid: true,
+			// Tied to the forking thread; Go retires only threads of
+			// locked goroutines, which never start workers.
+			Pdeathsig: syscall.SIGKILL,
+		},
+	}, nil
+}
+
+// forceRemoveAll removes path like os.RemoveAll, also when it holds
+// read-only directories (inputs are often staged read-only).
+func forceRemoveAll(path string) error {
+	if err := os.RemoveAll(path); err == nil {
+		return nil
+	}
+	_ = filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			_ = os.Chmod(p, 0o700) // before WalkDir reads it
+		}
+		return nil
+	})
+	return os.RemoveAll(path)
+}
+
+// removeContents empties dir but keeps it (it may be a mount point).
+func removeContents(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := forceRemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
