@@ -63,7 +63,9 @@
 // Prewarm. For a key that has been acquired, the pool keeps up to
 // Options.Prewarm idle workers started: it tops the key up after an
 // acquisition takes an idle worker and after a worker is recycled, but not
-// after the idle timeout stops one (an idle key should release its memory).
+// after the idle timeout stops one (an idle key should release its memory),
+// nor after a process that never served a request fails (a tool that cannot
+// start would otherwise be restarted forever).
 // Prewarm calls Prepare without any action in flight, which is why the
 // caller's Spec.Tools is kept per key and handed back to Prepare.
 //

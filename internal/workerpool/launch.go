@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/hearth-build/hearth/internal/runner"
@@ -28,6 +29,10 @@ func (p *Pool) command(w *worker) (*exec.Cmd, error) {
 	}
 	path, args := exe, append(slices.Clone(spec.Argv), persistentWorkerFlag)
 	if p.bwrap != "" {
+		if hidden := hiddenInSandbox(exe, w.workspace, p.dir); hidden != "" {
+			return nil, fmt.Errorf("%w: key %s: %s (resolved to %s) is under %s, which the bwrap sandbox hides; stage it into the workspace",
+				ErrStartFailed, w.kp.key, spec.Argv[0], exe, hidden)
+		}
 		path, args = p.bwrap, bwrapArgs(p.bwrap, p.dir, w.workspace, exe, args[1:])
 	}
 	return &exec.Cmd{
@@ -72,4 +77,27 @@ func removeContents(dir string) error {
 		}
 	}
 	return nil
+}
+
+// hiddenInSandbox returns the directory that hides exe from a bwrap-sandboxed
+// worker (its private /tmp, or the pool directory outside its own
+// workspace), or "" when exe is visible.
+func hiddenInSandbox(exe, workspace, poolDir string) string {
+	if real, err := filepath.EvalSymlinks(exe); err == nil {
+		exe = real
+	}
+	if within(exe, workspace) {
+		return ""
+	}
+	for _, dir := range []string{"/tmp", poolDir} {
+		if within(exe, dir) {
+			return dir
+		}
+	}
+	return ""
+}
+
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }

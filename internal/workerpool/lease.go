@@ -110,6 +110,16 @@ func (l *Lease) Do(ctx context.Context, req *pb.WorkRequest) (*pb.WorkResponse, 
 // change under the next request.
 func (l *Lease) abandon(ctx context.Context, replies chan reply, sent bool) error {
 	pr, id := l.w.proc, l.requestID
+	select {
+	case r := <-replies:
+		// The answer came at the same moment: nothing to cancel, and a
+		// cancel for a finished request could confuse the worker.
+		if r.err != nil {
+			return fmt.Errorf("workerpool: request %d cancelled (%w); the worker failed meanwhile: %v", id, ctx.Err(), r.err)
+		}
+		return fmt.Errorf("workerpool: request %d cancelled as it completed: %w", id, ctx.Err())
+	default:
+	}
 	if l.w.spec.Cancellable && sent {
 		go func() {
 			// A failed write shows up as the process failing.
@@ -177,6 +187,11 @@ func (l *Lease) finish(discard bool) {
 	}
 	if w.state == stateReady {
 		switch {
+		case w.proc.failure() != nil: // before its failure callback ran
+			w.state, w.reason = stateDraining, ReasonFailure
+			if w.killReason != "" {
+				w.reason = w.killReason
+			}
 		case discard:
 			w.state, w.reason = stateDraining, ReasonDiscarded
 		case p.opts.MaxInvocations > 0 && w.invocations >= p.opts.MaxInvocations:

@@ -138,7 +138,10 @@ func (p *Pool) Acquire(ctx context.Context, spec *Spec) (*Lease, error) {
 		case err != nil:
 			return nil, err
 		case lease != nil:
-			return lease, p.makeSandboxDir(lease)
+			if err := p.makeSandboxDir(lease); err != nil {
+				return nil, err
+			}
+			return lease, nil
 		case needMeasure:
 			p.measure()
 			measured = true
@@ -239,13 +242,20 @@ func (p *Pool) startForLease(ctx context.Context, w *worker) (*Lease, error) {
 		return nil, err
 	}
 	p.mu.Lock()
-	if w.state == stateStarting {
+	switch w.state {
+	case stateRetired: // the pool closed meanwhile; the process is being stopped
+		p.mu.Unlock()
+		return nil, fmt.Errorf("%w: key %s: the worker was stopped while starting", ErrStartFailed, w.kp.key)
+	case stateStarting:
 		w.state = stateReady
 	}
 	lease := p.leaseLocked(w, false)
 	p.topUpLocked(w.kp)
 	p.mu.Unlock()
-	return lease, p.makeSandboxDir(lease)
+	if err := p.makeSandboxDir(lease); err != nil {
+		return nil, err
+	}
+	return lease, nil
 }
 
 // prewarm starts a worker nobody is waiting for yet.
@@ -379,7 +389,11 @@ func (p *Pool) workerDied(w *worker, err error) {
 		return
 	}
 	p.retireLocked(w, reason)
-	p.topUpLocked(w.kp)
+	// A process that failed before serving anything is not replaced ahead
+	// of demand: a tool that cannot start would be restarted forever.
+	if w.invocations > 0 {
+		p.topUpLocked(w.kp)
+	}
 }
 
 // retireLocked removes w from its key and stops its process in the

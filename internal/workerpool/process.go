@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -243,12 +244,23 @@ func (pr *process) fail(cause error) {
 		pr.pending = nil // from now on register refuses
 		pr.mu.Unlock()
 		pr.kill()
-		// The last words of a crashing tool are usually the explanation.
-		select {
-		case <-pr.stderrDone:
-		case <-time.After(failTailWait):
+		// The last words of a crashing tool and its exit status are
+		// usually the explanation: wait a moment for both.
+		deadline := time.NewTimer(failTailWait)
+		defer deadline.Stop()
+		for _, ch := range []chan struct{}{pr.exited, pr.stderrDone} {
+			select {
+			case <-ch:
+			case <-deadline.C:
+			}
 		}
+		pr.mu.Lock()
+		status := pr.status
+		pr.mu.Unlock()
 		err := fmt.Errorf("%w: %s: %w", ErrWorkerFailed, pr.name, cause)
+		if status != "" && !strings.Contains(cause.Error(), status) {
+			err = fmt.Errorf("%w (the process ended: %s)", err, status)
+		}
 		if tail := pr.log.Tail(); tail != "" {
 			err = fmt.Errorf("%w; its stderr ends with:\n%s", err, tail)
 		}

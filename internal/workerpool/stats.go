@@ -98,7 +98,7 @@ func (c *counters) fill(ks *KeyStats) {
 func (p *Pool) Stats() Stats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var st Stats
+	st := Stats{Keys: []KeyStats{}}
 	total := p.forgotten
 	total.recycles = maps.Clone(p.forgotten.recycles)
 	for _, kp := range p.keys {
