@@ -75,13 +75,12 @@ func embeddedWorkers(f serveFlags, logger *slog.Logger) ([]config.LocalWorker, e
 		return ws, nil
 	}
 	host, _ := os.Hostname()
-	w := config.LocalWorker{
-		Name:             host + "/embedded",
-		WorkDirectory:    filepath.Join(f.data, "work"),
-		MaxInflightTasks: f.maxInflight,
-		MaxActionTimeout: f.maxActionTimeout,
-		DirectoryCache:   &config.DirectoryCache{MaxSizeBytes: uint64(f.fileCacheMaxBytes)},
-	}
+	w := config.NewLocalWorker()
+	w.Name = host + "/embedded"
+	w.WorkDirectory = filepath.Join(f.data, "work")
+	w.MaxInflightTasks = f.maxInflight
+	w.MaxActionTimeout = f.maxActionTimeout
+	w.DirectoryCache = &config.DirectoryCache{MaxSizeBytes: uint64(f.fileCacheMaxBytes)}
 	w.ApplyDefaults(config.DetectMachine())
 	return []config.LocalWorker{w}, nil
 }

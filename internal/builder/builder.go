@@ -45,6 +45,8 @@ type Builder struct {
 	// MaxTimeout applies to actions that set no timeout (0: none).
 	MaxTimeout time.Duration
 	Logger     *slog.Logger
+	// Workers, when set, serves actions that opt into persistent workers.
+	Workers *Workers
 }
 
 // Task is one action to run.
@@ -110,6 +112,21 @@ func (b *Builder) build(ctx context.Context, t Task, md *repb.ExecutedActionMeta
 	if err != nil {
 		return nil, err
 	}
+	if plan := b.planWorker(t, cmd, tree); plan != nil {
+		result, err := b.runOnWorker(ctx, t, cmd, tree, plan, md)
+		if !plan.info.FellBack {
+			return result, err
+		}
+		b.logger().Warn("persistent worker not used; running the action one-shot", "key", plan.spec.Key, "reason", plan.info.FallbackReason)
+		b.attachWorkerInfo(md, plan)
+		md.InputFetchStartTimestamp = timestamppb.Now()
+	}
+	return b.runOneShot(ctx, t, cmd, tree, md)
+}
+
+// runOneShot runs the Command as a child process in a fresh directory.
+func (b *Builder) runOneShot(ctx context.Context, t Task, cmd *repb.Command, tree *inputtree.Tree, md *repb.ExecutedActionMetadata) (*repb.ActionResult, error) {
+	fn := t.ActionDigest.Function
 	actionDir := filepath.Join(b.WorkDir, uuid.NewString())
 	inputRoot := filepath.Join(actionDir, "root")
 	if err := os.MkdirAll(inputRoot, 0o755); err != nil {
@@ -126,10 +143,7 @@ func (b *Builder) build(ctx context.Context, t Task, md *repb.ExecutedActionMeta
 	workDir := filepath.Join(inputRoot, filepath.FromSlash(cmd.GetWorkingDirectory()))
 	md.InputFetchCompletedTimestamp = timestamppb.Now()
 
-	timeout := t.Action.GetTimeout().AsDuration()
-	if timeout <= 0 || (b.MaxTimeout > 0 && timeout > b.MaxTimeout) {
-		timeout = b.MaxTimeout
-	}
+	timeout := b.timeout(t)
 	env := envList(cmd)
 	if t.Hooks.Environment != nil {
 		extra, err := t.Hooks.Environment(actionDir, timeout)
@@ -205,6 +219,23 @@ func (b *Builder) build(ctx context.Context, t Task, md *repb.ExecutedActionMeta
 	return result, nil
 }
 
+func (b *Builder) logger() *slog.Logger {
+	if b.Logger == nil {
+		return slog.Default()
+	}
+	return b.Logger
+}
+
+// timeout is the action's own timeout, or MaxTimeout when it sets none or
+// asks for more.
+func (b *Builder) timeout(t Task) time.Duration {
+	timeout := t.Action.GetTimeout().AsDuration()
+	if timeout <= 0 || (b.MaxTimeout > 0 && timeout > b.MaxTimeout) {
+		timeout = b.MaxTimeout
+	}
+	return timeout
+}
+
 func (b *Builder) loadCommand(ctx context.Context, fn digest.Function, action *repb.Action) (*repb.Command, error) {
 	d, err := digest.FromProto(fn, action.GetCommandDigest())
 	if err != nil {
@@ -237,7 +268,7 @@ func (b *Builder) removeAll(dir string) {
 		return nil
 	})
 	if err := os.RemoveAll(dir); err != nil && b.Logger != nil {
-		b.Logger.Warn("removing action directory", "dir", dir, "err", err)
+		b.logger().Warn("removing action directory", "dir", dir, "err", err)
 	}
 }
 

@@ -48,7 +48,7 @@ func TestApplyDefaultsScalesWithTheMachine(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			w := newLocalWorker()
+			w := NewLocalWorker()
 			w.WorkDirectory = "/x/work"
 			w.DirectoryCache = &DirectoryCache{}
 			w.ApplyDefaults(tc.machine)
@@ -73,7 +73,7 @@ func TestApplyDefaultsScalesWithTheMachine(t *testing.T) {
 }
 
 func TestApplyDefaultsKeepsUserValues(t *testing.T) {
-	w := newLocalWorker()
+	w := NewLocalWorker()
 	w.Name = "mine"
 	w.MaxInflightTasks = 3
 	w.MaxActionTimeout = time.Minute

@@ -23,17 +23,17 @@ const (
 // actually run; larger values are typos.
 const maxInflightLimit = 1 << 20
 
-// newLocalWorker returns a LocalWorker with the defaults that must be set
+// NewLocalWorker returns a LocalWorker with the defaults that must be set
 // before decoding because their zero value means something else (enabled:
 // false, idle_timeout_s: 0 = never).
-func newLocalWorker() LocalWorker {
+func NewLocalWorker() LocalWorker {
 	return LocalWorker{PersistentWorkers: PersistentWorkers{Enabled: true, IdleTimeout: DefaultIdleTimeout}}
 }
 
 // localWorker decodes one "local" object. Required fields are checked by the
 // caller: an embedding config (hearth serve) may supply them itself.
 func (d *decoder) localWorker(path string, v any) LocalWorker {
-	w := newLocalWorker()
+	w := NewLocalWorker()
 	o, ok := d.object(path, v)
 	if !ok {
 		return w

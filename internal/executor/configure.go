@@ -19,6 +19,8 @@ import (
 	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/filecache"
 	"github.com/hearth-build/hearth/internal/workerapi"
+	"github.com/hearth-build/hearth/internal/workerpool"
+	"github.com/hearth-build/hearth/internal/workerproto"
 )
 
 // Deps are the stores an executor built from configuration uses.
@@ -71,9 +73,28 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 	if err := os.MkdirAll(actions, 0o755); err != nil {
 		return nil, err
 	}
-	var run Runner = &builder.Builder{
+	b := &builder.Builder{
 		CAS: deps.CAS, Files: files, WorkDir: actions, WorkerName: w.Name,
 		MaxTimeout: w.MaxActionTimeout, Logger: logger,
+	}
+	var run Runner = b
+	var workers *builder.Workers
+	if pw := &w.PersistentWorkers; pw.Enabled && len(w.RunnerCommand) == 0 {
+		popts := workerpool.OptionsFromConfig(pw, filepath.Join(absolute(w.WorkDirectory), "workers"))
+		popts.Prepare = b.PrepareWorkspace
+		popts.Logger = logger
+		pool, err := workerpool.New(popts)
+		if err != nil {
+			return nil, fmt.Errorf("persistent workers: %w", err)
+		}
+		var protocols []workerproto.Protocol
+		for _, p := range pw.Protocols {
+			if wp, err := workerproto.ParseProtocol(p.String()); err == nil {
+				protocols = append(protocols, wp)
+			}
+		}
+		workers = builder.NewWorkers(pool, protocols, pw.VerifyFraction)
+		b.Workers = workers
 	}
 	if len(w.RunnerCommand) > 0 {
 		run = &ExternalRunner{Command: w.RunnerCommand, Remote: deps.RunnerRemote, WorkDir: actions, WorkerName: w.Name, MaxTimeout: w.MaxActionTimeout}
@@ -99,6 +120,11 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 			return hooksFor(w, staticEnv, a), nil
 		},
 		Logger: logger,
+	}
+	if workers != nil {
+		opts.WarmKeys = workers.WarmClientKeys
+		opts.Status = func() any { return workers.Status() }
+		opts.Close = workers.Pool.Close
 	}
 	if len(w.PreconditionScript) > 0 {
 		opts.Accepting = func(ctx context.Context) bool {
@@ -167,6 +193,13 @@ func runPrecondition(ctx context.Context, argv []string, staticEnv map[string]st
 
 // purge empties dir, creating it if needed: leftovers of actions interrupted
 // by a crash must not leak into new ones.
+func absolute(dir string) string {
+	if abs, err := filepath.Abs(dir); err == nil {
+		return abs
+	}
+	return dir
+}
+
 func purge(dir string) error {
 	if err := removeTree(dir); err != nil {
 		return fmt.Errorf("purging work directory %s: %w", dir, err)

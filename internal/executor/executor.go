@@ -8,6 +8,7 @@ package executor
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -51,7 +52,13 @@ type Options struct {
 	Accepting func(ctx context.Context) bool
 	// WarmKeys lists the pool keys with an idle warm persistent worker,
 	// reported so that the scheduler routes actions of those keys here.
-	WarmKeys          func() []string
+	WarmKeys func() []string
+	// Status returns the executor's persistent worker state, sent to the
+	// scheduler (as JSON) with each heartbeat for the server's /status.
+	Status func() any
+	// Close releases what the executor holds (its worker processes) when
+	// Run returns.
+	Close             func()
 	HeartbeatInterval time.Duration
 	Logger            *slog.Logger
 }
@@ -80,7 +87,7 @@ func New(opts Options) (*Executor, error) {
 		return nil, errors.New("executor needs a runner and an action cache")
 	}
 	if opts.HeartbeatInterval == 0 {
-		opts.HeartbeatInterval = 10 * time.Second
+		opts.HeartbeatInterval = 5 * time.Second
 	}
 	if opts.UploadResult == nil {
 		opts.UploadResult = func(succeeded bool) bool { return succeeded }
@@ -94,6 +101,9 @@ func New(opts Options) (*Executor, error) {
 // Run keeps a session with the scheduler at conn until ctx ends, reconnecting
 // with backoff when the stream breaks.
 func (e *Executor) Run(ctx context.Context, conn grpc.ClientConnInterface) error {
+	if e.opts.Close != nil {
+		defer e.opts.Close()
+	}
 	backoff := 100 * time.Millisecond
 	for {
 		start := time.Now()
@@ -112,6 +122,17 @@ func (e *Executor) Run(ctx context.Context, conn grpc.ClientConnInterface) error
 		}
 		backoff = min(backoff*2, 10*time.Second)
 	}
+}
+
+func (e *Executor) statusJSON() string {
+	if e.opts.Status == nil {
+		return ""
+	}
+	data, err := json.Marshal(e.opts.Status())
+	if err != nil {
+		return ""
+	}
+	return string(data)
 }
 
 func (e *Executor) warmKeys() []string {
@@ -210,11 +231,11 @@ func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient
 func (e *Executor) heartbeat(ctx context.Context, send func(*workerapi.ExecutorMessage) error) {
 	beat := func() {
 		accepting := e.opts.Accepting == nil || e.opts.Accepting(ctx)
-		send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Heartbeat{Heartbeat: &workerapi.Heartbeat{Accepting: accepting, WarmKeys: e.warmKeys()}}})
+		send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Heartbeat{Heartbeat: &workerapi.Heartbeat{
+			Accepting: accepting, WarmKeys: e.warmKeys(), StatusJson: e.statusJSON(),
+		}}})
 	}
-	if e.opts.Accepting != nil {
-		beat() // a failing precondition pauses the executor from the start
-	}
+	beat() // at once: a failing precondition pauses the executor from the start
 	t := time.NewTicker(e.opts.HeartbeatInterval)
 	defer t.Stop()
 	for {

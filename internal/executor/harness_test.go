@@ -20,26 +20,42 @@ import (
 	"github.com/hearth-build/hearth/internal/actioncache"
 	"github.com/hearth-build/hearth/internal/builder"
 	"github.com/hearth-build/hearth/internal/cas"
+	"github.com/hearth-build/hearth/internal/config"
 	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/executor"
 	"github.com/hearth-build/hearth/internal/filecache"
 	"github.com/hearth-build/hearth/internal/reapi"
 	"github.com/hearth-build/hearth/internal/scheduler"
 	"github.com/hearth-build/hearth/internal/workerapi"
+	"github.com/hearth-build/hearth/internal/workerpool"
+	"github.com/hearth-build/hearth/internal/workerproto"
 )
 
 // cluster is a server (REAPI + scheduler) and one executor, wired as
 // `hearth serve` wires them, over an in-memory gRPC listener.
 type cluster struct {
-	t     *testing.T
-	conn  *grpc.ClientConn
-	store cas.Store
-	sched *scheduler.Scheduler
-	exec  repb.ExecutionClient
+	t       *testing.T
+	conn    *grpc.ClientConn
+	store   cas.Store
+	sched   *scheduler.Scheduler
+	exec    repb.ExecutionClient
+	builder *builder.Builder
 }
 
 func startCluster(t *testing.T, maxTimeout time.Duration) *cluster {
 	t.Helper()
+	return startClusterWith(t, clusterOptions{maxTimeout: maxTimeout})
+}
+
+type clusterOptions struct {
+	maxTimeout time.Duration
+	// workers enables persistent workers with this configuration.
+	workers *config.PersistentWorkers
+}
+
+func startClusterWith(t *testing.T, o clusterOptions) *cluster {
+	t.Helper()
+	maxTimeout := o.maxTimeout
 	dir := t.TempDir()
 	disk, err := cas.NewDisk(filepath.Join(dir, "cas"), cas.DiskOptions{})
 	if err != nil {
@@ -66,12 +82,25 @@ func startCluster(t *testing.T, maxTimeout time.Duration) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ex, err := executor.New(executor.Options{
+	b := &builder.Builder{CAS: store, Files: files, WorkDir: filepath.Join(dir, "work"), WorkerName: "test-executor", MaxTimeout: maxTimeout}
+	opts := executor.Options{
 		Name: "test-executor", Properties: executor.DefaultProperties(), MinimumProperties: executor.MinimumProperties,
 		MaxInflight: 4, MaxActionTimeout: maxTimeout,
-		Runner:      &builder.Builder{CAS: store, Files: files, WorkDir: filepath.Join(dir, "work"), WorkerName: "test-executor", MaxTimeout: maxTimeout},
+		Runner:      b,
 		ActionCache: ac,
-	})
+	}
+	if o.workers != nil {
+		popts := workerpool.OptionsFromConfig(o.workers, filepath.Join(dir, "workers"))
+		popts.Prepare = b.PrepareWorkspace
+		pool, err := workerpool.New(popts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Workers = builder.NewWorkers(pool, []workerproto.Protocol{workerproto.Proto, workerproto.JSON}, o.workers.VerifyFraction)
+		opts.WarmKeys = b.Workers.WarmClientKeys
+		opts.Close = pool.Close
+	}
+	ex, err := executor.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +108,7 @@ func startCluster(t *testing.T, maxTimeout time.Duration) *cluster {
 	done := make(chan struct{})
 	go func() { ex.Run(ctx, conn); close(done) }()
 	t.Cleanup(func() { cancel(); <-done; conn.Close(); gs.Stop(); sched.Close() })
-	c := &cluster{t: t, conn: conn, store: store, sched: sched, exec: repb.NewExecutionClient(conn)}
+	c := &cluster{t: t, conn: conn, store: store, sched: sched, exec: repb.NewExecutionClient(conn), builder: b}
 	// Wait until the executor has registered, so that platform checks see it.
 	for i := 0; ; i++ {
 		if _, err := sched.Submit(scheduler.Request{ActionDigest: digest.Compute(digest.SHA256, []byte("probe")), Action: &repb.Action{},

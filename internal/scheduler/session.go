@@ -30,6 +30,8 @@ type session struct {
 	tasks map[string]*Operation
 	out   chan *workerapi.SchedulerMessage
 	dead  bool
+	// status is the executor's last reported persistent worker state.
+	status string
 }
 
 func (e *session) hasCapacity() bool {
@@ -186,6 +188,7 @@ func (s *Scheduler) handle(e *session, m *workerapi.ExecutorMessage) error {
 	case *workerapi.ExecutorMessage_Heartbeat:
 		e.warmKeys = setOf(msg.Heartbeat.GetWarmKeys())
 		e.accepting = msg.Heartbeat.GetAccepting()
+		e.status = msg.Heartbeat.GetStatusJson()
 	case *workerapi.ExecutorMessage_Started:
 		if o := e.tasks[msg.Started.GetTaskId()]; o != nil && o.taskID == msg.Started.GetTaskId() {
 			o.setStage(repb.ExecutionStage_EXECUTING, nil)

@@ -193,15 +193,16 @@ func ToolFiles(t *inputtree.Tree, startup []string, workingDir string) []inputtr
 // KeyInput is everything that decides whether two actions may share a worker
 // process.
 type KeyInput struct {
-	Instance   string
-	ClientKey  string
-	Startup    []string
-	Env        []string
-	WorkingDir string
-	Protocol   string
-	Multiplex  bool
-	Sandboxing bool
-	Tools      []inputtree.File
+	Instance    string
+	ClientKey   string
+	Startup     []string
+	Env         []string
+	WorkingDir  string
+	Protocol    string
+	Multiplex   bool
+	Sandboxing  bool
+	Cancellable bool
+	Tools       []inputtree.File
 }
 
 // PoolKey hashes k. The client's persistentWorkerKey is only one of the
@@ -218,7 +219,7 @@ func PoolKey(k KeyInput) string {
 	field(k.ClientKey)
 	field(k.WorkingDir)
 	field(k.Protocol)
-	field(fmt.Sprint(k.Multiplex, k.Sandboxing))
+	field(fmt.Sprint(k.Multiplex, k.Sandboxing, k.Cancellable))
 	field(fmt.Sprint(len(k.Startup)))
 	for _, a := range k.Startup {
 		field(a)

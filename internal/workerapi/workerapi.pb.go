@@ -374,7 +374,10 @@ type Heartbeat struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	WarmKeys []string               `protobuf:"bytes,1,rep,name=warm_keys,json=warmKeys,proto3" json:"warm_keys,omitempty"`
 	// False while the executor refuses work (a failing precondition script).
-	Accepting     bool `protobuf:"varint,2,opt,name=accepting,proto3" json:"accepting,omitempty"`
+	Accepting bool `protobuf:"varint,2,opt,name=accepting,proto3" json:"accepting,omitempty"`
+	// The executor's persistent worker state (JSON), shown by the server's
+	// /status page.
+	StatusJson    string `protobuf:"bytes,3,opt,name=status_json,json=statusJson,proto3" json:"status_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -421,6 +424,13 @@ func (x *Heartbeat) GetAccepting() bool {
 		return x.Accepting
 	}
 	return false
+}
+
+func (x *Heartbeat) GetStatusJson() string {
+	if x != nil {
+		return x.StatusJson
+	}
+	return ""
 }
 
 type Assign struct {
@@ -695,10 +705,12 @@ const file_hearth_workerapi_v1_workerapi_proto_rawDesc = "" +
 	"\fmax_inflight\x18\x03 \x01(\x05R\vmaxInflight\x12G\n" +
 	"\x12max_action_timeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x10maxActionTimeout\x12\x1b\n" +
 	"\twarm_keys\x18\x05 \x03(\tR\bwarmKeys\x12-\n" +
-	"\x12minimum_properties\x18\x06 \x03(\tR\x11minimumProperties\"F\n" +
+	"\x12minimum_properties\x18\x06 \x03(\tR\x11minimumProperties\"g\n" +
 	"\tHeartbeat\x12\x1b\n" +
 	"\twarm_keys\x18\x01 \x03(\tR\bwarmKeys\x12\x1c\n" +
-	"\taccepting\x18\x02 \x01(\bR\taccepting\"\x9e\x03\n" +
+	"\taccepting\x18\x02 \x01(\bR\taccepting\x12\x1f\n" +
+	"\vstatus_json\x18\x03 \x01(\tR\n" +
+	"statusJson\"\x9e\x03\n" +
 	"\x06Assign\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12#\n" +
 	"\rinstance_name\x18\x02 \x01(\tR\finstanceName\x12^\n" +

@@ -358,7 +358,12 @@ func (p *Pool) leaseLocked(w *worker, fromPool bool) *Lease {
 
 // sandboxParent holds the per-request directories of sandboxing multiplex
 // workers, inside the workspace, apart from the tool files.
-const sandboxParent = "_hearth_sandbox"
+const sandboxParent = SandboxRoot
+
+// SandboxRoot is the directory inside a workspace that holds the per-request
+// sandbox directories of multiplex workers; the caller leaves it alone when
+// cleaning a workspace.
+const SandboxRoot = "_hearth_sandbox"
 
 func (p *Pool) makeSandboxDir(l *Lease) error {
 	if l.sandboxRel == "" {
@@ -451,6 +456,27 @@ func (p *Pool) retireFamilyLocked(kp *keyPool) {
 			case w.state == stateReady || w.state == stateStarting:
 				w.state, w.reason = stateDraining, ReasonToolChange
 			}
+		}
+	}
+}
+
+// Quarantine stops the idle workers of key and drains its busy ones, whose
+// state is not to be trusted (the builder found their outputs differ from a
+// one-shot run). Later Acquires of the key start fresh processes; the builder
+// stops sending it actions.
+func (p *Pool) Quarantine(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	kp := p.keys[key]
+	if kp == nil {
+		return
+	}
+	for _, w := range append([]*worker(nil), kp.workers...) {
+		switch {
+		case w.state == stateReady && w.inflight == 0:
+			p.retireLocked(w, ReasonQuarantined)
+		case w.state == stateReady || w.state == stateStarting:
+			w.state, w.reason = stateDraining, ReasonQuarantined
 		}
 	}
 }

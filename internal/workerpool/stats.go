@@ -19,6 +19,7 @@ const (
 	ReasonFailure        Reason = "failure"       // died, closed stdout, broke the protocol
 	ReasonCancelled      Reason = "cancelled"     // killed because a request was cancelled
 	ReasonDiscarded      Reason = "discarded"     // the caller called Lease.Discard
+	ReasonQuarantined    Reason = "quarantined"   // its outputs differed from a one-shot run
 )
 
 // KeyStats describes one pool key, or the whole pool when Key is empty.

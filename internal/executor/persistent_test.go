@@ -1,0 +1,204 @@
+package executor_test
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+
+	"github.com/hearth-build/hearth/internal/config"
+	"github.com/hearth-build/hearth/internal/metadatapb"
+)
+
+var testWorkerBinary []byte
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hearth-executor-test-")
+	if err != nil {
+		panic(err)
+	}
+	bin := filepath.Join(dir, "testworker")
+	if out, err := exec.Command("go", "build", "-o", bin, "../workerproto/testworker").CombinedOutput(); err != nil {
+		panic("building the test worker: " + err.Error() + "\n" + string(out))
+	}
+	if testWorkerBinary, err = os.ReadFile(bin); err != nil {
+		panic(err)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func workerConfig() *config.PersistentWorkers {
+	w := config.NewLocalWorker()
+	w.WorkDirectory = "/unused"
+	w.MaxInflightTasks = 4
+	w.ApplyDefaults(config.DetectMachine())
+	return &w.PersistentWorkers
+}
+
+// workerAction is a Bazel-style worker action: the tool is an input marked
+// bazel_tool_input, the request arguments are in a flag file.
+func (c *cluster) workerAction(tool []byte, key string, requestArgs []string, outputs []string, extraProps ...string) *repb.Digest {
+	c.t.Helper()
+	return c.workerActionWith(tool, key, nil, requestArgs, outputs, extraProps...)
+}
+
+func (c *cluster) workerActionWith(tool []byte, key string, startupExtra, requestArgs []string, outputs []string, extraProps ...string) *repb.Digest {
+	c.t.Helper()
+	flags := strings.Join(requestArgs, "\n") + "\n"
+	root := &repb.Directory{
+		Files: []*repb.FileNode{{Name: "args.txt", Digest: c.put([]byte(flags))}},
+		Directories: []*repb.DirectoryNode{{Name: "tools", Digest: c.putProto(&repb.Directory{Files: []*repb.FileNode{{
+			Name: "testworker", Digest: c.put(tool), IsExecutable: true,
+			NodeProperties: &repb.NodeProperties{Properties: []*repb.NodeProperty{{Name: "bazel_tool_input"}}},
+		}}})}},
+	}
+	props := []*repb.Platform_Property{{Name: "persistentWorkerKey", Value: key}}
+	for i := 0; i < len(extraProps); i += 2 {
+		props = append(props, &repb.Platform_Property{Name: extraProps[i], Value: extraProps[i+1]})
+	}
+	cmd := &repb.Command{
+		Arguments:   append(append([]string{"tools/testworker"}, startupExtra...), "@args.txt"),
+		OutputPaths: outputs,
+		Platform:    &repb.Platform{Properties: props},
+	}
+	return c.action(cmd, root, func(a *repb.Action) { a.Platform = cmd.Platform })
+}
+
+func workerInfo(t *testing.T, r *repb.ActionResult) *metadatapb.PersistentWorkerInfo {
+	t.Helper()
+	for _, a := range r.GetExecutionMetadata().GetAuxiliaryMetadata() {
+		info := &metadatapb.PersistentWorkerInfo{}
+		if a.MessageIs(info) {
+			if err := a.UnmarshalTo(info); err != nil {
+				t.Fatal(err)
+			}
+			return info
+		}
+	}
+	t.Fatal("no PersistentWorkerInfo in auxiliary_metadata")
+	return nil
+}
+
+func (c *cluster) run(ad *repb.Digest) *repb.ExecuteResponse {
+	c.t.Helper()
+	_, resp, err := c.execute(&repb.ExecuteRequest{ActionDigest: ad, SkipCacheLookup: true})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if resp.GetStatus().GetCode() != 0 {
+		c.t.Fatalf("status %v", resp.GetStatus())
+	}
+	return resp
+}
+
+func outputFile(c *cluster, r *repb.ActionResult, path string) string {
+	c.t.Helper()
+	for _, f := range r.GetOutputFiles() {
+		if f.GetPath() == path {
+			return c.read(f.GetDigest())
+		}
+	}
+	c.t.Fatalf("no output %s in %v", path, r.GetOutputFiles())
+	return ""
+}
+
+func TestPersistentWorkerWarmReuse(t *testing.T) {
+	c := startClusterWith(t, clusterOptions{maxTimeout: time.Minute, workers: workerConfig()})
+	first := c.run(c.workerAction(testWorkerBinary, "k1", []string{"--out=out/a.txt", "--content=one", "--say=hello", "--counter"}, []string{"out/a.txt"}))
+	info := workerInfo(t, first.GetResult())
+	if info.GetWarm() || info.GetFellBack() || info.GetInvocation() != 1 {
+		t.Fatalf("first action: %+v", info)
+	}
+	if got := outputFile(c, first.GetResult(), "out/a.txt"); got != "one" {
+		t.Fatalf("output = %q", got)
+	}
+	if got := c.read(first.GetResult().GetStderrDigest()); got != "hello\n1\n" {
+		t.Fatalf("stderr (WorkResponse.output) = %q", got)
+	}
+	// The second action leaves a stray file; the third must not see it.
+	second := c.run(c.workerAction(testWorkerBinary, "k1", []string{"--out=stray.txt", "--content=x", "--counter"}, nil))
+	info = workerInfo(t, second.GetResult())
+	if !info.GetWarm() || info.GetInvocation() != 2 || c.read(second.GetResult().GetStderrDigest()) != "2\n" {
+		t.Fatalf("second action was not warm: %+v stderr %q", info, c.read(second.GetResult().GetStderrDigest()))
+	}
+	third := c.run(c.workerAction(testWorkerBinary, "k1", []string{"--cat=stray.txt"}, nil))
+	if third.GetResult().GetExitCode() == 0 {
+		t.Fatal("a file of the previous action was visible to the next")
+	}
+	if !workerInfo(t, third.GetResult()).GetWarm() {
+		t.Fatal("third action not warm")
+	}
+	if keys := c.builder.Workers.WarmClientKeys(); len(keys) != 1 || keys[0] != "k1" {
+		t.Fatalf("warm keys = %v", keys)
+	}
+	// A changed tool under the same client key never reaches the old process.
+	changed := append(append([]byte(nil), testWorkerBinary...), []byte("\x00changed")...)
+	fourth := c.run(c.workerAction(changed, "k1", []string{"--counter"}, nil))
+	if info := workerInfo(t, fourth.GetResult()); info.GetWarm() || info.GetPoolKey() == workerInfo(t, first.GetResult()).GetPoolKey() {
+		t.Fatalf("changed tool served warm: %+v", info)
+	}
+	status, _ := json.Marshal(c.builder.Workers.Status())
+	if !strings.Contains(string(status), `"warm_hits":2`) {
+		t.Fatalf("status does not count the warm hits: %s", status)
+	}
+}
+
+func TestPersistentWorkerFailureFallsBackToOneShot(t *testing.T) {
+	c := startClusterWith(t, clusterOptions{maxTimeout: time.Minute, workers: workerConfig()})
+	// --garbage breaks the protocol in a worker but is harmless one-shot.
+	resp := c.run(c.workerAction(testWorkerBinary, "k2", []string{"--garbage", "--out=o.txt", "--content=fine"}, []string{"o.txt"}))
+	info := workerInfo(t, resp.GetResult())
+	if !info.GetFellBack() || !strings.Contains(info.GetFallbackReason(), "worker_failed") {
+		t.Fatalf("info = %+v", info)
+	}
+	if got := outputFile(c, resp.GetResult(), "o.txt"); got != "fine" {
+		t.Fatalf("one-shot fallback output = %q", got)
+	}
+	// A legitimate non-zero exit code is a result, not a failure.
+	resp = c.run(c.workerAction(testWorkerBinary, "k2", []string{"--exit=7", "--say=compile error"}, nil))
+	if resp.GetResult().GetExitCode() != 7 || workerInfo(t, resp.GetResult()).GetFellBack() {
+		t.Fatalf("exit code %d info %+v", resp.GetResult().GetExitCode(), workerInfo(t, resp.GetResult()))
+	}
+}
+
+func TestPersistentWorkerJSONProtocol(t *testing.T) {
+	c := startClusterWith(t, clusterOptions{maxTimeout: time.Minute, workers: workerConfig()})
+	for i := range 2 {
+		resp := c.run(c.workerActionWith(testWorkerBinary, "kj", []string{"--protocol=json"}, []string{"--say=json", "--counter"}, nil, "persistentWorkerProtocol", "json"))
+		info := workerInfo(t, resp.GetResult())
+		if info.GetFellBack() || int(info.GetInvocation()) != i+1 {
+			t.Fatalf("run %d: %+v", i, info)
+		}
+	}
+}
+
+func TestVerificationQuarantinesStatefulWorker(t *testing.T) {
+	cfg := workerConfig()
+	cfg.VerifyFraction = 1
+	c := startClusterWith(t, clusterOptions{maxTimeout: time.Minute, workers: cfg})
+	args := []string{"--stateful-out=state.txt"}
+	first := c.run(c.workerAction(testWorkerBinary, "ks", args, []string{"state.txt"}))
+	if info := workerInfo(t, first.GetResult()); !info.GetVerified() || len(info.GetMismatch()) != 0 {
+		t.Fatalf("first run (fresh worker) should verify clean: %+v", info)
+	}
+	second := c.run(c.workerAction(testWorkerBinary, "ks", args, []string{"state.txt"}))
+	info := workerInfo(t, second.GetResult())
+	if len(info.GetMismatch()) != 1 || info.GetMismatch()[0] != "state.txt" {
+		t.Fatalf("stateful worker not caught: %+v", info)
+	}
+	// The client gets the one-shot (reference) output.
+	if got := outputFile(c, second.GetResult(), "state.txt"); got != outputFile(c, first.GetResult(), "state.txt") {
+		t.Fatalf("returned the worker's output %q", got)
+	}
+	third := c.run(c.workerAction(testWorkerBinary, "ks", args, []string{"state.txt"}))
+	if info := workerInfo(t, third.GetResult()); !info.GetFellBack() || !strings.Contains(info.GetFallbackReason(), "quarantined") {
+		t.Fatalf("quarantined key still served by a worker: %+v", info)
+	}
+}
