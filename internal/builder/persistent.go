@@ -211,6 +211,7 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 	released = true
 	lease.Release()
 
+	b.Workers.served(plan.spec, plan.info.ClientKey)
 	b.Workers.mu.Lock()
 	r := b.Workers.record(plan.spec.Key)
 	if plan.info.Warm {

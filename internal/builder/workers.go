@@ -26,8 +26,24 @@ type Workers struct {
 	verifyFraction float64
 	random         func() float64
 
-	mu   sync.Mutex
-	keys map[string]*keyRecord
+	// HistoryPath, when set, is where the most served keys are remembered
+	// for prewarming after a restart.
+	HistoryPath string
+	saveMu      sync.Mutex
+
+	mu      sync.Mutex
+	keys    map[string]*keyRecord
+	history map[string]*historyEntry
+}
+
+// Close saves the history and stops every worker.
+func (w *Workers) Close() {
+	if w.HistoryPath != "" {
+		w.saveMu.Lock()
+		w.SaveHistory(w.HistoryPath)
+		w.saveMu.Unlock()
+	}
+	w.Pool.Close()
 }
 
 // keyRecord is what the builder knows of one pool key.

@@ -58,6 +58,11 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 	if len(props) == 0 {
 		props = DefaultProperties()
 	}
+	historyPath := filepath.Join(absolute(w.WorkDirectory), "prewarm.json")
+	history, err := builder.ReadHistory(historyPath) // read before the purge
+	if err != nil {
+		logger.Warn("reading the persistent worker history", "err", err)
+	}
 	if err := purge(w.WorkDirectory); err != nil {
 		return nil, err
 	}
@@ -94,7 +99,13 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 			}
 		}
 		workers = builder.NewWorkers(pool, protocols, pw.VerifyFraction)
+		workers.HistoryPath = historyPath
 		b.Workers = workers
+		if n, err := workers.Prewarm(ctx, history, deps.FileSource, pw.Prewarm); err != nil {
+			logger.Warn("prewarming persistent workers", "err", err)
+		} else if n > 0 {
+			logger.Info("prewarming persistent workers", "keys", n, "per_key", pw.Prewarm)
+		}
 	}
 	if len(w.RunnerCommand) > 0 {
 		run = &ExternalRunner{Command: w.RunnerCommand, Remote: deps.RunnerRemote, WorkDir: actions, WorkerName: w.Name, MaxTimeout: w.MaxActionTimeout}
@@ -124,7 +135,7 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 	if workers != nil {
 		opts.WarmKeys = workers.WarmClientKeys
 		opts.Status = func() any { return workers.Status() }
-		opts.Close = workers.Pool.Close
+		opts.Close = workers.Close
 	}
 	if len(w.PreconditionScript) > 0 {
 		opts.Accepting = func(ctx context.Context) bool {

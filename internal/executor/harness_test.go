@@ -51,9 +51,17 @@ type clusterOptions struct {
 	maxTimeout time.Duration
 	// workers enables persistent workers with this configuration.
 	workers *config.PersistentWorkers
+	// history is the prewarm history file (read at start when prewarm > 0).
+	history string
 }
 
 func startClusterWith(t *testing.T, o clusterOptions) *cluster {
+	t.Helper()
+	return startClusterWithCAS(t, o)
+}
+
+// startClusterWithCAS starts a cluster whose CAS already holds blobs.
+func startClusterWithCAS(t *testing.T, o clusterOptions, blobs ...[]byte) *cluster {
 	t.Helper()
 	maxTimeout := o.maxTimeout
 	dir := t.TempDir()
@@ -62,6 +70,11 @@ func startClusterWith(t *testing.T, o clusterOptions) *cluster {
 		t.Fatal(err)
 	}
 	store := cas.NewVerifying(disk)
+	for _, b := range blobs {
+		if err := cas.Put(context.Background(), store, digest.Compute(digest.SHA256, b), b); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ac, err := actioncache.NewDisk(filepath.Join(dir, "ac"))
 	if err != nil {
 		t.Fatal(err)
@@ -97,8 +110,18 @@ func startClusterWith(t *testing.T, o clusterOptions) *cluster {
 			t.Fatal(err)
 		}
 		b.Workers = builder.NewWorkers(pool, []workerproto.Protocol{workerproto.Proto, workerproto.JSON}, o.workers.VerifyFraction)
+		b.Workers.HistoryPath = o.history
+		if o.history != "" {
+			data, err := builder.ReadHistory(o.history)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.Workers.Prewarm(context.Background(), data, disk, o.workers.Prewarm); err != nil {
+				t.Fatal(err)
+			}
+		}
 		opts.WarmKeys = b.Workers.WarmClientKeys
-		opts.Close = pool.Close
+		opts.Close = b.Workers.Close
 	}
 	ex, err := executor.New(opts)
 	if err != nil {

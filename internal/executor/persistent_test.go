@@ -202,3 +202,46 @@ func TestVerificationQuarantinesStatefulWorker(t *testing.T) {
 		t.Fatalf("quarantined key still served by a worker: %+v", info)
 	}
 }
+
+func TestPrewarmFromHistory(t *testing.T) {
+	history := filepath.Join(t.TempDir(), "prewarm.json")
+	cfg := workerConfig()
+	cfg.Prewarm = 1
+	// The first executor serves a key, and remembers it when it stops. Both
+	// executors share one CAS directory only through the history file, so
+	// the second must find the tool in its own CAS: it is uploaded again
+	// by the action below, as a client would after a restart.
+	first := startClusterWith(t, clusterOptions{maxTimeout: time.Minute, workers: cfg, history: history})
+	first.run(first.workerAction(testWorkerBinary, "kp", []string{"--say=hi"}, nil))
+	first.builder.Workers.Close()
+	data, err := os.ReadFile(history)
+	if err != nil || !strings.Contains(string(data), `"client_key": "kp"`) {
+		t.Fatalf("history not written: %v %s", err, data)
+	}
+
+	// A restarted executor whose CAS lacks the tool does not prewarm it.
+	cold := startClusterWith(t, clusterOptions{maxTimeout: time.Minute, workers: cfg, history: history})
+	if st := cold.builder.Workers.Status(); st.Total.Prewarmed != 0 {
+		t.Fatalf("prewarmed without the tool in the CAS: %+v", st.Total)
+	}
+	cold.builder.Workers.Close()
+
+	// With the tool in its CAS, it starts the worker before any action.
+	warm := startClusterWithCAS(t, clusterOptions{maxTimeout: time.Minute, workers: cfg, history: history}, testWorkerBinary)
+	if st := warm.builder.Workers.Status(); st.Total.Prewarmed != 1 {
+		t.Fatalf("not prewarmed: %+v", st.Total)
+	}
+	for i := 0; warm.builder.Workers.Status().Total.Idle != 1; i++ {
+		if i > 500 {
+			t.Fatal("the prewarmed worker never became ready")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	resp := warm.run(warm.workerAction(testWorkerBinary, "kp", []string{"--say=hi"}, nil))
+	if info := workerInfo(t, resp.GetResult()); info.GetFellBack() {
+		t.Fatalf("info %+v", info)
+	}
+	if st := warm.builder.Workers.Status(); st.Total.ColdStarts != 0 || st.Total.WarmHits != 1 {
+		t.Fatalf("the first action after a restart did not find a warm worker: %+v", st.Total)
+	}
+}

@@ -1,6 +1,7 @@
 package workerpool
 
 import (
+	"fmt"
 	"slices"
 	"time"
 )
@@ -180,4 +181,32 @@ func (p *Pool) topUpLocked(kp *keyPool) {
 		go p.prewarm(w)
 		spare++
 	}
+}
+
+// Warm starts up to n idle workers of spec's key ahead of demand (bounded by
+// MaxWorkersPerKey and the memory budget), for an executor that knows from
+// its history which keys it will be asked for. It does not wait for them to
+// start.
+func (p *Pool) Warm(spec *Spec, n int) error {
+	if err := spec.validate(); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return ErrClosed
+	}
+	kp := p.keys[spec.Key]
+	if kp == nil {
+		kp = &keyPool{key: spec.Key, spec: spec.clone(), lastAcquired: p.opts.Now()}
+		p.keys[spec.Key] = kp
+	} else if !kp.spec.sameProcess(spec) {
+		return fmt.Errorf("%w: key %s is already used by workers with a different command line", ErrInvalidSpec, spec.Key)
+	}
+	for started := 0; started < n && len(kp.workers) < p.opts.MaxWorkersPerKey && p.makeRoomLocked(kp, kp.peakRSS, false); started++ {
+		kp.stats.prewarmed++
+		w := p.newWorkerLocked(kp)
+		go p.prewarm(w)
+	}
+	return nil
 }
