@@ -31,6 +31,7 @@ import (
 	"github.com/hearth-build/hearth/internal/outputs"
 	"github.com/hearth-build/hearth/internal/precondition"
 	"github.com/hearth-build/hearth/internal/runner"
+	"github.com/hearth-build/hearth/internal/sandbox"
 )
 
 // Builder runs actions. Its fields are set once; Build is safe for
@@ -47,6 +48,10 @@ type Builder struct {
 	Logger     *slog.Logger
 	// Workers, when set, serves actions that opt into persistent workers.
 	Workers *Workers
+	// Bwrap, when set, is the bubblewrap binary one-shot actions run under
+	// (see internal/sandbox): they can write only their own directory and
+	// reach no network.
+	Bwrap string
 }
 
 // Task is one action to run.
@@ -173,6 +178,15 @@ func (b *Builder) runOneShot(ctx context.Context, t Task, cmd *repb.Command, tre
 	}
 	if t.Hooks.TimeoutHandledExternally {
 		req.Timeout = 0
+	}
+	if b.Bwrap != "" {
+		// Resolved here, with the Command's PATH, because inside the
+		// sandbox argv[0] is bwrap's to run.
+		exe, err := runner.ResolveExecutable(req.Args[0], env, workDir)
+		if err != nil {
+			return nil, err
+		}
+		req.Args = sandbox.ArgsIn(b.Bwrap, b.WorkDir, actionDir, workDir, exe, req.Args[1:])
 	}
 	md.ExecutionStartTimestamp = timestamppb.Now()
 	res, runErr := runner.Run(ctx, req)

@@ -94,6 +94,9 @@ type LocalWorker struct {
 	DirectoryCache *DirectoryCache
 	// PersistentWorkers configures the warm worker pools (Hearth only).
 	PersistentWorkers PersistentWorkers
+	// Sandbox confines one-shot actions (Hearth only; persistent workers
+	// have their own persistent_workers.sandbox).
+	Sandbox SandboxKind
 	// RunnerCommand, when set, runs each action through a buildbox-style
 	// runner program (such as ["hearth", "run"]) instead of in-process.
 	// Hearth only; see docs/configuration.md for the contract.

@@ -82,6 +82,10 @@ func (d *decoder) localWorker(path string, v any) LocalWorker {
 	if v, p, ok := o.get("persistent_workers"); ok {
 		d.persistentWorkers(p, v, &w.PersistentWorkers)
 	}
+	if v, p, ok := o.get("sandbox"); ok {
+		i, _ := d.enum(p, v, sandboxNames)
+		w.Sandbox = SandboxKind(i)
+	}
 	if v, p, ok := o.get("runner_command"); ok {
 		if argv, ok := d.strList(p, v, true); ok {
 			if len(argv) == 0 || argv[0] == "" {

@@ -18,6 +18,7 @@ import (
 	"github.com/hearth-build/hearth/internal/config"
 	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/filecache"
+	"github.com/hearth-build/hearth/internal/sandbox"
 	"github.com/hearth-build/hearth/internal/workerapi"
 	"github.com/hearth-build/hearth/internal/workerpool"
 	"github.com/hearth-build/hearth/internal/workerproto"
@@ -81,6 +82,14 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 	b := &builder.Builder{
 		CAS: deps.CAS, Files: files, WorkDir: actions, WorkerName: w.Name,
 		MaxTimeout: w.MaxActionTimeout, Logger: logger,
+	}
+	if w.Sandbox == config.SandboxBwrap {
+		if b.Bwrap, err = sandbox.Find(""); err != nil {
+			return nil, err
+		}
+		if err := sandbox.Probe(ctx, b.Bwrap, actions); err != nil {
+			return nil, err
+		}
 	}
 	var run Runner = b
 	var workers *builder.Workers

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"sort"
 	"testing"
@@ -25,6 +26,7 @@ import (
 	"github.com/hearth-build/hearth/internal/executor"
 	"github.com/hearth-build/hearth/internal/filecache"
 	"github.com/hearth-build/hearth/internal/reapi"
+	"github.com/hearth-build/hearth/internal/sandbox"
 	"github.com/hearth-build/hearth/internal/scheduler"
 	"github.com/hearth-build/hearth/internal/workerapi"
 	"github.com/hearth-build/hearth/internal/workerpool"
@@ -53,6 +55,8 @@ type clusterOptions struct {
 	workers *config.PersistentWorkers
 	// history is the prewarm history file (read at start when prewarm > 0).
 	history string
+	// bwrap runs one-shot actions under bubblewrap.
+	bwrap bool
 }
 
 func startClusterWith(t *testing.T, o clusterOptions) *cluster {
@@ -96,6 +100,19 @@ func startClusterWithCAS(t *testing.T, o clusterOptions, blobs ...[]byte) *clust
 		t.Fatal(err)
 	}
 	b := &builder.Builder{CAS: store, Files: files, WorkDir: filepath.Join(dir, "work"), WorkerName: "test-executor", MaxTimeout: maxTimeout}
+	if o.bwrap {
+		bin, err := sandbox.Find("")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(b.WorkDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := sandbox.Probe(context.Background(), bin, b.WorkDir); err != nil {
+			t.Fatal(err)
+		}
+		b.Bwrap = bin
+	}
 	opts := executor.Options{
 		Name: "test-executor", Properties: executor.DefaultProperties(), MinimumProperties: executor.MinimumProperties,
 		MaxInflight: 4, MaxActionTimeout: maxTimeout,

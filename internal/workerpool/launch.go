@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/hearth-build/hearth/internal/runner"
+	"github.com/hearth-build/hearth/internal/sandbox"
 )
 
 // persistentWorkerFlag is appended to the startup args, as Bazel does.
@@ -33,7 +34,7 @@ func (p *Pool) command(w *worker) (*exec.Cmd, error) {
 			return nil, fmt.Errorf("%w: key %s: %s (resolved to %s) is under %s, which the bwrap sandbox hides; stage it into the workspace",
 				ErrStartFailed, w.kp.key, spec.Argv[0], exe, hidden)
 		}
-		path, args = p.bwrap, bwrapArgs(p.bwrap, p.dir, w.workspace, exe, args[1:])
+		path, args = p.bwrap, sandbox.Args(p.bwrap, p.dir, w.workspace, exe, args[1:])
 	}
 	return &exec.Cmd{
 		Path: path,

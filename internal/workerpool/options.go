@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hearth-build/hearth/internal/config"
+	"github.com/hearth-build/hearth/internal/sandbox"
 )
 
 var (
@@ -30,7 +31,7 @@ var (
 	ErrInvalidOptions = errors.New("workerpool: invalid options")
 	// ErrSandboxUnavailable means SandboxBwrap was asked for and bubblewrap
 	// does not work on this host.
-	ErrSandboxUnavailable = errors.New("workerpool: bubblewrap sandbox unavailable")
+	ErrSandboxUnavailable = sandbox.ErrUnavailable
 	// ErrClosed is returned by Acquire after Close.
 	ErrClosed = errors.New("workerpool: pool closed")
 	// ErrLeaseDone is returned by Do on a lease already used or released:

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hearth-build/hearth/internal/config"
+	"github.com/hearth-build/hearth/internal/sandbox"
 )
 
 // Pool owns every persistent worker process of an executor. Its methods are
@@ -106,10 +107,10 @@ func New(opts Options) (*Pool, error) {
 		}
 	}
 	if opts.Sandbox == config.SandboxBwrap {
-		if p.bwrap, err = findBwrap(opts.BwrapPath); err != nil {
+		if p.bwrap, err = sandbox.Find(opts.BwrapPath); err != nil {
 			return nil, err
 		}
-		if err := probeBwrap(context.Background(), p.bwrap, dir); err != nil {
+		if err := sandbox.Probe(context.Background(), p.bwrap, dir); err != nil {
 			return nil, err
 		}
 	}
