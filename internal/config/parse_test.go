@@ -120,11 +120,11 @@ func TestTopLevel(t *testing.T) {
 }
 
 func TestEveryErrorIsReported(t *testing.T) {
-	_, err := parseLocal(`max_inflight_tasks: -1, sandbox: 1, persistent_workers: {sandbox: "vm"}`, false)
+	_, err := parseLocal(`max_inflight_tasks: -1, sandboxx: 1, persistent_workers: {sandbox: "vm"}`, false)
 	if err == nil {
 		t.Fatal("parsed")
 	}
-	for _, want := range []string{lw + "max_inflight_tasks:", lw + "sandbox: unknown field", pw + "sandbox: unknown value"} {
+	for _, want := range []string{lw + "max_inflight_tasks:", lw + "sandboxx: unknown field", pw + "sandbox: unknown value"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}
@@ -200,5 +200,18 @@ func TestParseEmbeddedEndpointOptional(t *testing.T) {
 	}
 	if _, err := parse([]byte(`{workers: [{local: {}}]}`), testMachine, testLookup, true); err == nil || !strings.Contains(err.Error(), "work_directory") {
 		t.Fatalf("embedded config without work_directory: err = %v", err)
+	}
+}
+
+func TestLocalSandbox(t *testing.T) {
+	f, err := parseLocal(`sandbox: "bwrap"`, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Workers[0].Local.Sandbox != SandboxBwrap || f.Workers[0].Local.PersistentWorkers.Sandbox != SandboxNone {
+		t.Fatalf("sandbox = %v, persistent_workers.sandbox = %v", f.Workers[0].Local.Sandbox, f.Workers[0].Local.PersistentWorkers.Sandbox)
+	}
+	if _, err := parseLocal(`sandbox: "docker"`, false); err == nil || !strings.Contains(err.Error(), `local.sandbox: unknown value "docker"`) {
+		t.Fatalf("bad sandbox: %v", err)
 	}
 }
