@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -40,7 +42,11 @@ func runWorker(args []string) error {
 	errs := make([]error, len(file.Workers))
 	for i := range file.Workers {
 		w := &file.Workers[i].Local
-		conn, err := casclient.Dial(ctx, w.WorkerAPIEndpoint.URI)
+		tlsConfig, err := clientTLS(w.WorkerAPIEndpoint.TLS)
+		if err != nil {
+			return fmt.Errorf("workers[%d].local.worker_api_endpoint.tls_config: %w", i, err)
+		}
+		conn, err := casclient.DialWith(ctx, w.WorkerAPIEndpoint.URI, casclient.DialOptions{Timeout: w.WorkerAPIEndpoint.Timeout, TLS: tlsConfig})
 		if err != nil {
 			return fmt.Errorf("workers[%d].local.worker_api_endpoint: %w", i, err)
 		}
@@ -68,4 +74,31 @@ func logWarnings(logger *slog.Logger, warnings []string) {
 	for _, w := range warnings {
 		logger.Warn("config: " + w)
 	}
+}
+
+// clientTLS builds the TLS settings of tls_config (nil: system roots).
+func clientTLS(c *config.ClientTLS) (*tls.Config, error) {
+	if c == nil {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if !c.UseNativeRoots && c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca_file %s holds no PEM certificate", c.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
 }

@@ -48,6 +48,9 @@ type Builder struct {
 	Logger     *slog.Logger
 	// Workers, when set, serves actions that opt into persistent workers.
 	Workers *Workers
+	// MaxUploadTimeout bounds collecting and uploading one action's outputs
+	// (0: no bound).
+	MaxUploadTimeout time.Duration
 	// Bwrap, when set, is the bubblewrap binary one-shot actions run under
 	// (see internal/sandbox): they can write only their own directory and
 	// reach no network.
@@ -203,7 +206,7 @@ func (b *Builder) runOneShot(ctx context.Context, t Task, cmd *repb.Command, tre
 	md.OutputUploadStartTimestamp = timestamppb.Now()
 	result := &repb.ActionResult{ExitCode: int32(res.ExitCode)}
 	if runErr == nil && !timedOut {
-		collected, err := outputs.Collect(ctx, b.CAS, fn, inputRoot, cmd)
+		collected, err := b.collect(ctx, fn, inputRoot, cmd)
 		if err != nil {
 			return nil, err
 		}
@@ -231,6 +234,21 @@ func (b *Builder) runOneShot(ctx context.Context, t Task, cmd *repb.Command, tre
 		return result, fmt.Errorf("%w after %s", ErrTimedOut, timeout)
 	}
 	return result, nil
+}
+
+// collect gathers and uploads the outputs within MaxUploadTimeout; running
+// past it fails the action with DEADLINE_EXCEEDED.
+func (b *Builder) collect(ctx context.Context, fn digest.Function, inputRoot string, cmd *repb.Command) (*repb.ActionResult, error) {
+	if b.MaxUploadTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, b.MaxUploadTimeout)
+		defer cancel()
+	}
+	result, err := outputs.Collect(ctx, b.CAS, fn, inputRoot, cmd)
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return nil, fmt.Errorf("uploading outputs took longer than max_upload_timeout (%s): %w", b.MaxUploadTimeout, context.DeadlineExceeded)
+	}
+	return result, err
 }
 
 func (b *Builder) logger() *slog.Logger {

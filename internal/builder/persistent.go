@@ -197,7 +197,7 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 		}
 	}
 	md.OutputUploadStartTimestamp = timestamppb.Now()
-	collected, err := outputs.Collect(ctx, b.CAS, fn, dir, cmd)
+	collected, err := b.collect(ctx, fn, dir, cmd)
 	b.cleanWorkspace(dir, plan, sandboxed)
 	if err != nil {
 		return nil, err

@@ -12,6 +12,7 @@ package casclient
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strings"
@@ -57,6 +58,21 @@ var ErrBadTarget = errors.New("bad server address")
 // validation done here, and is there so that Dial can become eager without
 // changing its callers.
 func Dial(ctx context.Context, target string) (*grpc.ClientConn, error) {
+	return DialWith(ctx, target, DialOptions{})
+}
+
+// DialOptions refine Dial.
+type DialOptions struct {
+	// Timeout is given to every unary call that has no deadline of its own
+	// (worker_api_endpoint.timeout). Streams (the executor session,
+	// ByteStream transfers) are long by nature and unbounded.
+	Timeout time.Duration
+	// TLS replaces the system roots of a grpcs:// target (tls_config).
+	TLS *tls.Config
+}
+
+// DialWith is Dial with options.
+func DialWith(ctx context.Context, target string, o DialOptions) (*grpc.ClientConn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -64,11 +80,29 @@ func Dial(ctx context.Context, target string) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(addr,
+	if o.TLS != nil {
+		if !strings.HasPrefix(target, "grpcs://") && !strings.HasPrefix(target, "https://") {
+			return nil, fmt.Errorf("%w: %q: TLS settings need a grpcs:// target", ErrBadTarget, target)
+		}
+		creds = credentials.NewTLS(o.TLS)
+	}
+	timeout := o.Timeout
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMsgSize), grpc.MaxCallSendMsgSize(MaxMsgSize)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
-	)
+	}
+	if timeout > 0 {
+		opts = append(opts, grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, callOpts ...grpc.CallOption) error {
+			if _, ok := ctx.Deadline(); !ok {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
+			}
+			return invoker(ctx, method, req, reply, cc, callOpts...)
+		}))
+	}
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("casclient: dial %q: %w", target, err)
 	}

@@ -81,7 +81,7 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 	}
 	b := &builder.Builder{
 		CAS: deps.CAS, Files: files, WorkDir: actions, WorkerName: w.Name,
-		MaxTimeout: w.MaxActionTimeout, Logger: logger,
+		MaxTimeout: w.MaxActionTimeout, MaxUploadTimeout: w.MaxUploadTimeout, Logger: logger,
 	}
 	if w.Sandbox == config.SandboxBwrap {
 		if b.Bwrap, err = sandbox.Find(""); err != nil {
