@@ -70,6 +70,21 @@ func TestExecutionBadInput(t *testing.T) {
 		})
 	}
 
+	// The control: the same kind of action with nothing wrong runs and
+	// creates its sentinel, so the absence of the others' means something.
+	t.Run("valid action runs", func(t *testing.T) {
+		sentinel := filepath.Join(sentinels, "control")
+		a := actionSpec{args: []string{"/bin/sh", "-c", `touch "$1"`, "sh", sentinel}}.build(t)
+		c.upload(t, a)
+		resp, err := c.execute(t.Context(), a.action.digest)
+		if st := outcome(resp, err); st.Code() != codes.OK || resp.GetResult().GetExitCode() != 0 {
+			t.Fatalf("Execute: %v, exit code %d", st, resp.GetResult().GetExitCode())
+		}
+		if _, err := os.Stat(sentinel); err != nil {
+			t.Errorf("the valid action did not create its sentinel: %v", err)
+		}
+	})
+
 	// Nothing named "escape" anywhere in the server's data (which holds the
 	// executor's work directory) or beside it.
 	filepath.WalkDir(filepath.Dir(p.DataDir), func(path string, d fs.DirEntry, err error) error {

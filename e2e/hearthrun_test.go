@@ -86,9 +86,10 @@ func TestHearthRun(t *testing.T) {
 			args: []string{"/bin/sh", "-c", `
 i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done
 echo "to stdout"; echo "to stderr" >&2
-mkdir -p out && { cat in/input.txt; echo "ran $i"; } > out/result.txt`},
+mkdir -p out && { cat in/input.txt; echo "ran $i"; } > out/result.txt
+printf '#!/bin/sh\n' > out/tool.sh && chmod 755 out/tool.sh`},
 			files:       map[string]string{"in/input.txt": "input line\n"},
-			outputPaths: []string{"out/result.txt"},
+			outputPaths: []string{"out/result.txt", "out/tool.sh"},
 		}.build(t)
 		c.upload(t, a)
 		stdoutFile, stderrFile := filepath.Join(dir, "stdout"), filepath.Join(dir, "stderr")
@@ -104,15 +105,32 @@ mkdir -p out && { cat in/input.txt; echo "ran $i"; } > out/result.txt`},
 		if res.GetExitCode() != 0 {
 			t.Errorf("ActionResult.exit_code %d, want 0", res.GetExitCode())
 		}
-		if len(res.GetOutputFiles()) != 1 || res.GetOutputFiles()[0].GetPath() != "out/result.txt" {
-			t.Fatalf("output_files %v, want exactly out/result.txt", res.GetOutputFiles())
+		outs := map[string]*repb.OutputFile{}
+		for _, f := range res.GetOutputFiles() {
+			outs[f.GetPath()] = f
 		}
-		got, err := c.byteStreamRead(ctx, res.GetOutputFiles()[0].GetDigest())
-		if err != nil {
-			t.Fatalf("reading out/result.txt from the CAS: %v", err)
+		for _, w := range []struct {
+			path, content string
+			executable    bool
+		}{
+			{"out/result.txt", "input line\nran 100000\n", false},
+			{"out/tool.sh", "#!/bin/sh\n", true},
+		} {
+			f := outs[w.path]
+			if f == nil {
+				t.Errorf("output_files %v lack %s", res.GetOutputFiles(), w.path)
+				continue
+			}
+			if f.GetIsExecutable() != w.executable {
+				t.Errorf("%s: is_executable %v, want %v", w.path, f.GetIsExecutable(), w.executable)
+			}
+			got, err := c.byteStreamRead(ctx, f.GetDigest())
+			if err != nil || string(got) != w.content {
+				t.Errorf("%s in the CAS = %q (%v), want %q", w.path, got, err, w.content)
+			}
 		}
-		if want := "input line\nran 100000\n"; string(got) != want {
-			t.Errorf("out/result.txt in the CAS = %q, want %q", got, want)
+		if len(outs) != 2 {
+			t.Errorf("output_files %v, want exactly out/result.txt and out/tool.sh", res.GetOutputFiles())
 		}
 		for _, s := range []struct {
 			name, file, want string

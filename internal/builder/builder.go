@@ -180,7 +180,9 @@ func (b *Builder) runOneShot(ctx context.Context, t Task, cmd *repb.Command, tre
 		Stderr:  stderr,
 	}
 	if t.Hooks.TimeoutHandledExternally {
-		req.Timeout = 0
+		// The entrypoint enforces the action's timeout (it gets it through
+		// timeout_millis); Hearth only stops a runaway at the maximum.
+		req.Timeout = b.MaxTimeout
 	}
 	if b.Bwrap != "" {
 		// Resolved here, with the Command's PATH, because inside the

@@ -40,57 +40,96 @@ func runBatchUpdate(ctx context.Context, b *bench) (*result, error) {
 		return nil, err
 	}
 	blobs := randomBlobs(o.batchBlobs, int(o.batchBlobSize))
-
-	loops := []struct {
-		name    string
-		workers int
-		durable bool
-	}{
+	loops := []batchLoop{
 		{"Go loop, no fsync", 1, false},
 		{"Go loop, write+fsync+rename+fsync dir", 1, true},
 		{fmt.Sprintf("same on %d goroutines", serverBatchParallelism), serverBatchParallelism, true},
 	}
-	loopTimes := make([]time.Duration, len(loops))
+	cmps := make([]comparison, len(loops))
+	var last batchSample
+	for round := range o.rounds {
+		b.logger.Info("batchupdate: round", "round", round+1)
+		roundDir := filepath.Join(dir, fmt.Sprintf("round%d", round))
+		if last, err = batchUpdateRound(ctx, b, roundDir, blobs, loops); err != nil {
+			return nil, err
+		}
+		for i := range loops {
+			cmps[i].add(last.rate, last.loopRates[i])
+		}
+		if err := os.RemoveAll(roundDir); err != nil {
+			return nil, err
+		}
+	}
+	r := &result{}
+	name := fmt.Sprintf("BatchUpdateBlobs %s × %s", formatCount(float64(len(blobs))), formatBytes(int64(o.batchBlobSize)))
 	for i, l := range loops {
-		b.logger.Info("batchupdate: baseline", "loop", l.name)
+		r.add(cmps[i].row(name, "blobs/s", l.name, countFormat))
+	}
+	r.note("%d calls of up to %s (the advertised max_batch_total_size_bytes), %d at a time, to a new server per round; the server fsyncs every blob and its directory before answering and stores up to %d blobs of a call at once",
+		last.calls, formatBytes(last.limit), o.batchClients, serverBatchParallelism)
+	r.note("the loops write the same bytes to files named by hash in one directory; the durable loops write a temp file, fsync it, rename it and fsync the directory, as the server does")
+	return r, nil
+}
+
+// batchLoop is one of the baselines.
+type batchLoop struct {
+	name    string
+	workers int
+	durable bool
+}
+
+// batchSample is one round's outcome.
+type batchSample struct {
+	loopRates []float64 // blobs/s of each loop
+	rate      float64   // blobs/s of the server
+	calls     int       // BatchUpdateBlobs calls made
+	limit     int64     // the server's max_batch_total_size_bytes
+}
+
+// batchUpdateRound measures each loop and then the server (data in dir).
+func batchUpdateRound(ctx context.Context, b *bench, dir string, blobs []blob, loops []batchLoop) (batchSample, error) {
+	var bs batchSample
+	for i, l := range loops {
 		out := filepath.Join(dir, fmt.Sprintf("loop%d", i))
 		unix.Sync()
 		start := time.Now()
 		if err := writeFilesLoop(ctx, out, blobs, l.workers, l.durable); err != nil {
-			return nil, err
+			return bs, err
 		}
-		loopTimes[i] = time.Since(start)
+		bs.loopRates = append(bs.loopRates, perSecond(float64(len(blobs)), time.Since(start)))
 	}
 
-	srv, err := b.startHearth(ctx, filepath.Join(dir, "data"), filepath.Join(dir, "hearth.log"))
+	srv, err := b.startHearth(ctx, filepath.Join(dir, "data"), filepath.Join(b.work, "batchupdate", filepath.Base(dir)+"-hearth.log"))
 	if err != nil {
-		return nil, err
+		return bs, err
 	}
 	defer srv.kill()
 	conn, err := srv.dial(ctx)
 	if err != nil {
-		return nil, err
+		return bs, err
 	}
 	defer conn.Close()
 	caps, err := repb.NewCapabilitiesClient(conn).GetCapabilities(ctx, &repb.GetCapabilitiesRequest{})
 	if err != nil {
-		return nil, err
+		return bs, err
 	}
-	batches := packBatches(blobs, caps.GetCacheCapabilities().GetMaxBatchTotalSizeBytes())
+	bs.limit = caps.GetCacheCapabilities().GetMaxBatchTotalSizeBytes()
+	reqs := packBatches(blobs, bs.limit)
+	bs.calls = len(reqs)
 	client := repb.NewContentAddressableStorageClient(conn)
-	b.logger.Info("batchupdate: hearth serve", "batches", len(batches))
 	unix.Sync()
 	var next atomic.Int64
+	stopProfile := b.profile(srv, "batchupdate-"+filepath.Base(dir))
 	start := time.Now()
-	err = parallel(ctx, o.batchClients, func(ctx context.Context, _ int) error {
+	err = parallel(ctx, b.opts.batchClients, func(ctx context.Context, _ int) error {
 		for {
 			i := int(next.Add(1) - 1)
-			if i >= len(batches) {
+			if i >= len(reqs) {
 				return nil
 			}
-			resp, err := client.BatchUpdateBlobs(ctx, batches[i])
+			resp, err := client.BatchUpdateBlobs(ctx, reqs[i])
 			if err != nil {
-				return fmt.Errorf("BatchUpdateBlobs of %d blobs: %w", len(batches[i].GetRequests()), err)
+				return fmt.Errorf("BatchUpdateBlobs of %d blobs: %w", len(reqs[i].GetRequests()), err)
 			}
 			for _, r := range resp.GetResponses() {
 				if c := codes.Code(r.GetStatus().GetCode()); c != codes.OK {
@@ -99,26 +138,13 @@ func runBatchUpdate(ctx context.Context, b *bench) (*result, error) {
 			}
 		}
 	})
-	remoteTime := time.Since(start)
+	took := time.Since(start)
+	stopProfile()
 	if err != nil {
-		return nil, err
+		return bs, err
 	}
-	if err := srv.stop(); err != nil {
-		return nil, err
-	}
-
-	r := &result{}
-	name := fmt.Sprintf("BatchUpdateBlobs %s × %s", formatCount(float64(len(blobs))), formatBytes(int64(o.batchBlobSize)))
-	v := perSecond(float64(len(blobs)), remoteTime)
-	for i, l := range loops {
-		base := perSecond(float64(len(blobs)), loopTimes[i])
-		r.add(row{Scenario: name, Measure: "blobs/s", Hearth: formatCount(v),
-			Baseline: fmt.Sprintf("%s: %s", l.name, formatCount(base)), Ratio: ratio(v, base)})
-	}
-	r.note("%d calls of up to %s (the advertised max_batch_total_size_bytes), %d at a time; the server fsyncs every blob and its directory before answering and stores up to %d blobs of a call at once",
-		len(batches), formatBytes(caps.GetCacheCapabilities().GetMaxBatchTotalSizeBytes()), o.batchClients, serverBatchParallelism)
-	r.note("the loops write the same bytes to files named by hash in one directory; the durable loops write a temp file, fsync it, rename it and fsync the directory, as the server does")
-	return r, nil
+	bs.rate = perSecond(float64(len(blobs)), took)
+	return bs, srv.stop()
 }
 
 // randomBlobs returns n distinct incompressible blobs of size bytes.

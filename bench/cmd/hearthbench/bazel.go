@@ -62,56 +62,70 @@ func runBazel(ctx context.Context, b *bench) (*result, error) {
 		return nil, err
 	}
 
-	b.logger.Info("bazel: local build", "genrules", n)
-	local, err := timedBazelBuild(ctx, b, dir, ws, env, "local", nil)
-	if err != nil {
-		return nil, err
-	}
-	if !strings.Contains(local.processes, "sandbox") && !strings.Contains(local.processes, "local") {
-		return nil, fmt.Errorf("local build ran no local processes: %q", local.processes)
-	}
-
-	b.logger.Info("bazel: remote build", "genrules", n)
-	srv, err := b.startHearth(ctx, filepath.Join(dir, "data"), filepath.Join(dir, "hearth.log"))
-	if err != nil {
-		return nil, err
-	}
-	defer srv.kill()
-	remote, err := timedBazelBuild(ctx, b, dir, ws, env, "remote", srv, "--remote_executor=grpc://"+srv.GRPCAddr)
-	if err != nil {
-		return nil, err
-	}
-	if err := srv.stop(); err != nil {
-		return nil, err
-	}
-	if m := regexp.MustCompile(`(\d+) remote\b`).FindStringSubmatch(remote.processes); m == nil || atoi(m[1]) < n {
-		return nil, fmt.Errorf("remote build did not run all %d genrules remotely: %q", n, remote.processes)
-	}
-	if strings.Contains(remote.processes, "cache hit") {
-		return nil, fmt.Errorf("remote build had cache hits on a fresh server: %q", remote.processes)
+	var wall, actionCPU, totalCPU comparison
+	var hearthSelf, bazelSelfRemote, bazelSelfLocal []float64
+	var local, remote bazelBuild
+	for round := range b.opts.bazelRounds {
+		b.logger.Info("bazel: round", "round", round+1, "genrules", n)
+		if local, remote, err = bazelRound(ctx, b, dir, ws, env, round); err != nil {
+			return nil, err
+		}
+		wall.add(remote.wall.Seconds(), local.wall.Seconds())
+		actionCPU.add(remote.hearthCPU.Children.Seconds(), local.bazelCPU.Children.Seconds())
+		remoteTotal := remote.hearthCPU.Self + remote.hearthCPU.Children + remote.bazelCPU.Self + remote.bazelCPU.Children
+		totalCPU.add(remoteTotal.Seconds(), (local.bazelCPU.Self + local.bazelCPU.Children).Seconds())
+		hearthSelf = append(hearthSelf, remote.hearthCPU.Self.Seconds())
+		bazelSelfRemote = append(bazelSelfRemote, remote.bazelCPU.Self.Seconds())
+		bazelSelfLocal = append(bazelSelfLocal, local.bazelCPU.Self.Seconds())
 	}
 
 	r := &result{}
 	name := fmt.Sprintf("Bazel clean build, %d genrules", n)
-	r.add(row{Scenario: name, Measure: "wall time of bazel build", Hearth: formatDuration(remote.wall),
-		Baseline: "local build: " + formatDuration(local.wall), Ratio: ratio(remote.wall.Seconds(), local.wall.Seconds())})
-	r.add(row{Scenario: name, Measure: "CPU of the actions (hearth's children; Bazel's children)",
-		Hearth: formatDuration(remote.hearthCPU.Children), Baseline: "local: " + formatDuration(local.bazelCPU.Children),
-		Ratio: ratio(remote.hearthCPU.Children.Seconds(), local.bazelCPU.Children.Seconds())})
-	r.add(row{Scenario: name, Measure: "hearth serve CPU (self, incl. embedded executor)", Hearth: formatDuration(remote.hearthCPU.Self),
-		Baseline: fmt.Sprintf("Bazel server, remote: %s; local: %s", formatDuration(remote.bazelCPU.Self), formatDuration(local.bazelCPU.Self))})
-	remoteTotal := remote.hearthCPU.Self + remote.hearthCPU.Children + remote.bazelCPU.Self + remote.bazelCPU.Children
-	localTotal := local.bazelCPU.Self + local.bazelCPU.Children
-	r.add(row{Scenario: name, Measure: "total CPU (Bazel + hearth + actions)", Hearth: formatDuration(remoteTotal),
-		Baseline: "local: " + formatDuration(localTotal), Ratio: ratio(remoteTotal.Seconds(), localTotal.Seconds())})
+	r.add(wall.row(name, "wall time of bazel build (remote vs local)", "local build", secondsFormat))
+	r.add(actionCPU.row(name, "CPU of the actions (hearth's children vs Bazel's)", "local", secondsFormat))
+	r.add(row{Scenario: name, Measure: "hearth serve CPU (self, incl. embedded executor)", Hearth: secondsFormat(median(hearthSelf)),
+		Baseline: fmt.Sprintf("Bazel server, remote build: %s; local build: %s", secondsFormat(median(bazelSelfRemote)), secondsFormat(median(bazelSelfLocal)))})
+	r.add(totalCPU.row(name, "total CPU (Bazel + hearth + actions)", "local", secondsFormat))
 	jobs := "Bazel's default --jobs"
 	if b.opts.bazelJobs > 0 {
 		jobs = fmt.Sprintf("--jobs=%d", b.opts.bazelJobs)
 	}
-	r.note("Bazel %s, %s; local: %q; remote (--remote_executor, fresh data dir): %q", bazelVersion(ctx, env), jobs, local.processes, remote.processes)
-	r.note("each genrule cats its own one-line source file and appends a line; wall time is the `bazel build //...` command after its Bazel server was started untimed")
+	r.note("Bazel %s, %s, %d round(s); last local build: %q; last remote build (--remote_executor, fresh data dir): %q",
+		bazelVersion(ctx, env), jobs, b.opts.bazelRounds, local.processes, remote.processes)
+	r.note("each genrule cats its own one-line source file and appends a line; wall time is the `bazel build //...` command after its Bazel server was started untimed, on its own new output base")
 	r.note("CPU from /proc/PID/stat: children are the processes that exited and were waited for (the actions: hearth's embedded executor runs them as its children, a local build as the Bazel server's)")
 	return r, nil
+}
+
+// bazelRound builds the workspace locally, then remotely on a new server.
+func bazelRound(ctx context.Context, b *bench, dir, ws string, env []string, round int) (local, remote bazelBuild, err error) {
+	n := b.opts.genrules
+	local, err = timedBazelBuild(ctx, b, dir, ws, env, fmt.Sprintf("local%d", round), nil)
+	if err != nil {
+		return local, remote, err
+	}
+	if !strings.Contains(local.processes, "sandbox") && !strings.Contains(local.processes, "local") {
+		return local, remote, fmt.Errorf("local build ran no local processes: %q", local.processes)
+	}
+	srv, err := b.startHearth(ctx, filepath.Join(dir, fmt.Sprintf("data%d", round)), filepath.Join(dir, fmt.Sprintf("hearth%d.log", round)))
+	if err != nil {
+		return local, remote, err
+	}
+	defer srv.kill()
+	remote, err = timedBazelBuild(ctx, b, dir, ws, env, fmt.Sprintf("remote%d", round), srv, "--remote_executor=grpc://"+srv.GRPCAddr)
+	if err != nil {
+		return local, remote, err
+	}
+	if err := srv.stop(); err != nil {
+		return local, remote, err
+	}
+	if m := regexp.MustCompile(`(\d+) remote\b`).FindStringSubmatch(remote.processes); m == nil || atoi(m[1]) < n {
+		return local, remote, fmt.Errorf("remote build did not run all %d genrules remotely: %q", n, remote.processes)
+	}
+	if strings.Contains(remote.processes, "cache hit") {
+		return local, remote, fmt.Errorf("remote build had cache hits on a fresh server: %q", remote.processes)
+	}
+	return local, remote, nil
 }
 
 // writeGenruleWorkspace writes a workspace of n genrules, each with its own
@@ -212,9 +226,14 @@ func timedBazelBuild(ctx context.Context, b *bench, dir, ws string, env []string
 			return res, err
 		}
 	}
+	stopProfile := func() {}
+	if srv != nil {
+		stopProfile = b.profile(srv, "bazel-"+name)
+	}
 	start := time.Now()
 	out, err = bazel(args...)
 	res.wall = time.Since(start)
+	stopProfile()
 	if err != nil {
 		return res, err
 	}
@@ -242,15 +261,20 @@ func timedBazelBuild(ctx context.Context, b *bench, dir, ws string, env []string
 	return res, nil
 }
 
-// bazelVersion returns Bazel's release, e.g. "4.2.3".
+// bazelVersion returns Bazel's release, e.g. "4.2.3". Debian's build
+// calls itself "no_version", so the package's version is asked then.
 func bazelVersion(ctx context.Context, env []string) string {
 	cmd := exec.CommandContext(ctx, "bazel", "--version")
 	cmd.Env = env
 	out, err := cmd.Output()
-	if err != nil {
-		return "(unknown version)"
+	v := strings.TrimPrefix(strings.TrimSpace(string(out)), "bazel ")
+	if err == nil && v != "no_version" {
+		return v
 	}
-	return strings.TrimPrefix(strings.TrimSpace(string(out)), "bazel ")
+	if out, err := exec.CommandContext(ctx, "dpkg-query", "-W", "-f", "${Version}", "bazel-bootstrap").Output(); err == nil {
+		return strings.TrimSpace(string(out)) + " (Debian bazel-bootstrap)"
+	}
+	return "(unknown version)"
 }
 
 func atoi(s string) int {

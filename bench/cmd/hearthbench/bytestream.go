@@ -42,96 +42,161 @@ func runByteStream(ctx context.Context, b *bench) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
+	var (
+		write, read, writeSync, readSync comparison
+		writePeak, readPeak, hwm, idle   int64
+		cpCPU, wServer, wClient          []float64 // seconds per GiB
+		rServer, rClient                 []float64
+	)
+	perGiB := func(d time.Duration) float64 { return d.Seconds() / (float64(size) / (1 << 30)) }
+	for round := range b.opts.rounds {
+		b.logger.Info("bytestream: round", "round", round+1)
+		rd, err := byteStreamRound(ctx, b, round, filepath.Join(dir, fmt.Sprintf("round%d", round)), src, d)
+		if err != nil {
+			return nil, err
+		}
+		write.add(rd.write, rd.cp)
+		read.add(rd.read, rd.cp)
+		writeSync.add(rd.write, rd.cpSync)
+		readSync.add(rd.read, rd.cpSync)
+		writePeak, readPeak = max(writePeak, rd.writePeak), max(readPeak, rd.readPeak)
+		hwm, idle = max(hwm, rd.mem.Peak), max(idle, rd.idle)
+		cpCPU = append(cpCPU, perGiB(rd.cpCPU))
+		wServer, wClient = append(wServer, perGiB(rd.writeServer)), append(wClient, perGiB(rd.writeClient))
+		rServer, rClient = append(rServer, perGiB(rd.readServer)), append(rClient, perGiB(rd.readClient))
+	}
 
+	r := &result{}
+	name := "ByteStream " + formatBytes(size)
+	for _, m := range []struct {
+		what      string
+		cp, cpSyn *comparison
+	}{{"write (upload) MiB/s", &write, &writeSync}, {"read (download) MiB/s", &read, &readSync}} {
+		rw := m.cp.row(name, m.what, "cp", mibFormat)
+		rw.Goal, rw.Met = fmt.Sprintf("≥ %.2f× cp", byteStreamGoalRatio), metText(m.cp.ratio() >= byteStreamGoalRatio)
+		r.add(rw)
+		r.add(m.cpSyn.row(name, m.what, "cp + fsync", mibFormat))
+	}
+	for _, m := range []struct {
+		what           string
+		server, client []float64
+	}{{"CPU s/GiB, write (server; client)", wServer, wClient}, {"CPU s/GiB, read (server; client)", rServer, rClient}} {
+		r.add(row{Scenario: name, Measure: m.what,
+			Hearth:   fmt.Sprintf("%.2f; %.2f", median(m.server), median(m.client)),
+			Baseline: fmt.Sprintf("cp: %.2f", median(cpCPU)), Ratio: ratio(median(m.server)+median(m.client), median(cpCPU))})
+	}
+	for _, m := range []struct {
+		what string
+		rss  int64
+	}{{"server peak RSS during write", writePeak}, {"server peak RSS during read", readPeak}, {"server VmHWM (whole life)", hwm}} {
+		r.add(row{Scenario: name, Measure: m.what, Hearth: formatBytes(m.rss),
+			Baseline: "idle server: " + formatBytes(idle), Ratio: ratio(float64(m.rss), float64(idle)),
+			Goal: "< " + formatBytes(byteStreamGoalRSS), Met: metText(m.rss < byteStreamGoalRSS)})
+	}
+	r.note("%s; each round starts a server on an empty data directory; the server fsyncs the blob before acknowledging the write, cp does not (the cp + fsync rows show the difference)", b.cacheNote())
+	r.note("client: casclient (1 MiB WriteRequest chunks); the download is written to a file without fsync, like cp's copy, and checked against the digest afterwards")
+	r.note("RSS: highest over the rounds, sampled every 10 ms from /proc/PID/status VmRSS; VmHWM is the kernel's peak since the server started")
+	return r, nil
+}
+
+// byteStreamSample is one round's measurements: throughputs in MiB/s and
+// memory in bytes.
+type byteStreamSample struct {
+	// CPU: cp's (as a child of this process); the server's and this
+	// process's (the client) during the write and the read.
+	cpCPU                    time.Duration
+	writeServer, writeClient time.Duration
+	readServer, readClient   time.Duration
+
+	cp, cpSync, write, read   float64
+	idle, writePeak, readPeak int64
+	mem                       procMemory
+}
+
+// byteStreamRound copies src with cp, then uploads and downloads it through
+// a new server whose data lives in dir; everything it writes is removed.
+func byteStreamRound(ctx context.Context, b *bench, round int, dir, src string, d digest.Digest) (rd byteStreamSample, err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return rd, err
+	}
+	defer os.RemoveAll(dir)
+	size := d.Size
 	// Baseline: cp, then cp followed by an fsync of the copy, since the
 	// server makes every blob durable before it acknowledges it.
+	cpy := filepath.Join(dir, "copy.bin")
 	b.coldCache()
+	own0 := ownCPU()
 	start := time.Now()
-	if err := runQuiet(ctx, dir, "cp", src, "copy.bin"); err != nil {
-		return nil, err
+	if err := runQuiet(ctx, dir, "cp", src, cpy); err != nil {
+		return rd, err
 	}
-	cpTime := time.Since(start)
-	if err := fsyncPath(filepath.Join(dir, "copy.bin")); err != nil {
-		return nil, err
+	rd.cp = mibPerSecond(size, time.Since(start))
+	rd.cpCPU = ownCPU().sub(own0).Children
+	if err := fsyncPath(cpy); err != nil {
+		return rd, err
 	}
-	cpSyncTime := time.Since(start)
-	if err := os.Remove(filepath.Join(dir, "copy.bin")); err != nil {
-		return nil, err
+	rd.cpSync = mibPerSecond(size, time.Since(start))
+	if err := os.Remove(cpy); err != nil {
+		return rd, err
 	}
 
-	srv, err := b.startHearth(ctx, filepath.Join(dir, "data"), filepath.Join(dir, "hearth.log"))
+	srv, err := b.startHearth(ctx, filepath.Join(dir, "data"), filepath.Join(b.work, "bytestream", filepath.Base(dir)+"-hearth.log"))
 	if err != nil {
-		return nil, err
+		return rd, err
 	}
 	defer srv.kill()
 	conn, err := srv.dial(ctx)
 	if err != nil {
-		return nil, err
+		return rd, err
 	}
 	defer conn.Close()
 	store := casclient.NewStore(conn, "")
 	idle, err := readProcMemory(srv.PID())
 	if err != nil {
-		return nil, err
+		return rd, err
 	}
+	rd.idle = idle.RSS
 
 	b.coldCache()
 	sampler := sampleRSS(srv.PID(), 10*time.Millisecond)
+	stopProfile := b.profile(srv, fmt.Sprintf("bytestream-write-%d", round))
+	cpu := measureCPU(srv.PID())
 	start = time.Now()
 	err = upload(ctx, store, d, src)
-	writeTime := time.Since(start)
-	writePeak := sampler.stop()
+	took := time.Since(start)
+	rd.writeServer, rd.writeClient = cpu()
+	stopProfile()
+	rd.writePeak = sampler.stop()
 	if err != nil {
-		return nil, fmt.Errorf("ByteStream write: %w", err)
+		return rd, fmt.Errorf("ByteStream write: %w", err)
 	}
+	rd.write = mibPerSecond(size, took)
 
+	down := filepath.Join(dir, "download.bin")
 	b.coldCache()
 	sampler = sampleRSS(srv.PID(), 10*time.Millisecond)
+	stopProfile = b.profile(srv, fmt.Sprintf("bytestream-read-%d", round))
+	cpu = measureCPU(srv.PID())
 	start = time.Now()
-	err = download(ctx, store, d, filepath.Join(dir, "download.bin"))
-	readTime := time.Since(start)
-	readPeak := sampler.stop()
+	err = download(ctx, store, d, down)
+	took = time.Since(start)
+	rd.readServer, rd.readClient = cpu()
+	stopProfile()
+	rd.readPeak = sampler.stop()
 	if err != nil {
-		return nil, fmt.Errorf("ByteStream read: %w", err)
+		return rd, fmt.Errorf("ByteStream read: %w", err)
 	}
-	mem, err := readProcMemory(srv.PID())
-	if err != nil {
-		return nil, err
+	rd.read = mibPerSecond(size, took)
+	if rd.mem, err = readProcMemory(srv.PID()); err != nil {
+		return rd, err
 	}
 	if err := srv.stop(); err != nil {
-		return nil, err
+		return rd, err
 	}
-	if err := verifyFile(filepath.Join(dir, "download.bin"), d); err != nil {
-		return nil, fmt.Errorf("ByteStream read returned the wrong bytes: %w", err)
+	if err := verifyFile(down, d); err != nil {
+		return rd, fmt.Errorf("ByteStream read returned the wrong bytes: %w", err)
 	}
-
-	r := &result{}
-	name := "ByteStream " + formatBytes(size)
-	cp := mibPerSecond(size, cpTime)
-	cpSync := mibPerSecond(size, cpSyncTime)
-	for _, m := range []struct {
-		what string
-		t    time.Duration
-	}{{"write (upload)", writeTime}, {"read (download)", readTime}} {
-		v := mibPerSecond(size, m.t)
-		r.add(row{Scenario: name, Measure: m.what + " MiB/s", Hearth: fmt.Sprintf("%.0f", v),
-			Baseline: fmt.Sprintf("cp: %.0f", cp), Ratio: ratio(v, cp),
-			Goal: fmt.Sprintf("≥ %.2f× cp", byteStreamGoalRatio), Met: metText(v >= byteStreamGoalRatio*cp)})
-		r.add(row{Scenario: name, Measure: m.what + " MiB/s", Hearth: fmt.Sprintf("%.0f", v),
-			Baseline: fmt.Sprintf("cp + fsync: %.0f", cpSync), Ratio: ratio(v, cpSync)})
-	}
-	for _, m := range []struct {
-		what string
-		rss  int64
-	}{{"server peak RSS during write", writePeak}, {"server peak RSS during read", readPeak}, {"server VmHWM (whole life)", mem.Peak}} {
-		r.add(row{Scenario: name, Measure: m.what, Hearth: formatBytes(m.rss),
-			Baseline: "idle server: " + formatBytes(idle.RSS), Ratio: ratio(float64(m.rss), float64(idle.RSS)),
-			Goal: "< " + formatBytes(byteStreamGoalRSS), Met: metText(m.rss < byteStreamGoalRSS)})
-	}
-	r.note("%s; the server fsyncs the blob before acknowledging the write, cp does not (the cp + fsync row shows the difference)", b.cacheNote())
-	r.note("client: casclient (1 MiB WriteRequest chunks); the download is written to a file without fsync, like cp's copy")
-	r.note("RSS sampled every 10 ms from /proc/PID/status VmRSS; VmHWM is the kernel's peak since the server started")
-	return r, nil
+	return rd, nil
 }
 
 // writeRandomFile writes size incompressible bytes to path and returns

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -42,24 +41,6 @@ func runExecute(ctx context.Context, b *bench) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The baseline first, while the server is not running.
-	b.logger.Info("execute: fork+exec baseline")
-	baseLat, err := latencies(ctx, o.execLatency, func(context.Context, int) error { return exec.Command(trueBinary).Run() })
-	if err != nil {
-		return nil, err
-	}
-	var ru0, ru0c syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
-	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru0c)
-	baseTime, err := runConcurrently(ctx, o.execThroughput, o.execConcurrency, func(context.Context, int) error { return exec.Command(trueBinary).Run() })
-	if err != nil {
-		return nil, err
-	}
-	var ru1, ru1c syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
-	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru1c)
-	baseCPU := cpuTimes{Self: rusageCPU(ru1) - rusageCPU(ru0), Children: rusageCPU(ru1c) - rusageCPU(ru0c)}
-
 	srv, err := b.startHearth(ctx, filepath.Join(dir, "data"), filepath.Join(dir, "hearth.log"),
 		"--max-inflight", strconv.Itoa(o.execConcurrency))
 	if err != nil {
@@ -71,9 +52,9 @@ func runExecute(ctx context.Context, b *bench) (*result, error) {
 		return nil, err
 	}
 	defer conn.Close()
-	total := executeWarmup + o.execLatency + o.execThroughput
-	b.logger.Info("execute: uploading actions", "actions", total)
-	actions, err := uploadTrueActions(ctx, repb.NewContentAddressableStorageClient(conn), total)
+	perRound := o.execLatency + o.execThroughput
+	b.logger.Info("execute: uploading actions", "actions", executeWarmup+o.rounds*perRound)
+	actions, err := uploadTrueActions(ctx, repb.NewContentAddressableStorageClient(conn), executeWarmup+o.rounds*perRound)
 	if err != nil {
 		return nil, err
 	}
@@ -82,26 +63,55 @@ func runExecute(ctx context.Context, b *bench) (*result, error) {
 	executeFrom := func(first int) func(ctx context.Context, i int) error {
 		return func(ctx context.Context, i int) error { return executeAction(ctx, client, actions[first+i]) }
 	}
-
-	b.logger.Info("execute: hearth serve")
+	forkExec := func(context.Context, int) error { return exec.Command(trueBinary).Run() }
 	if _, err := latencies(ctx, executeWarmup, executeFrom(0)); err != nil {
 		return nil, fmt.Errorf("warm-up: %w", err)
 	}
-	lat, err := latencies(ctx, o.execLatency, executeFrom(executeWarmup))
-	if err != nil {
-		return nil, err
-	}
-	cpu0, err := readCPUTimes(srv.PID())
-	if err != nil {
-		return nil, err
-	}
-	remoteTime, err := runConcurrently(ctx, o.execThroughput, o.execConcurrency, executeFrom(executeWarmup+o.execLatency))
-	if err != nil {
-		return nil, err
-	}
-	cpu1, err := readCPUTimes(srv.PID())
-	if err != nil {
-		return nil, err
+
+	var (
+		p50, p99, rate     comparison
+		hearthCPU, baseCPU cpuTimes
+		first              = executeWarmup
+	)
+	for round := range o.rounds {
+		b.logger.Info("execute: round", "round", round+1)
+		baseLat, err := latencies(ctx, o.execLatency, forkExec)
+		if err != nil {
+			return nil, err
+		}
+		stopProfile := b.profile(srv, fmt.Sprintf("execute-latency-%d", round))
+		lat, err := latencies(ctx, o.execLatency, executeFrom(first))
+		stopProfile()
+		if err != nil {
+			return nil, err
+		}
+		first += o.execLatency
+		p50.add(percentile(lat, 0.5).Seconds(), percentile(baseLat, 0.5).Seconds())
+		p99.add(percentile(lat, 0.99).Seconds(), percentile(baseLat, 0.99).Seconds())
+
+		own0 := ownCPU()
+		baseTime, err := runConcurrently(ctx, o.execThroughput, o.execConcurrency, forkExec)
+		if err != nil {
+			return nil, err
+		}
+		baseCPU = baseCPU.add(ownCPU().sub(own0))
+		cpu0, err := readCPUTimes(srv.PID())
+		if err != nil {
+			return nil, err
+		}
+		stopProfile = b.profile(srv, fmt.Sprintf("execute-throughput-%d", round))
+		remoteTime, err := runConcurrently(ctx, o.execThroughput, o.execConcurrency, executeFrom(first))
+		stopProfile()
+		if err != nil {
+			return nil, err
+		}
+		first += o.execThroughput
+		cpu1, err := readCPUTimes(srv.PID())
+		if err != nil {
+			return nil, err
+		}
+		hearthCPU = hearthCPU.add(cpu1.sub(cpu0))
+		rate.add(perSecond(float64(o.execThroughput), remoteTime), perSecond(float64(o.execThroughput), baseTime))
 	}
 	if err := srv.stop(); err != nil {
 		return nil, err
@@ -109,34 +119,22 @@ func runExecute(ctx context.Context, b *bench) (*result, error) {
 
 	r := &result{}
 	name := "Execute " + trueBinary
-	for _, q := range []struct {
-		name string
-		q    float64
-		goal time.Duration
-	}{{"p50", 0.5, executeGoalP50}, {"p99", 0.99, 0}} {
-		v, base := percentile(lat, q.q), percentile(baseLat, q.q)
-		rw := row{Scenario: name, Measure: q.name + " latency, 1 client", Hearth: formatDuration(v),
-			Baseline: "fork+exec: " + formatDuration(base), Ratio: ratio(v.Seconds(), base.Seconds())}
-		if q.goal > 0 {
-			rw.Goal, rw.Met = "≤ "+formatDuration(q.goal), metText(v <= q.goal)
-		}
-		r.add(rw)
-	}
-	v := perSecond(float64(o.execThroughput), remoteTime)
-	base := perSecond(float64(o.execThroughput), baseTime)
-	r.add(row{Scenario: name, Measure: fmt.Sprintf("actions/s, %d clients", o.execConcurrency), Hearth: formatCount(v),
-		Baseline: "fork+exec: " + formatCount(base), Ratio: ratio(v, base),
-		Goal: "≥ " + formatCount(executeGoalRate), Met: metText(v >= executeGoalRate)})
-	used := cpu1.sub(cpu0)
-	per := func(d time.Duration) time.Duration { return d / time.Duration(o.execThroughput) }
-	r.add(row{Scenario: name, Measure: "CPU per action (server; children)",
-		Hearth:   fmt.Sprintf("%s; %s", formatDuration(per(used.Self)), formatDuration(per(used.Children))),
-		Baseline: fmt.Sprintf("fork+exec (parent; child): %s; %s", formatDuration(per(baseCPU.Self)), formatDuration(per(baseCPU.Children))),
-		Ratio:    ratio((used.Self + used.Children).Seconds(), (baseCPU.Self + baseCPU.Children).Seconds())})
-	r.note("latency: %d actions one after another (after %d warm-up actions); throughput: %d actions from %d concurrent clients on one connection, hearth serve --max-inflight=%d",
-		o.execLatency, executeWarmup, o.execThroughput, o.execConcurrency, o.execConcurrency)
+	rw := p50.row(name, "p50 latency, 1 client", "fork+exec", secondsFormat)
+	rw.Goal, rw.Met = "≤ "+formatDuration(executeGoalP50), metText(median(p50.hearth) <= executeGoalP50.Seconds())
+	r.add(rw)
+	r.add(p99.row(name, "p99 latency, 1 client", "fork+exec", secondsFormat))
+	rw = rate.row(name, fmt.Sprintf("actions/s, %d clients", o.execConcurrency), "fork+exec", countFormat)
+	rw.Goal, rw.Met = "≥ "+formatCount(executeGoalRate), metText(median(rate.hearth) >= executeGoalRate)
+	r.add(rw)
+	n := time.Duration(o.rounds * o.execThroughput)
+	r.add(row{Scenario: name, Measure: "CPU per action, throughput phase (process; its children)",
+		Hearth:   fmt.Sprintf("%s; %s", formatDuration(hearthCPU.Self/n), formatDuration(hearthCPU.Children/n)),
+		Baseline: fmt.Sprintf("fork+exec: %s; %s", formatDuration(baseCPU.Self/n), formatDuration(baseCPU.Children/n)),
+		Ratio:    ratio((hearthCPU.Self + hearthCPU.Children).Seconds(), (baseCPU.Self + baseCPU.Children).Seconds())})
+	r.note("per round: %d actions one after another for latency, then %d from %d concurrent clients on one connection for throughput; hearth serve --max-inflight=%d, %d warm-up actions first",
+		o.execLatency, o.execThroughput, o.execConcurrency, o.execConcurrency, executeWarmup)
 	r.note("each action has its own digest (HEARTHBENCH_ACTION=<n> in its Command) and skip_cache_lookup, so nothing is merged or cached; the server still writes every ActionResult to its action cache")
-	r.note("latency is from the Execute call to the final Operation (done, exit code 0 checked); the client runs on the same 2 cores")
+	r.note("latency is from the Execute call to the final Operation (done, exit code 0 checked); the client runs on the same 2 cores; fork+exec is os/exec's Cmd.Run in this process")
 	return r, nil
 }
 
@@ -245,8 +243,4 @@ func runConcurrently(ctx context.Context, n, workers int, f func(ctx context.Con
 		return ctx.Err()
 	})
 	return time.Since(start), err
-}
-
-func rusageCPU(ru syscall.Rusage) time.Duration {
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -34,9 +34,11 @@ func runFindMissing(ctx context.Context, b *bench) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	dataDir := filepath.Join(dir, "data")
+	// Two identical stores: one opened in-process for the baseline, a copy
+	// for the server, since two stores must never share a directory.
+	inprocDir, serverDir := filepath.Join(dir, "inproc"), filepath.Join(dir, "server")
 	b.logger.Info("findmissing: storing blobs", "blobs", o.fmStored)
-	disk, err := cas.NewDisk(filepath.Join(dataDir, "cas"), cas.DiskOptions{Logger: quietLogger()})
+	disk, err := cas.NewDisk(filepath.Join(inprocDir, "cas"), cas.DiskOptions{Logger: quietLogger()})
 	if err != nil {
 		return nil, err
 	}
@@ -44,28 +46,12 @@ func runFindMissing(ctx context.Context, b *bench) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	reqs, wantMissing := findMissingRequests(stored, o.fmClients, o.fmDigests)
-
-	// Baseline first, then the store is dropped: the server opens the same
-	// directory, and two stores must never share one.
-	b.logger.Info("findmissing: in-process baseline")
-	inproc, err := measureFor(ctx, o.fmClients, o.fmDuration, func(ctx context.Context, client, i int) (int, error) {
-		ds := reqs[client][i%requestsPerClient]
-		missing, err := disk.FindMissing(ctx, ds)
-		if err != nil {
-			return 0, err
-		}
-		if len(missing) != wantMissing[client][i%requestsPerClient] {
-			return 0, fmt.Errorf("in-process FindMissing: %d missing, want %d", len(missing), wantMissing[client][i%requestsPerClient])
-		}
-		return len(ds), nil
-	})
-	if err != nil {
+	if err := runQuiet(ctx, dir, "cp", "-a", inprocDir, serverDir); err != nil {
 		return nil, err
 	}
-	disk = nil
+	reqs, wantMissing := findMissingRequests(stored, o.fmClients, o.fmDigests)
 
-	srv, err := b.startHearth(ctx, dataDir, filepath.Join(dir, "hearth.log"))
+	srv, err := b.startHearth(ctx, serverDir, filepath.Join(dir, "hearth.log"))
 	if err != nil {
 		return nil, err
 	}
@@ -87,12 +73,18 @@ func runFindMissing(ctx context.Context, b *bench) (*result, error) {
 			protoReqs[c] = append(protoReqs[c], req)
 		}
 	}
-	b.logger.Info("findmissing: hearth serve")
-	cpu0, err := readCPUTimes(srv.PID())
-	if err != nil {
-		return nil, err
+	inprocCall := func(ctx context.Context, client, i int) (int, error) {
+		ds := reqs[client][i%requestsPerClient]
+		missing, err := disk.FindMissing(ctx, ds)
+		if err != nil {
+			return 0, err
+		}
+		if got, want := len(missing), wantMissing[client][i%requestsPerClient]; got != want {
+			return 0, fmt.Errorf("in-process FindMissing: %d missing, want %d", got, want)
+		}
+		return len(ds), nil
 	}
-	remote, err := measureFor(ctx, o.fmClients, o.fmDuration, func(ctx context.Context, client, i int) (int, error) {
+	remoteCall := func(ctx context.Context, client, i int) (int, error) {
 		req := protoReqs[client][i%requestsPerClient]
 		resp, err := clients[client].FindMissingBlobs(ctx, req)
 		if err != nil {
@@ -102,13 +94,41 @@ func runFindMissing(ctx context.Context, b *bench) (*result, error) {
 			return 0, fmt.Errorf("FindMissingBlobs: %d missing, want %d", got, want)
 		}
 		return len(req.GetBlobDigests()), nil
-	})
-	if err != nil {
-		return nil, err
 	}
-	cpu1, err := readCPUTimes(srv.PID())
-	if err != nil {
-		return nil, err
+
+	var (
+		cmp      comparison
+		calls    int
+		cpu      time.Duration // the server's
+		client   time.Duration // this process's, during the server's turns
+		rpcTimes []float64     // seconds per call, per round
+	)
+	for round := range o.rounds {
+		b.logger.Info("findmissing: round", "round", round+1)
+		inproc, err := measureFor(ctx, o.fmClients, o.fmDuration, inprocCall)
+		if err != nil {
+			return nil, err
+		}
+		cpu0, err := readCPUTimes(srv.PID())
+		if err != nil {
+			return nil, err
+		}
+		own0 := ownCPU()
+		stopProfile := b.profile(srv, fmt.Sprintf("findmissing-%d", round))
+		remote, err := measureFor(ctx, o.fmClients, o.fmDuration, remoteCall)
+		stopProfile()
+		if err != nil {
+			return nil, err
+		}
+		client += ownCPU().sub(own0).Self
+		cpu1, err := readCPUTimes(srv.PID())
+		if err != nil {
+			return nil, err
+		}
+		cmp.add(remote.rate(), inproc.rate())
+		calls += remote.calls
+		cpu += cpu1.sub(cpu0).Self
+		rpcTimes = append(rpcTimes, remote.elapsed.Seconds()*float64(o.fmClients)/float64(remote.calls))
 	}
 	if err := srv.stop(); err != nil {
 		return nil, err
@@ -116,15 +136,15 @@ func runFindMissing(ctx context.Context, b *bench) (*result, error) {
 
 	r := &result{}
 	name := fmt.Sprintf("FindMissingBlobs ×%s", formatCount(float64(o.fmDigests)))
-	v, base := remote.rate(), inproc.rate()
-	r.add(row{Scenario: name, Measure: fmt.Sprintf("digests/s, %d clients", o.fmClients), Hearth: formatCount(v),
-		Baseline: "in-process cas.Disk.FindMissing: " + formatCount(base), Ratio: ratio(v, base),
-		Goal: "≥ " + formatCount(findMissingGoal), Met: metText(v >= findMissingGoal)})
-	r.add(row{Scenario: name, Measure: "server CPU per request", Hearth: formatDuration(cpu1.sub(cpu0).Self / time.Duration(max(1, remote.calls))),
-		Baseline: fmt.Sprintf("%d requests in %s", remote.calls, formatDuration(remote.elapsed))})
-	r.note("store of %s small blobs; each request has %s digests, half present and half missing, shuffled; %d connections",
-		formatCount(float64(o.fmStored)), formatCount(float64(o.fmDigests)), o.fmClients)
-	r.note("client and server share the machine's cores, so the client's proto encoding is part of the cost")
+	rw := cmp.row(name, fmt.Sprintf("digests/s, %d clients", o.fmClients), "in-process cas.Disk.FindMissing", countFormat)
+	rw.Goal, rw.Met = "≥ "+formatCount(findMissingGoal), metText(median(cmp.hearth) >= findMissingGoal)
+	r.add(rw)
+	perCall := func(d time.Duration) string { return formatDuration(d / time.Duration(max(1, calls))) }
+	r.add(row{Scenario: name, Measure: "time per call; server CPU per call; client CPU per call",
+		Hearth: fmt.Sprintf("%s; %s; %s", secondsFormat(median(rpcTimes)), perCall(cpu), perCall(client))})
+	r.note("store of %s small blobs; each request has %s digests, half present and half missing, shuffled; %d clients with a connection each, %s per side per round",
+		formatCount(float64(o.fmStored)), formatCount(float64(o.fmDigests)), o.fmClients, o.fmDuration)
+	r.note("client and server share the machine's cores, so the client's proto encoding and decoding are part of the cost")
 	return r, nil
 }
 

@@ -121,6 +121,9 @@ func (b *bench) startHearth(ctx context.Context, dataDir, logPath string, extraA
 	}
 	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", dataDir}, extraArgs...)
 	cmd := exec.Command(b.hearthBin, args...)
+	if b.opts.profileDir != "" {
+		cmd.Env = append(os.Environ(), "HEARTHBENCH_PROFILE_ADDR=127.0.0.1:0")
+	}
 	log := &serverLog{file: logFile, serving: make(chan string, 1)}
 	cmd.Stdout, cmd.Stderr = log, log
 	// Its own process group, so that a kill takes its actions with it;
@@ -207,7 +210,13 @@ func (s *hearthServer) stop() error {
 	return nil
 }
 
+// kill ends the server's whole process group, unless it has exited.
 func (s *hearthServer) kill() {
+	select {
+	case <-s.done:
+		return
+	default:
+	}
 	syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
 	<-s.done
 }
@@ -245,7 +254,7 @@ func (l *serverLog) Write(p []byte) (int, error) {
 			default:
 			}
 		}
-		if strings.Contains(line, `msg="CAS index loaded"`) {
+		if strings.Contains(line, `msg="CAS index loaded"`) || strings.HasPrefix(line, profileLine) {
 			l.lines = append(l.lines, line)
 		}
 	}
@@ -360,6 +369,10 @@ func (c cpuTimes) sub(o cpuTimes) cpuTimes {
 	return cpuTimes{Self: c.Self - o.Self, Children: c.Children - o.Children}
 }
 
+func (c cpuTimes) add(o cpuTimes) cpuTimes {
+	return cpuTimes{Self: c.Self + o.Self, Children: c.Children + o.Children}
+}
+
 func readCPUTimes(pid int) (cpuTimes, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -448,3 +461,27 @@ func parallel(ctx context.Context, n int, f func(ctx context.Context, i int) err
 
 // quietLogger discards what in-process stores log.
 func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// measureCPU starts measuring the CPU used by the process pid and by this
+// one; the function it returns gives both so far. A pid whose /proc entry
+// cannot be read counts as zero.
+func measureCPU(pid int) func() (server, self time.Duration) {
+	server0, _ := readCPUTimes(pid)
+	own0 := ownCPU()
+	return func() (time.Duration, time.Duration) {
+		server1, _ := readCPUTimes(pid)
+		return server1.sub(server0).Self, ownCPU().sub(own0).Self
+	}
+}
+
+// ownCPU is this process's CPU use and its waited-for children's.
+func ownCPU() cpuTimes {
+	var self, children syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &self)
+	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children)
+	return cpuTimes{Self: rusageCPU(self), Children: rusageCPU(children)}
+}
+
+func rusageCPU(ru syscall.Rusage) time.Duration {
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -33,11 +34,13 @@ import (
 
 // options are the command-line flags; each scenario reads its own.
 type options struct {
-	run       string
-	work      string
-	keep      bool
-	hearthBin string
-	out       string
+	run        string
+	work       string
+	keep       bool
+	hearthBin  string
+	out        string
+	rounds     int
+	profileDir string
 
 	size byteSize // bytestream
 
@@ -57,8 +60,9 @@ type options struct {
 	execThroughput  int
 	execConcurrency int
 
-	genrules  int // bazel
-	bazelJobs int
+	genrules    int // bazel
+	bazelJobs   int
+	bazelRounds int
 }
 
 // scenario is one measurement; run returns its rows and notes.
@@ -95,6 +99,8 @@ func parseOptions(args []string) (options, error) {
 	fs.BoolVar(&o.keep, "keep", false, "keep the scratch directory (server logs, Bazel output) after the run")
 	fs.StringVar(&o.hearthBin, "hearth", "", "hearth binary to measure (default: go build ./cmd/hearth)")
 	fs.StringVar(&o.out, "out", "", "also write the markdown report to this file")
+	fs.StringVar(&o.profileDir, "profile", "", "write CPU profiles of the server's measured phases to this directory (builds hearth with a profiling hook added by go build -overlay)")
+	fs.IntVar(&o.rounds, "rounds", 3, "times each scenario measures hearth and its baseline back to back (medians are reported)")
 	fs.Var(&o.size, "size", "bytestream: blob size (e.g. 1GiB, 256MiB)")
 	fs.IntVar(&o.fmStored, "findmissing-stored", 10_000, "findmissing: blobs in the store")
 	fs.IntVar(&o.fmDigests, "findmissing-digests", 10_000, "findmissing: digests per request, half present and half missing")
@@ -110,6 +116,7 @@ func parseOptions(args []string) (options, error) {
 	fs.IntVar(&o.execConcurrency, "exec-concurrency", 8, "execute: concurrent clients in the throughput phase, and the server's --max-inflight")
 	fs.IntVar(&o.genrules, "genrules", 500, "bazel: genrules in the generated workspace")
 	fs.IntVar(&o.bazelJobs, "bazel-jobs", 0, "bazel: --jobs for both builds (0: Bazel's default)")
+	fs.IntVar(&o.bazelRounds, "bazel-rounds", 1, "bazel: rounds of the (slow) local and remote builds; overrides -rounds")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -121,6 +128,7 @@ func parseOptions(args []string) (options, error) {
 		"-batch-blobs": o.batchBlobs, "-batch-clients": o.batchClients, "-restart-blobs": o.restartBlobs,
 		"-restart-writers": o.restartWriters, "-exec-latency-actions": o.execLatency,
 		"-exec-throughput-actions": o.execThroughput, "-exec-concurrency": o.execConcurrency, "-genrules": o.genrules,
+		"-rounds": o.rounds, "-bazel-rounds": o.bazelRounds,
 	} {
 		if v <= 0 {
 			return o, fmt.Errorf("%s must be positive, got %d", name, v)
@@ -192,15 +200,8 @@ func run() error {
 	if b.moduleRoot, err = findModuleRoot(ctx); err != nil && opts.hearthBin == "" {
 		return err
 	}
-	if b.hearthBin = opts.hearthBin; b.hearthBin == "" {
-		binDir, err := b.scratch("bin")
-		if err != nil {
-			return err
-		}
-		logger.Info("building hearth")
-		if b.hearthBin, err = buildHearth(ctx, b.moduleRoot, binDir); err != nil {
-			return err
-		}
+	if err := b.prepareBinary(ctx); err != nil {
+		return err
 	}
 
 	started := time.Now()
@@ -224,13 +225,13 @@ func run() error {
 		}
 	}
 	args := append([]string{"go run ./bench/cmd/hearthbench"}, os.Args[1:]...)
-	writeReport(os.Stdout, started, args, results, order, failures)
+	writeReport(os.Stdout, started, args, opts.hearthBin, results, order, failures)
 	if opts.out != "" {
 		f, err := os.Create(opts.out)
 		if err != nil {
 			return err
 		}
-		writeReport(f, started, args, results, order, failures)
+		writeReport(f, started, args, opts.hearthBin, results, order, failures)
 		if err := f.Close(); err != nil {
 			return err
 		}
@@ -239,6 +240,35 @@ func run() error {
 		return fmt.Errorf("%d scenario(s) failed", len(failures))
 	}
 	return nil
+}
+
+// prepareBinary builds the hearth binary to measure, unless -hearth names
+// one; with -profile it adds the profiling hook.
+func (b *bench) prepareBinary(ctx context.Context) error {
+	if b.opts.hearthBin != "" {
+		if b.opts.profileDir != "" {
+			return errors.New("-profile builds its own binary; it cannot be combined with -hearth")
+		}
+		b.hearthBin = b.opts.hearthBin
+		return nil
+	}
+	binDir, err := b.scratch("bin")
+	if err != nil {
+		return err
+	}
+	b.logger.Info("building hearth")
+	if b.opts.profileDir == "" {
+		b.hearthBin, err = buildHearth(ctx, b.moduleRoot, binDir)
+		return err
+	}
+	if b.opts.profileDir, err = filepath.Abs(b.opts.profileDir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(b.opts.profileDir, 0o755); err != nil {
+		return err
+	}
+	b.hearthBin, err = buildProfilingHearth(ctx, b.moduleRoot, binDir)
+	return err
 }
 
 // byteSize is a flag holding a size such as 1GiB, 64MiB, 4KiB or 4096.

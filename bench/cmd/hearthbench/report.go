@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -44,6 +45,60 @@ func ratio(h, b float64) string {
 	}
 	return fmt.Sprintf("%.2f×", h/b)
 }
+
+// median returns the median of vs (the mean of the middle two for an even
+// count), or 0 for none.
+func median(vs []float64) float64 {
+	if len(vs) == 0 {
+		return 0
+	}
+	s := slices.Sorted(slices.Values(vs))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// comparison is one measure taken once per round on hearth and on its
+// baseline, the two back to back, so that each round's ratio compares
+// numbers taken under the same load.
+type comparison struct {
+	hearth, base []float64
+}
+
+func (c *comparison) add(hearth, base float64) {
+	c.hearth = append(c.hearth, hearth)
+	c.base = append(c.base, base)
+}
+
+// ratios returns each round's hearth ÷ baseline.
+func (c *comparison) ratios() []float64 {
+	rs := make([]float64, len(c.hearth))
+	for i := range rs {
+		rs[i] = c.hearth[i] / c.base[i]
+	}
+	return rs
+}
+
+// ratio is the median of the rounds' ratios.
+func (c *comparison) ratio() float64 { return median(c.ratios()) }
+
+// row fills a row's numbers: the medians of hearth and the baseline, and the
+// median ratio with its range over the rounds.
+func (c *comparison) row(scenario, measure, baseName string, format func(float64) string) row {
+	rs := c.ratios()
+	r := fmt.Sprintf("%.2f×", median(rs))
+	if len(rs) > 1 {
+		r += fmt.Sprintf(" (%.2f–%.2f)", slices.Min(rs), slices.Max(rs))
+	}
+	return row{Scenario: scenario, Measure: measure, Hearth: format(median(c.hearth)),
+		Baseline: baseName + ": " + format(median(c.base)), Ratio: r}
+}
+
+// Formats for comparison.row.
+func countFormat(v float64) string   { return formatCount(v) }
+func mibFormat(v float64) string     { return fmt.Sprintf("%.0f", v) }
+func secondsFormat(v float64) string { return formatDuration(time.Duration(v * float64(time.Second))) }
 
 // metText says whether a goal was met.
 func metText(ok bool) string {
@@ -100,11 +155,17 @@ func formatDuration(d time.Duration) string {
 }
 
 // writeReport writes the header, the table and the notes as markdown.
-func writeReport(w io.Writer, started time.Time, args []string, results map[string]*result, order []string, failures []string) {
+func writeReport(w io.Writer, started time.Time, args []string, givenBinary string, results map[string]*result, order []string, failures []string) {
 	fmt.Fprintf(w, "## hearthbench, %s\n\n", started.UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(w, "- machine: %s\n", machineSummary())
-	fmt.Fprintf(w, "- hearth: %s, %s\n", gitDescribe(), runtime.Version())
+	if givenBinary != "" {
+		fmt.Fprintf(w, "- hearth: the binary %s given with -hearth (checkout at %s), %s\n", givenBinary, gitDescribe(), runtime.Version())
+	} else {
+		fmt.Fprintf(w, "- hearth: built from the checkout at %s, %s\n", gitDescribe(), runtime.Version())
+	}
 	fmt.Fprintf(w, "- command: `%s`\n\n", strings.Join(args, " "))
+	fmt.Fprintln(w, "Hearth and Baseline are medians over the rounds; Ratio is the median of the rounds' hearth ÷ baseline ratios (range in parentheses), each round measuring both back to back.")
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| Scenario | Measure | Hearth | Baseline (same run) | Ratio | Goal | Met |")
 	fmt.Fprintln(w, "| --- | --- | ---: | --- | ---: | --- | --- |")
 	for _, name := range order {

@@ -33,90 +33,120 @@ func runRestart(ctx context.Context, b *bench) (*result, error) {
 		return nil, err
 	}
 
-	walk := func() (time.Duration, error) {
+	var openCold, boundedCold, serveLoad, serveStart, openWarm comparison
+	var rss int64
+	for round := range b.opts.rounds {
+		b.logger.Info("restart: round", "round", round+1)
+		rd, err := restartRound(ctx, b, dataDir, n)
+		if err != nil {
+			return nil, err
+		}
+		openCold.add(rd.openCold, rd.walkCold)
+		boundedCold.add(rd.boundedCold, rd.walkCold)
+		serveLoad.add(rd.serveLoad, rd.walkCold)
+		serveStart.add(rd.serveStart, rd.walkCold)
+		openWarm.add(rd.openWarm, rd.walkWarm)
+		rss = max(rss, rd.serveRSS)
+	}
+
+	name := fmt.Sprintf("Restart, %s blobs", formatCount(float64(n)))
+	r.add(openCold.row(name, "cas.NewDisk index rebuild, cold cache", "WalkDir, cold", secondsFormat))
+	r.add(boundedCold.row(name, "cas.NewDisk bounded (stats every blob), cold", "WalkDir, cold", secondsFormat))
+	r.add(openWarm.row(name, "cas.NewDisk index rebuild, warm cache", "WalkDir, warm", secondsFormat))
+	r.add(serveLoad.row(name, "hearth serve: CAS index loaded (its log's took=), cold", "WalkDir, cold", secondsFormat))
+	r.add(serveStart.row(name, "hearth serve: process start → serving, cold", "WalkDir, cold", secondsFormat))
+	r.add(row{Scenario: name, Measure: "hearth serve RSS after startup", Hearth: formatBytes(rss),
+		Baseline: fmt.Sprintf("%d bytes/blob", rss/int64(n))})
+	r.note("%s; the bounded store (MaxBytes set) stats every blob for its mtime to seed the LRU order, the unbounded one (hearth serve's default) only lists directories", b.cacheNote())
+	return r, nil
+}
+
+// restartSample is one round's times in seconds.
+type restartSample struct {
+	walkCold, openCold, boundedCold, serveLoad, serveStart float64
+	walkWarm, openWarm                                     float64
+	serveRSS                                               int64
+}
+
+// restartRound times every way of opening the store of n blobs in
+// dataDir/cas.
+func restartRound(ctx context.Context, b *bench, dataDir string, n int) (rd restartSample, err error) {
+	casDir := filepath.Join(dataDir, "cas")
+	walk := func() (float64, error) {
 		start := time.Now()
 		files, err := countFiles(casDir)
 		if err == nil && files != n {
 			err = fmt.Errorf("WalkDir found %d files in %s, want %d", files, casDir, n)
 		}
-		return time.Since(start), err
+		return time.Since(start).Seconds(), err
 	}
-	open := func(maxBytes int64) (time.Duration, error) {
-		runtime.GC()
-		start := time.Now()
-		d, err := cas.NewDisk(casDir, cas.DiskOptions{MaxBytes: maxBytes, Logger: quietLogger()})
-		took := time.Since(start)
-		if err == nil && d.Count() != n {
-			err = fmt.Errorf("NewDisk indexed %d blobs, want %d", d.Count(), n)
+	open := func(maxBytes int64) func() (float64, error) {
+		return func() (float64, error) {
+			runtime.GC()
+			start := time.Now()
+			d, err := cas.NewDisk(casDir, cas.DiskOptions{MaxBytes: maxBytes, Logger: quietLogger()})
+			took := time.Since(start)
+			if err == nil && d.Count() != n {
+				err = fmt.Errorf("NewDisk indexed %d blobs, want %d", d.Count(), n)
+			}
+			return took.Seconds(), err
 		}
-		return took, err
 	}
-	// Cold: each measurement starts with an empty page cache, so directory
-	// blocks and inodes come from the disk, as after a reboot.
-	var walkCold, openCold, boundedCold, walkWarm, openWarm time.Duration
+	// Cold: the page cache is dropped first, so directory blocks and inodes
+	// come from the disk, as after a reboot. Warm: right after a cold step.
 	steps := []struct {
 		name string
 		cold bool
-		out  *time.Duration
-		f    func() (time.Duration, error)
+		out  *float64
+		f    func() (float64, error)
 	}{
-		{"WalkDir, cold", true, &walkCold, walk},
-		{"NewDisk, cold", true, &openCold, func() (time.Duration, error) { return open(0) }},
-		{"NewDisk bounded, cold", true, &boundedCold, func() (time.Duration, error) { return open(1 << 50) }},
-		{"WalkDir, warm", false, &walkWarm, walk},
-		{"NewDisk, warm", false, &openWarm, func() (time.Duration, error) { return open(0) }},
+		{"WalkDir, cold", true, &rd.walkCold, walk},
+		{"NewDisk, cold", true, &rd.openCold, open(0)},
+		{"NewDisk bounded, cold", true, &rd.boundedCold, open(1 << 50)},
+		{"WalkDir, warm", false, &rd.walkWarm, walk},
+		{"NewDisk, warm", false, &rd.openWarm, open(0)},
+		{"hearth serve, cold", true, &rd.serveLoad, func() (float64, error) {
+			var err error
+			rd.serveLoad, rd.serveStart, rd.serveRSS, err = timeServeStartup(ctx, b, dataDir, n)
+			return rd.serveLoad, err
+		}},
 	}
 	for _, s := range steps {
 		if s.cold {
 			b.coldCache()
 		}
-		b.logger.Info("restart: measuring", "step", s.name)
 		if *s.out, err = s.f(); err != nil {
-			return nil, fmt.Errorf("%s: %w", s.name, err)
+			return rd, fmt.Errorf("%s: %w", s.name, err)
 		}
 	}
+	return rd, nil
+}
 
-	b.logger.Info("restart: hearth serve, cold")
-	b.coldCache()
-	srv, err := b.startHearth(ctx, dataDir, filepath.Join(dir, "hearth.log"))
+// timeServeStartup starts hearth serve on dataDir and returns the index load
+// time it logs, the time from process start to serving (both in seconds)
+// and its RSS once serving.
+func timeServeStartup(ctx context.Context, b *bench, dataDir string, n int) (load, start float64, rss int64, err error) {
+	srv, err := b.startHearth(ctx, dataDir, filepath.Join(b.work, "restart", "hearth.log"))
 	if err != nil {
-		return nil, err
+		return 0, 0, 0, err
 	}
 	defer srv.kill()
-	startup := srv.ready.Sub(srv.started)
 	line, ok := srv.log.find(`msg="CAS index loaded"`)
 	if !ok {
-		return nil, fmt.Errorf("hearth logged no \"CAS index loaded\" line")
+		return 0, 0, 0, fmt.Errorf("hearth logged no \"CAS index loaded\" line")
 	}
-	serveLoad, err := time.ParseDuration(logValue(line, "took"))
+	took, err := time.ParseDuration(logValue(line, "took"))
 	if err != nil {
-		return nil, fmt.Errorf("CAS index loaded line %q: took: %w", line, err)
+		return 0, 0, 0, fmt.Errorf("CAS index loaded line %q: took: %w", line, err)
 	}
 	if got := logValue(line, "blobs"); got != strconv.Itoa(n) {
-		return nil, fmt.Errorf("hearth indexed %s blobs, want %d: %s", got, n, line)
+		return 0, 0, 0, fmt.Errorf("hearth indexed %s blobs, want %d: %s", got, n, line)
 	}
 	mem, err := readProcMemory(srv.PID())
 	if err != nil {
-		return nil, err
+		return 0, 0, 0, err
 	}
-	if err := srv.stop(); err != nil {
-		return nil, err
-	}
-
-	name := fmt.Sprintf("Restart, %s blobs", formatCount(float64(n)))
-	add := func(measure string, v time.Duration, baseName string, base time.Duration) {
-		r.add(row{Scenario: name, Measure: measure, Hearth: formatDuration(v),
-			Baseline: baseName + ": " + formatDuration(base), Ratio: ratio(v.Seconds(), base.Seconds())})
-	}
-	add("cas.NewDisk index rebuild, cold cache", openCold, "WalkDir, cold", walkCold)
-	add("cas.NewDisk bounded (stats every blob), cold", boundedCold, "WalkDir, cold", walkCold)
-	add("cas.NewDisk index rebuild, warm cache", openWarm, "WalkDir, warm", walkWarm)
-	add("hearth serve: CAS index loaded, cold", serveLoad, "WalkDir, cold", walkCold)
-	add("hearth serve: start → serving, cold", startup, "WalkDir, cold", walkCold)
-	r.add(row{Scenario: name, Measure: "hearth serve RSS after startup", Hearth: formatBytes(mem.RSS),
-		Baseline: fmt.Sprintf("%d bytes/blob", mem.RSS/int64(n))})
-	r.note("%s; the bounded store (MaxBytes set) stats every blob for its mtime to seed the LRU order, the unbounded one (hearth serve's default) only lists directories", b.cacheNote())
-	return r, nil
+	return took.Seconds(), srv.ready.Sub(srv.started).Seconds(), mem.RSS, srv.stop()
 }
 
 // createStore fills casDir with n small blobs through the cas package,
