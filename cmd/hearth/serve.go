@@ -36,7 +36,7 @@ func runServe(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	var f serveFlags
 	f.register(fs)
-	fs.StringVar(&f.configPath, "config", "", "configuration of the embedded executor(s): a worker file (docs/configuration.md) whose worker_api_endpoint is optional; overrides the three flags below")
+	fs.StringVar(&f.configPath, "config", "", "configuration of the embedded executor(s): a worker file (see the README) whose worker_api_endpoint is optional; overrides the three flags below")
 	fs.Int64Var(&f.fileCacheMaxBytes, "file-cache-max-bytes", executor.DefaultFileCacheBytes, "bound of the executor's input file cache (hardlinks into the CAS cost no extra space)")
 	fs.IntVar(&f.maxInflight, "max-inflight", runtime.NumCPU(), "actions the embedded executor runs at once")
 	fs.DurationVar(&f.maxActionTimeout, "max-action-timeout", 20*time.Minute, "longest action timeout accepted, and the timeout of actions that set none")

@@ -22,7 +22,7 @@ import (
 // `hearth server` (or `hearth serve`) and use its CAS and action cache.
 func runWorker(args []string) error {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
-	path := fs.String("config", "", "worker configuration (JSON5, NativeLink's local worker shape; see docs/configuration.md)")
+	path := fs.String("config", "", "worker configuration (JSON5, NativeLink's local worker shape; see the README)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

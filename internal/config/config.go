@@ -16,7 +16,7 @@
 // behind worker_api_endpoint. Everything else unknown is an error.
 //
 // Hearth's own additions are persistent_workers and runner_command.
-// docs/configuration.md is the field reference.
+// The README's configuration reference documents every field.
 package config
 
 import (
@@ -99,7 +99,7 @@ type LocalWorker struct {
 	Sandbox SandboxKind
 	// RunnerCommand, when set, runs each action through a buildbox-style
 	// runner program (such as ["hearth", "run"]) instead of in-process.
-	// Hearth only; see docs/configuration.md for the contract.
+	// Hearth only; see the README for the contract.
 	RunnerCommand []string
 }
 

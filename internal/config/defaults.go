@@ -124,7 +124,7 @@ func readUint(path string) (uint64, bool) {
 
 // ApplyDefaults fills every unset field. It is idempotent, and never
 // overrides a value the user set. The machine-derived defaults (documented
-// in docs/configuration.md) are:
+// in the README) are:
 //
 //	max_inflight_tasks                      = CPUs
 //	persistent_workers.max_workers_per_pool = max_inflight_tasks (at least prewarm)
