@@ -130,7 +130,7 @@ func serve(ctx context.Context, f serveFlags, logger *slog.Logger) error {
 	for i := range workers {
 		exec, err := executor.FromConfig(ctx, &workers[i], executor.Deps{
 			CAS: srv.store, ActionCache: srv.acDisk, FileSource: srv.disk,
-			RunnerRemote: "grpc://" + f.listen, Logger: logger,
+			RunnerRemote: "grpc://" + srv.lis.Addr().String(), Logger: logger,
 		})
 		if err != nil {
 			return fmt.Errorf("embedded executor %s: %w", workers[i].Name, err)

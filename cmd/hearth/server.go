@@ -69,6 +69,7 @@ type server struct {
 	acDisk *actioncache.Disk
 	sched  *scheduler.Scheduler
 	grpc   *grpc.Server
+	lis    net.Listener
 }
 
 func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
@@ -97,6 +98,12 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 		unlock()
 		return nil, fmt.Errorf("opening action cache: %w", err)
 	}
+	// Listening now, before anything uses the address: with --listen on
+	// port 0 the embedded executor's runner_command needs the real port.
+	if s.lis, err = net.Listen("tcp", f.listen); err != nil {
+		unlock()
+		return nil, fmt.Errorf("listen %s: %w", f.listen, err)
+	}
 	s.sched = scheduler.New(scheduler.Config{Logger: logger})
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(reapi.MaxRecvMsgSize),
@@ -116,6 +123,7 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 }
 
 func (s *server) close() {
+	s.lis.Close()
 	s.sched.Close()
 	s.unlock()
 }
@@ -126,10 +134,7 @@ func (s *server) close() {
 // embedded executor's in-process one); beforeStop runs before the graceful
 // stop, so that the embedded executor's own stream does not hold it up.
 func (s *server) run(ctx context.Context, logger *slog.Logger, extra net.Listener, beforeStop func()) error {
-	lis, err := net.Listen("tcp", s.f.listen)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", s.f.listen, err)
-	}
+	lis := s.lis
 	var hs *http.Server
 	httpAddr := ""
 	if s.f.httpAddr != "" {

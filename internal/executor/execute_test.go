@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"cloud.google.com/go/longrunning/autogen/longrunningpb"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -305,5 +306,50 @@ func TestIdenticalActionsMerge(t *testing.T) {
 	}
 	if data := readFile(t, marker); data != "run\n" {
 		t.Fatalf("action ran %q", data)
+	}
+}
+
+func TestOperationsService(t *testing.T) {
+	c := startCluster(t, time.Minute)
+	ops := longrunningpb.NewOperationsClient(c.conn)
+	ad := c.action(&repb.Command{Arguments: []string{"/bin/sh", "-c", "sleep 30"}}, nil)
+	stream, err := c.exec.Execute(context.Background(), &repb.ExecuteRequest{ActionDigest: ad})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ops.GetOperation(context.Background(), &longrunningpb.GetOperationRequest{Name: first.GetName()})
+	if err != nil || got.GetName() != first.GetName() || got.GetDone() {
+		t.Fatalf("GetOperation = %v, %v", got, err)
+	}
+	start := time.Now()
+	if _, err := ops.CancelOperation(context.Background(), &longrunningpb.CancelOperationRequest{Name: first.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	_, resp, err := drain(t, stream)
+	if err != nil || resp.GetStatus().GetCode() != int32(code.Code_CANCELLED) || time.Since(start) > 10*time.Second {
+		t.Fatalf("after cancel: %v %v", resp.GetStatus(), err)
+	}
+	got, err = ops.GetOperation(context.Background(), &longrunningpb.GetOperationRequest{Name: first.GetName()})
+	if err != nil || !got.GetDone() || got.GetError() != nil {
+		t.Fatalf("GetOperation after cancel = %v, %v", got, err)
+	}
+	for _, name := range []string{"", "no-such-operation"} {
+		want := codes.NotFound
+		if name == "" {
+			want = codes.InvalidArgument
+		}
+		if _, err := ops.GetOperation(context.Background(), &longrunningpb.GetOperationRequest{Name: name}); status.Code(err) != want {
+			t.Errorf("GetOperation(%q) = %v, want %v", name, err, want)
+		}
+		if _, err := ops.CancelOperation(context.Background(), &longrunningpb.CancelOperationRequest{Name: name}); status.Code(err) != want {
+			t.Errorf("CancelOperation(%q) = %v, want %v", name, err, want)
+		}
+	}
+	if _, _, err := c.execute(&repb.ExecuteRequest{ActionDigest: ad, ExecutionPolicy: &repb.ExecutionPolicy{Priority: 5000}}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("out-of-range priority: %v", err)
 	}
 }

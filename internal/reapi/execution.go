@@ -42,6 +42,9 @@ func (s *executionServer) Execute(req *repb.ExecuteRequest, stream grpc.ServerSt
 	if err := validateInstanceName(req.GetInstanceName()); err != nil {
 		return err
 	}
+	if p := req.GetExecutionPolicy().GetPriority(); p < MinExecutionPriority || p > MaxExecutionPriority {
+		return invalidf("execution_policy.priority %d is outside the supported range %d..%d", p, MinExecutionPriority, MaxExecutionPriority)
+	}
 	if !req.GetSkipCacheLookup() {
 		res, err := s.cfg.ActionCache.Get(ctx, req.GetInstanceName(), actionDigest)
 		switch {
