@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/fsutil"
 )
 
 // maxStoredResultBytes bounds what Get reads from one file. Results arrive in
@@ -132,35 +133,7 @@ func (d *Disk) Put(ctx context.Context, instance string, action digest.Digest, r
 	if err := d.ensureDir(dir); err != nil {
 		return err
 	}
-	return writeDurably(d.tmp, dir, p, data)
-}
-
-// writeDurably writes data to a temporary file in tmpDir, fsyncs it, renames it
-// to final (in dir) and fsyncs dir, so the new name survives a crash too.
-func writeDurably(tmpDir, dir, final string, data []byte) (err error) {
-	f, err := os.CreateTemp(tmpDir, "result-*")
-	if err != nil {
-		return fmt.Errorf("creating temporary action result file: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("writing action result: %w", err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("syncing action result: %w", err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("closing action result: %w", err)
-	}
-	if err = os.Rename(f.Name(), final); err != nil {
-		return fmt.Errorf("publishing action result: %w", err)
-	}
-	return syncDir(dir)
+	return fsutil.WriteFileDurably(d.tmp, p, data)
 }
 
 // ensureDir creates dir and any missing parents, fsyncing each parent whose
@@ -182,21 +155,9 @@ func (d *Disk) ensureDir(dir string) error {
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("creating action cache directory: %w", err)
 	}
-	if err := syncDir(parent); err != nil {
+	if err := fsutil.SyncDir(parent); err != nil {
 		return err
 	}
 	d.madeDirs.Store(dir, struct{}{})
-	return nil
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("opening directory to sync: %w", err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("syncing directory %s: %w", dir, err)
-	}
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/hearth-build/hearth/internal/config"
 	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/filecache"
+	"github.com/hearth-build/hearth/internal/fsutil"
 	"github.com/hearth-build/hearth/internal/sandbox"
 	"github.com/hearth-build/hearth/internal/workerapi"
 	"github.com/hearth-build/hearth/internal/workerpool"
@@ -221,19 +222,8 @@ func absolute(dir string) string {
 }
 
 func purge(dir string) error {
-	if err := removeTree(dir); err != nil {
+	if err := fsutil.RemoveAll(dir); err != nil {
 		return fmt.Errorf("purging work directory %s: %w", dir, err)
 	}
 	return os.MkdirAll(dir, 0o755)
-}
-
-// removeTree removes dir even where an action left read-only directories.
-func removeTree(dir string) error {
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			os.Chmod(p, 0o755)
-		}
-		return nil
-	})
-	return os.RemoveAll(dir)
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hearth-build/hearth/internal/builder"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/fsutil"
 	"github.com/hearth-build/hearth/internal/runner"
 )
 
@@ -60,7 +61,7 @@ func (r *ExternalRunner) build(ctx context.Context, t builder.Task) (*repb.Actio
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return internal(err)
 	}
-	defer removeTree(dir)
+	defer fsutil.RemoveAll(dir)
 	data, err := proto.Marshal(t.Action)
 	if err != nil {
 		return internal(err)

@@ -2,7 +2,6 @@ package workerpool
 
 import (
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/hearth-build/hearth/internal/fsutil"
 	"github.com/hearth-build/hearth/internal/runner"
 	"github.com/hearth-build/hearth/internal/sandbox"
 )
@@ -51,21 +51,6 @@ func (p *Pool) command(w *worker) (*exec.Cmd, error) {
 	}, nil
 }
 
-// forceRemoveAll removes path like os.RemoveAll, also when it holds
-// read-only directories (inputs are often staged read-only).
-func forceRemoveAll(path string) error {
-	if err := os.RemoveAll(path); err == nil {
-		return nil
-	}
-	_ = filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			_ = os.Chmod(p, 0o700) // before WalkDir reads it
-		}
-		return nil
-	})
-	return os.RemoveAll(path)
-}
-
 // removeContents empties dir but keeps it (it may be a mount point).
 func removeContents(dir string) error {
 	entries, err := os.ReadDir(dir)
@@ -73,7 +58,7 @@ func removeContents(dir string) error {
 		return err
 	}
 	for _, e := range entries {
-		if err := forceRemoveAll(filepath.Join(dir, e.Name())); err != nil {
+		if err := fsutil.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
 			return err
 		}
 	}

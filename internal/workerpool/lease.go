@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hearth-build/hearth/internal/fsutil"
 	pb "github.com/hearth-build/hearth/internal/workerproto/workerprotocolpb"
 )
 
@@ -163,7 +164,7 @@ func (l *Lease) finish(discard bool) {
 
 	p, w := l.pool, l.w
 	if l.sandboxRel != "" {
-		_ = forceRemoveAll(l.dir)
+		_ = fsutil.RemoveAll(l.dir)
 	}
 	limit := p.opts.memoryLimit(w.spec)
 	var rss uint64

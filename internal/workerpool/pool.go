@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hearth-build/hearth/internal/config"
+	"github.com/hearth-build/hearth/internal/fsutil"
 	"github.com/hearth-build/hearth/internal/sandbox"
 )
 
@@ -292,7 +293,7 @@ func (p *Pool) startWorker(ctx context.Context, w *worker) (err error) {
 				p.removeLocked(w)
 			}
 			p.mu.Unlock()
-			_ = forceRemoveAll(w.workspace)
+			_ = fsutil.RemoveAll(w.workspace)
 			_ = os.Remove(logPath)
 		}
 	}()
@@ -327,7 +328,7 @@ func (p *Pool) startWorker(ctx context.Context, w *worker) (err error) {
 	p.mu.Unlock()
 	if retired {
 		pr.stop("pool closed")
-		_ = forceRemoveAll(w.workspace)
+		_ = fsutil.RemoveAll(w.workspace)
 		log.Remove()
 		return fmt.Errorf("%w: key %s: stopped while starting: %w", ErrStartFailed, w.kp.key, pr.failure())
 	}
@@ -370,7 +371,7 @@ func (p *Pool) makeSandboxDir(l *Lease) error {
 	if l.sandboxRel == "" {
 		return nil
 	}
-	_ = forceRemoveAll(l.dir) // a leftover of an earlier request with this id
+	_ = fsutil.RemoveAll(l.dir) // a leftover of an earlier request with this id
 	if err := os.MkdirAll(l.dir, 0o755); err != nil {
 		l.Release()
 		return fmt.Errorf("%w: key %s: creating sandbox dir: %w", ErrStartFailed, l.w.kp.key, err)
@@ -425,7 +426,7 @@ func (p *Pool) retireLocked(w *worker, reason Reason) {
 			why += ": " + string(reason)
 		}
 		w.proc.stop(why)
-		_ = forceRemoveAll(w.workspace)
+		_ = fsutil.RemoveAll(w.workspace)
 		w.log.Remove()
 	}()
 }
