@@ -32,14 +32,11 @@ func newActionCacheServer(cfg Config) *actionCacheServer {
 // the clients' message limits; what does not fit is left for the client to
 // fetch by digest, as the spec allows.
 func (s *actionCacheServer) GetActionResult(ctx context.Context, req *repb.GetActionResultRequest) (*repb.ActionResult, error) {
-	fn, err := requestFunction(req.GetInstanceName(), req.GetDigestFunction())
+	action, err := requestAction(req.GetInstanceName(), req.GetDigestFunction(), req.GetActionDigest())
 	if err != nil {
 		return nil, err
 	}
-	action, err := digest.FromProto(fn, req.GetActionDigest())
-	if err != nil {
-		return nil, invalidf("action_digest: %v", err)
-	}
+	fn := action.Function
 	result, err := s.cfg.ActionCache.Get(ctx, req.GetInstanceName(), action)
 	if err != nil {
 		return nil, toStatus(err)
@@ -114,14 +111,11 @@ func (in *inliner) inline(pd *repb.Digest, what string) ([]byte, error) {
 // dropped from the stored result, so stored results are uniformly "digests
 // only" and GetActionResult inlines exactly what is asked for.
 func (s *actionCacheServer) UpdateActionResult(ctx context.Context, req *repb.UpdateActionResultRequest) (*repb.ActionResult, error) {
-	fn, err := requestFunction(req.GetInstanceName(), req.GetDigestFunction())
+	action, err := requestAction(req.GetInstanceName(), req.GetDigestFunction(), req.GetActionDigest())
 	if err != nil {
 		return nil, err
 	}
-	action, err := digest.FromProto(fn, req.GetActionDigest())
-	if err != nil {
-		return nil, invalidf("action_digest: %v", err)
-	}
+	fn := action.Function
 	if req.GetActionResult() == nil {
 		return nil, invalidf("action_result is missing")
 	}

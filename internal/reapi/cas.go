@@ -71,6 +71,20 @@ func requestFunction(instance string, fn repb.DigestFunction_Value) (digest.Func
 	return resolved, nil
 }
 
+// requestAction validates the instance name, digest function and action
+// digest that the ActionCache and Execution requests share.
+func requestAction(instance string, fn repb.DigestFunction_Value, d *repb.Digest) (digest.Digest, error) {
+	resolved, err := requestFunction(instance, fn)
+	if err != nil {
+		return digest.Digest{}, err
+	}
+	action, err := digest.FromProto(resolved, d)
+	if err != nil {
+		return digest.Digest{}, invalidf("action_digest: %v", err)
+	}
+	return action, nil
+}
+
 // blobStatus is the per-blob google.rpc.Status of a batch response.
 func blobStatus(err error) *spb.Status {
 	if err == nil {

@@ -31,15 +31,8 @@ func newExecutionServer(cfg Config) *executionServer { return &executionServer{c
 
 func (s *executionServer) Execute(req *repb.ExecuteRequest, stream grpc.ServerStreamingServer[longrunningpb.Operation]) error {
 	ctx := stream.Context()
-	fn, err := digest.Resolve(req.GetDigestFunction())
+	actionDigest, err := requestAction(req.GetInstanceName(), req.GetDigestFunction(), req.GetActionDigest())
 	if err != nil {
-		return toStatus(err)
-	}
-	actionDigest, err := digest.FromProto(fn, req.GetActionDigest())
-	if err != nil {
-		return invalidf("action_digest: %v", err)
-	}
-	if err := validateInstanceName(req.GetInstanceName()); err != nil {
 		return err
 	}
 	if p := req.GetExecutionPolicy().GetPriority(); p < MinExecutionPriority || p > MaxExecutionPriority {
