@@ -14,7 +14,7 @@ STATICCHECK = $(shell command -v staticcheck || echo "$$($(GO) env GOPATH)/bin/s
 # output_directories, platform; ActionResult.output_file_symlinks, ...).
 STATICCHECK_CHECKS ?= inherit,-SA1019
 
-.PHONY: test deps lint fmt vet staticcheck gotest fuzz
+.PHONY: test deps lint fmt vet staticcheck gotest fuzz bench
 
 test: deps lint gotest fuzz
 
@@ -39,3 +39,10 @@ gotest:
 
 fuzz:
 	bash scripts/fuzz.sh $(FUZZTIME)
+
+# `make bench` runs every benchmark scenario (~10 min on 2 cores; not part of
+# `make test`); e.g. BENCHFLAGS='-run bytestream,execute -size 256MiB' for a
+# quick run. Results: bench/RESULTS.md.
+BENCHFLAGS ?=
+bench:
+	$(GO) run ./bench/cmd/hearthbench $(BENCHFLAGS)

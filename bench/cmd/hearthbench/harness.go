@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math"
 	"os"
@@ -41,13 +42,26 @@ type bench struct {
 	dropErr error
 }
 
-// scratch returns a new directory below the run's work directory.
+// scratch returns an empty directory below the run's work directory, so
+// that nothing a previous run left in a reused -work directory is measured.
 func (b *bench) scratch(name string) (string, error) {
 	dir := filepath.Join(b.work, name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := removeAll(dir); err != nil {
 		return "", err
 	}
-	return dir, nil
+	return dir, os.MkdirAll(dir, 0o755)
+}
+
+// removeAll removes dir like os.RemoveAll, first making its directories
+// writable: Bazel leaves read-only ones in its output bases.
+func removeAll(dir string) error {
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			os.Chmod(path, 0o755)
+		}
+		return nil
+	})
+	return os.RemoveAll(dir)
 }
 
 // coldCache writes dirty pages back and drops the page cache, so that the

@@ -191,7 +191,7 @@ func run() error {
 			return err
 		}
 		if !opts.keep {
-			defer os.RemoveAll(b.work)
+			defer removeAll(b.work)
 		}
 	} else if err := os.MkdirAll(b.work, 0o755); err != nil {
 		return err

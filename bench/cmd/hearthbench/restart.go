@@ -22,10 +22,9 @@ import (
 
 func runRestart(ctx context.Context, b *bench) (*result, error) {
 	n := b.opts.restartBlobs
-	dir, err := b.scratch("restart")
-	if err != nil {
-		return nil, err
-	}
+	// Not b.scratch: a store left by an earlier run with the same -work is
+	// reused, since creating it takes minutes (createStore checks it).
+	dir := filepath.Join(b.work, "restart")
 	dataDir := filepath.Join(dir, "data")
 	casDir := filepath.Join(dataDir, "cas")
 	r := &result{}
