@@ -129,7 +129,7 @@ func serve(ctx context.Context, f serveFlags, logger *slog.Logger) error {
 	defer stopExecutors()
 	for i := range workers {
 		exec, err := executor.FromConfig(ctx, &workers[i], executor.Deps{
-			CAS: srv.store, ActionCache: srv.acDisk, FileSource: srv.disk,
+			CAS: srv.store, ActionCache: srv.acDisk.Relaxed(), FileSource: srv.disk,
 			RunnerRemote: "grpc://" + srv.lis.Addr().String(), Logger: logger,
 		})
 		if err != nil {

@@ -22,9 +22,18 @@ import (
 
 	"github.com/hearth-build/hearth/internal/actioncache"
 	"github.com/hearth-build/hearth/internal/cas"
+	"github.com/hearth-build/hearth/internal/casclient"
 	"github.com/hearth-build/hearth/internal/reapi"
 	"github.com/hearth-build/hearth/internal/scheduler"
 	"github.com/hearth-build/hearth/internal/workerapi"
+)
+
+// gRPC transport sizes shared by the server and its clients (casclient uses
+// the same values).
+const (
+	transportBufferSize = casclient.TransportBufferSize
+	streamWindowSize    = casclient.StreamWindowSize
+	connWindowSize      = casclient.ConnWindowSize
 )
 
 type serverFlags struct {
@@ -107,6 +116,11 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 	s.sched = scheduler.New(scheduler.Config{Logger: logger})
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(reapi.MaxRecvMsgSize),
+		// Large transport buffers and flow-control windows: ByteStream moves
+		// 1 MiB messages, and gRPC's 32 KiB buffers cost a system call (and
+		// on loopback a wake-up of the peer) per 32 KiB.
+		grpc.ReadBufferSize(transportBufferSize), grpc.WriteBufferSize(transportBufferSize),
+		grpc.InitialWindowSize(streamWindowSize), grpc.InitialConnWindowSize(connWindowSize),
 		// Executors and long Execute streams stay idle for minutes; pings
 		// keep NATs and load balancers from dropping them silently.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),

@@ -42,7 +42,9 @@ type Disk struct {
 	tmp  string
 	// madeDirs remembers directories known to exist durably, so a Put into a
 	// familiar shard costs no mkdir or directory fsync beyond the rename's.
-	madeDirs sync.Map // string → struct{}
+	madeDirs *sync.Map // string → struct{}
+	// durable: Put fsyncs the file and its directory (see Relaxed).
+	durable bool
 }
 
 // NewDisk opens (creating if needed) an action cache rooted at dir.
@@ -54,7 +56,7 @@ func NewDisk(dir string) (*Disk, error) {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return nil, fmt.Errorf("creating action cache directory: %w", err)
 	}
-	d := &Disk{root: root, tmp: filepath.Join(root, "tmp")}
+	d := &Disk{root: root, tmp: filepath.Join(root, "tmp"), madeDirs: &sync.Map{}, durable: true}
 	if err := os.RemoveAll(d.tmp); err != nil {
 		return nil, fmt.Errorf("clearing interrupted writes: %w", err)
 	}
@@ -133,7 +135,21 @@ func (d *Disk) Put(ctx context.Context, instance string, action digest.Digest, r
 	if err := d.ensureDir(dir); err != nil {
 		return err
 	}
+	if !d.durable {
+		return fsutil.WriteFileAtomicNoSync(d.tmp, p, data)
+	}
 	return fsutil.WriteFileDurably(d.tmp, p, data)
+}
+
+// Relaxed returns a view of the same cache whose Put skips the fsyncs (the
+// rename stays atomic, so a reader sees a whole entry or none). It is for
+// results an executor caches on its own: nobody was promised they survive a
+// power loss, an entry lost or damaged by one reads as a miss and is
+// recomputed, and the two fsyncs would otherwise sit in every action's
+// reply path. UpdateActionResult from clients always goes through the
+// durable Disk.
+func (d *Disk) Relaxed() *Disk {
+	return &Disk{root: d.root, tmp: d.tmp, madeDirs: d.madeDirs, durable: false}
 }
 
 // ensureDir creates dir and any missing parents, fsyncing each parent whose

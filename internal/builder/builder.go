@@ -141,8 +141,11 @@ func (b *Builder) runOneShot(ctx context.Context, t Task, cmd *repb.Command, tre
 		return nil, fmt.Errorf("creating action directory: %w", err)
 	}
 	defer b.removeAll(actionDir)
-	if err := inputtree.Stage(ctx, tree, b.Files, inputRoot); err != nil {
-		return nil, err
+	// An empty input root (common for tool-less actions) needs no staging.
+	if len(tree.Files) > 0 || len(tree.Symlinks) > 0 || len(tree.Dirs) > 1 {
+		if err := inputtree.Stage(ctx, tree, b.Files, inputRoot); err != nil {
+			return nil, err
+		}
 	}
 	// CreateParents validates the output paths and working directory too.
 	if err := outputs.CreateParents(inputRoot, cmd); err != nil {
@@ -160,17 +163,10 @@ func (b *Builder) runOneShot(ctx context.Context, t Task, cmd *repb.Command, tre
 		}
 		env = mergeEnv(env, extra)
 	}
-	stdoutPath, stderrPath := filepath.Join(actionDir, "stdout"), filepath.Join(actionDir, "stderr")
-	stdout, err := os.Create(stdoutPath)
-	if err != nil {
-		return nil, err
-	}
-	defer stdout.Close()
-	stderr, err := os.Create(stderrPath)
-	if err != nil {
-		return nil, err
-	}
-	defer stderr.Close()
+	stdout := &streamCapture{path: filepath.Join(actionDir, "stdout")}
+	defer stdout.close()
+	stderr := &streamCapture{path: filepath.Join(actionDir, "stderr")}
+	defer stderr.close()
 	req := runner.Request{
 		Args:    append(append([]string(nil), t.Hooks.Entrypoint...), cmd.GetArguments()...),
 		Env:     env,
@@ -219,10 +215,10 @@ func (b *Builder) runOneShot(ctx context.Context, t Task, cmd *repb.Command, tre
 	// they are often the only clue to what went wrong.
 	upCtx := context.WithoutCancel(ctx)
 	for _, s := range []struct {
-		path string
-		dst  **repb.Digest
-	}{{stdoutPath, &result.StdoutDigest}, {stderrPath, &result.StderrDigest}} {
-		d, err := outputs.UploadFile(upCtx, b.CAS, fn, s.path)
+		capture *streamCapture
+		dst     **repb.Digest
+	}{{stdout, &result.StdoutDigest}, {stderr, &result.StderrDigest}} {
+		d, err := s.capture.upload(upCtx, b.CAS, fn)
 		if err != nil {
 			return nil, fmt.Errorf("uploading output stream: %w", err)
 		}

@@ -47,6 +47,18 @@ const (
 	KeepaliveTimeout = 20 * time.Second
 )
 
+// Transport sizes for Hearth's gRPC connections (the server uses the same).
+// gRPC's defaults (32 KiB buffers, 64 KiB windows grown by BDP probing) cost
+// a system call per 32 KiB and ramp up slowly; blob transfers move 1 MiB
+// messages, so buffers of 1 MiB and windows of several MiB keep a
+// ByteStream stream flowing. Fixed windows turn BDP probing off, which is
+// right for the LAN and loopback links executors use.
+const (
+	TransportBufferSize = 1 << 20
+	StreamWindowSize    = 4 << 20
+	ConnWindowSize      = 16 << 20
+)
+
 // ErrBadTarget is wrapped by Dial when the target cannot be parsed.
 var ErrBadTarget = errors.New("bad server address")
 
@@ -89,6 +101,8 @@ func DialWith(ctx context.Context, target string, o DialOptions) (*grpc.ClientCo
 	timeout := o.Timeout
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
+		grpc.WithReadBufferSize(TransportBufferSize), grpc.WithWriteBufferSize(TransportBufferSize),
+		grpc.WithInitialWindowSize(StreamWindowSize), grpc.WithInitialConnWindowSize(ConnWindowSize),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMsgSize), grpc.MaxCallSendMsgSize(MaxMsgSize)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
 	}

@@ -353,3 +353,20 @@ func TestOperationsService(t *testing.T) {
 		t.Fatalf("out-of-range priority: %v", err)
 	}
 }
+
+// Output streams are kept in memory while small and spill to a file beyond
+// that; both must come back whole.
+func TestExecuteLargeAndSmallStreams(t *testing.T) {
+	c := startCluster(t, time.Minute)
+	ad := c.action(&repb.Command{Arguments: []string{"/bin/sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x; echo small >&2"}}, nil)
+	_, resp, err := c.execute(&repb.ExecuteRequest{ActionDigest: ad})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.read(resp.GetResult().GetStdoutDigest()); len(got) != 3000000 || strings.Trim(got, "x") != "" {
+		t.Fatalf("stdout: %d bytes", len(got))
+	}
+	if got := c.read(resp.GetResult().GetStderrDigest()); got != "small\n" {
+		t.Fatalf("stderr = %q", got)
+	}
+}

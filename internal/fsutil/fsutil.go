@@ -20,7 +20,18 @@ func WriteFileAtomic(path string, data []byte) error {
 
 // WriteFileDurably is WriteFileAtomic with the temporary file made in tmpDir,
 // which must be on the same file system as final.
-func WriteFileDurably(tmpDir, final string, data []byte) (err error) {
+func WriteFileDurably(tmpDir, final string, data []byte) error {
+	return writeFile(tmpDir, final, data, true)
+}
+
+// WriteFileAtomicNoSync publishes data at final by rename, without fsync:
+// readers see the old file or the whole new one, but after a power loss the
+// new one may be missing or empty. For caches that tolerate that.
+func WriteFileAtomicNoSync(tmpDir, final string, data []byte) error {
+	return writeFile(tmpDir, final, data, false)
+}
+
+func writeFile(tmpDir, final string, data []byte, durable bool) (err error) {
 	f, err := os.CreateTemp(tmpDir, ".tmp-*")
 	if err != nil {
 		return fmt.Errorf("creating a temporary file for %s: %w", final, err)
@@ -34,14 +45,19 @@ func WriteFileDurably(tmpDir, final string, data []byte) (err error) {
 	if _, err = f.Write(data); err != nil {
 		return fmt.Errorf("writing %s: %w", final, err)
 	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", final, err)
+	if durable {
+		if err = f.Sync(); err != nil {
+			return fmt.Errorf("syncing %s: %w", final, err)
+		}
 	}
 	if err = f.Close(); err != nil {
 		return fmt.Errorf("closing %s: %w", final, err)
 	}
 	if err = os.Rename(f.Name(), final); err != nil {
 		return fmt.Errorf("publishing %s: %w", final, err)
+	}
+	if !durable {
+		return nil
 	}
 	return SyncDir(filepath.Dir(final))
 }

@@ -52,3 +52,17 @@ func TestRemoveAllReadOnlyTree(t *testing.T) {
 		t.Fatalf("tree still there: %v", err)
 	}
 }
+
+func TestWriteFileAtomicNoSync(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	if err := WriteFileAtomicNoSync(dir, p, []byte("cached")); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(p); string(got) != "cached" {
+		t.Fatalf("content = %q", got)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Fatalf("temporary files left: %v", entries)
+	}
+}

@@ -74,7 +74,9 @@ func (c *collector) upload(ctx context.Context, store cas.Store) error {
 	for range workers {
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, copyBufferSize)
+			bp := buffers.Get().(*[]byte)
+			defer buffers.Put(bp)
+			buf := *bp
 			for d := range work {
 				if err := c.uploadOne(ctx, store, d, buf); err != nil {
 					mu.Lock()
@@ -186,7 +188,12 @@ func UploadFile(ctx context.Context, store cas.Store, fn digest.Function, path s
 	if !st.Mode().IsRegular() {
 		return digest.Digest{}, fmt.Errorf("outputs: %q is not a regular file (mode %s)", path, st.Mode())
 	}
-	buf := make([]byte, copyBufferSize)
+	if st.Size() == 0 {
+		return digest.Empty(fn), nil // every store holds the empty blob
+	}
+	bp := buffers.Get().(*[]byte)
+	defer buffers.Put(bp)
+	buf := *bp
 	d, err := hashReader(ctx, fn, f, buf)
 	if err != nil {
 		return digest.Digest{}, fmt.Errorf("outputs: hash %q: %w", path, err)
