@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -243,5 +244,47 @@ func TestPrewarmFromHistory(t *testing.T) {
 	}
 	if st := warm.builder.Workers.Status(); st.Total.ColdStarts != 0 || st.Total.WarmHits != 1 {
 		t.Fatalf("the first action after a restart did not find a warm worker: %+v", st.Total)
+	}
+}
+
+// A multiplex worker that supports sandboxing serves concurrent actions on
+// one process, each in its own sandbox_dir, and their outputs do not mix.
+func TestMultiplexSandboxedWorker(t *testing.T) {
+	c := startClusterWith(t, clusterOptions{maxTimeout: time.Minute, workers: workerConfig()})
+	props := []string{"supports-multiplex-workers", "1", "supports-multiplex-sandboxing", "1"}
+	// Warm the key up first, so both concurrent actions find the process.
+	c.run(c.workerActionWith(testWorkerBinary, "km", []string{"--multiplex"}, []string{"--say=warm"}, nil, props...))
+	type result struct {
+		resp *repb.ExecuteResponse
+		err  error
+	}
+	results := make(chan result, 2)
+	for i := range 2 {
+		ad := c.workerActionWith(testWorkerBinary, "km", []string{"--multiplex"},
+			[]string{"--sleep=400ms", "--out=out.txt", "--content=action" + strconv.Itoa(i), "--pid=pid.txt"}, []string{"out.txt", "pid.txt"}, props...)
+		go func() {
+			_, resp, err := c.execute(&repb.ExecuteRequest{ActionDigest: ad, SkipCacheLookup: true})
+			results <- result{resp, err}
+		}()
+	}
+	pids := map[string]bool{}
+	contents := map[string]bool{}
+	for range 2 {
+		r := <-results
+		if r.err != nil || r.resp.GetStatus().GetCode() != 0 {
+			t.Fatalf("execute: %v %v", r.err, r.resp.GetStatus())
+		}
+		info := workerInfo(t, r.resp.GetResult())
+		if info.GetFellBack() {
+			t.Fatalf("fell back: %+v", info)
+		}
+		contents[outputFile(c, r.resp.GetResult(), "out.txt")] = true
+		pids[outputFile(c, r.resp.GetResult(), "pid.txt")] = true
+	}
+	if !contents["action0"] || !contents["action1"] {
+		t.Fatalf("outputs mixed up: %v", contents)
+	}
+	if len(pids) != 1 {
+		t.Fatalf("concurrent multiplex actions ran on %d processes, want 1", len(pids))
 	}
 }
