@@ -127,10 +127,11 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	reapi.Register(s.grpc, reapi.Config{
-		CAS:         s.store,
-		ActionCache: actioncache.NewCompletenessChecking(s.acDisk, s.store),
-		ExecEnabled: true,
-		Scheduler:   s.sched,
+		CAS:                 s.store,
+		ActionCache:         actioncache.NewCompletenessChecking(s.acDisk, s.store),
+		ExecEnabled:         true,
+		Scheduler:           s.sched,
+		MaxCASBlobSizeBytes: f.casMaxBytes,
 	})
 	workerapi.RegisterSchedulerServer(s.grpc, s.sched)
 	return s, nil

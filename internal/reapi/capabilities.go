@@ -54,6 +54,9 @@ func (s *capabilitiesServer) GetCapabilities(ctx context.Context, req *repb.GetC
 				UpdateEnabled: true,
 			},
 			MaxBatchTotalSizeBytes: s.cfg.maxBatch(),
+			// 0 (no limit) unless the store is bounded: a blob larger than
+			// the whole store is refused with INVALID_ARGUMENT.
+			MaxCasBlobSizeBytes: s.cfg.MaxCASBlobSizeBytes,
 			// Hearth stores whatever symlinks clients send; whether a target
 			// may leave the input root is decided when an action runs.
 			SymlinkAbsolutePathStrategy: repb.SymlinkAbsolutePathStrategy_ALLOWED,

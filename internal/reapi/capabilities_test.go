@@ -15,9 +15,14 @@ func TestGetCapabilities(t *testing.T) {
 		opts     func(*Config)
 		maxBatch int64
 		exec     bool
+		maxBlob  int64
 	}{
-		{"defaults", func(*Config) {}, DefaultMaxBatchTotalSizeBytes, false},
-		{"configured", func(c *Config) { c.MaxBatchTotalSizeBytes = 1 << 20; c.ExecEnabled = true }, 1 << 20, true},
+		{"defaults", func(*Config) {}, DefaultMaxBatchTotalSizeBytes, false, 0},
+		{"configured", func(c *Config) {
+			c.MaxBatchTotalSizeBytes = 1 << 20
+			c.ExecEnabled = true
+			c.MaxCASBlobSizeBytes = 5 << 30
+		}, 1 << 20, true, 5 << 30},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			conn, _ := startServer(t, tc.opts)
@@ -26,6 +31,9 @@ func TestGetCapabilities(t *testing.T) {
 				t.Fatal(err)
 			}
 			cc := caps.GetCacheCapabilities()
+			if cc.GetMaxCasBlobSizeBytes() != tc.maxBlob {
+				t.Errorf("max_cas_blob_size_bytes = %d, want %d", cc.GetMaxCasBlobSizeBytes(), tc.maxBlob)
+			}
 			both := []repb.DigestFunction_Value{repb.DigestFunction_SHA256, repb.DigestFunction_BLAKE3}
 			if !slices.Equal(cc.GetDigestFunctions(), both) {
 				t.Errorf("cache digest_functions = %v, want %v", cc.GetDigestFunctions(), both)

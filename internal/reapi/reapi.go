@@ -34,6 +34,9 @@ type Config struct {
 	// MaxBatchTotalSizeBytes bounds BatchUpdateBlobs/BatchReadBlobs; 0 means
 	// DefaultMaxBatchTotalSizeBytes.
 	MaxBatchTotalSizeBytes int64
+	// MaxCASBlobSizeBytes is advertised as max_cas_blob_size_bytes (0: no
+	// limit); set it to the store's bound when there is one.
+	MaxCASBlobSizeBytes int64
 	// ExecEnabled is advertised in ExecutionCapabilities.exec_enabled: true
 	// when this server also runs the Execution service.
 	ExecEnabled bool
