@@ -62,7 +62,10 @@ type Task struct {
 	Instance     string
 	ActionDigest digest.Digest
 	Action       *repb.Action
-	QueuedAt     time.Time
+	// Command, when set, is the Action's Command already fetched (and
+	// validated) by the server; otherwise the builder fetches it.
+	Command  *repb.Command
+	QueuedAt time.Time
 	// Hooks let the executor shape the run from its configuration.
 	Hooks Hooks
 }
@@ -108,9 +111,12 @@ var ErrTimedOut = errors.New("action timed out")
 func (b *Builder) build(ctx context.Context, t Task, md *repb.ExecutedActionMetadata) (*repb.ActionResult, error) {
 	fn := t.ActionDigest.Function
 	md.InputFetchStartTimestamp = timestamppb.Now()
-	cmd, err := b.loadCommand(ctx, fn, t.Action)
-	if err != nil {
-		return nil, err
+	cmd := t.Command
+	if cmd == nil {
+		var err error
+		if cmd, err = b.loadCommand(ctx, fn, t.Action); err != nil {
+			return nil, err
+		}
 	}
 	rootDigest, err := digest.FromProto(fn, t.Action.GetInputRootDigest())
 	if err != nil {

@@ -258,6 +258,7 @@ func (e *Executor) runTask(ctx context.Context, a *workerapi.Assign, send func(*
 		Instance:     a.GetInstanceName(),
 		ActionDigest: actionDigest,
 		Action:       a.GetAction(),
+		Command:      a.GetCommand(),
 		QueuedAt:     a.GetQueuedTimestamp().AsTime(),
 	}
 	if e.opts.Hooks != nil {

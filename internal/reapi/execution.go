@@ -48,7 +48,7 @@ func (s *executionServer) Execute(req *repb.ExecuteRequest, stream grpc.ServerSt
 			return toStatus(fmt.Errorf("action cache lookup: %w", err))
 		}
 	}
-	action, platform, err := s.loadAction(ctx, req.GetInstanceName(), actionDigest)
+	action, cmd, platform, err := s.loadAction(ctx, req.GetInstanceName(), actionDigest)
 	if err != nil {
 		return toStatus(err)
 	}
@@ -59,6 +59,7 @@ func (s *executionServer) Execute(req *repb.ExecuteRequest, stream grpc.ServerSt
 		Platform:     platform,
 		Priority:     req.GetExecutionPolicy().GetPriority(),
 		DoNotCache:   action.GetDoNotCache(),
+		Command:      cmd,
 	})
 	if err != nil {
 		return toStatus(err)
@@ -72,25 +73,25 @@ func isNotFound(err error) bool {
 
 // loadAction fetches and checks everything the action needs: the Action, the
 // Command and the whole input tree, with every missing blob reported at once.
-func (s *executionServer) loadAction(ctx context.Context, instance string, d digest.Digest) (*repb.Action, *repb.Platform, error) {
+func (s *executionServer) loadAction(ctx context.Context, instance string, d digest.Digest) (*repb.Action, *repb.Command, *repb.Platform, error) {
 	action := &repb.Action{}
 	if err := s.loadProto(ctx, d, action, "Action"); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	fn := d.Function
 	cmdDigest, err := digest.FromProto(fn, action.GetCommandDigest())
 	if err != nil {
-		return nil, nil, invalidf("Action %s: command_digest: %v", d, err)
+		return nil, nil, nil, invalidf("Action %s: command_digest: %v", d, err)
 	}
 	rootDigest, err := digest.FromProto(fn, action.GetInputRootDigest())
 	if err != nil {
-		return nil, nil, invalidf("Action %s: input_root_digest: %v", d, err)
+		return nil, nil, nil, invalidf("Action %s: input_root_digest: %v", d, err)
 	}
 	if t := action.GetTimeout(); t != nil && (t.CheckValid() != nil || t.AsDuration() < 0) {
-		return nil, nil, invalidf("Action %s: timeout %v is not a valid non-negative duration", d, t)
+		return nil, nil, nil, invalidf("Action %s: timeout %v is not a valid non-negative duration", d, t)
 	}
 	if err := validatePlatform(action.GetPlatform()); err != nil {
-		return nil, nil, invalidf("Action %s: platform: %v", d, err)
+		return nil, nil, nil, invalidf("Action %s: platform: %v", d, err)
 	}
 	// Look for every missing blob before failing, so that one round trip
 	// tells the client all it must upload.
@@ -100,13 +101,13 @@ func (s *executionServer) loadAction(ctx context.Context, instance string, d dig
 	if me := asMissing(cmdErr); me != nil {
 		missing = append(missing, me.Digests...)
 	} else if cmdErr != nil {
-		return nil, nil, cmdErr
+		return nil, nil, nil, cmdErr
 	}
 	tree, treeErr := inputtree.Load(ctx, s.cfg.CAS, fn, rootDigest)
 	if me := asMissing(treeErr); me != nil {
 		missing = append(missing, me.Digests...)
 	} else if treeErr != nil {
-		return nil, nil, fmt.Errorf("input root %s: %w", rootDigest, treeErr)
+		return nil, nil, nil, fmt.Errorf("input root %s: %w", rootDigest, treeErr)
 	}
 	if tree != nil {
 		if me := asMissing(tree.MissingFiles(ctx, s.cfg.CAS)); me != nil {
@@ -114,16 +115,16 @@ func (s *executionServer) loadAction(ctx context.Context, instance string, d dig
 		}
 	}
 	if len(missing) > 0 {
-		return nil, nil, &cas.MissingError{Digests: missing}
+		return nil, nil, nil, &cas.MissingError{Digests: missing}
 	}
 	if err := validateCommand(cmd); err != nil {
-		return nil, nil, invalidf("Command %s: %v", cmdDigest, err)
+		return nil, nil, nil, invalidf("Command %s: %v", cmdDigest, err)
 	}
 	platform := action.GetPlatform()
 	if len(platform.GetProperties()) == 0 {
 		platform = cmd.GetPlatform() // clients older than REAPI v2.2 set it only here
 	}
-	return action, platform, nil
+	return action, cmd, platform, nil
 }
 
 func (s *executionServer) loadProto(ctx context.Context, d digest.Digest, m proto.Message, what string) error {

@@ -78,6 +78,8 @@ type Request struct {
 	Platform   *repb.Platform
 	Priority   int32
 	DoNotCache bool
+	// Command, when set, travels with the action to the executor.
+	Command *repb.Command
 }
 
 // Scheduler is safe for concurrent use.

@@ -64,6 +64,7 @@ func (e *session) assign(o *Operation) {
 		Action:          o.req.Action,
 		QueuedTimestamp: timestamppb.New(o.queuedAt),
 		DoNotCache:      o.req.DoNotCache,
+		Command:         o.req.Command,
 	}}})
 }
 

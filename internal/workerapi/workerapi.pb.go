@@ -445,7 +445,10 @@ type Assign struct {
 	Action          *v2.Action              `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
 	QueuedTimestamp *timestamppb.Timestamp  `protobuf:"bytes,6,opt,name=queued_timestamp,json=queuedTimestamp,proto3" json:"queued_timestamp,omitempty"`
 	// The client asked not to cache the result.
-	DoNotCache    bool `protobuf:"varint,7,opt,name=do_not_cache,json=doNotCache,proto3" json:"do_not_cache,omitempty"`
+	DoNotCache bool `protobuf:"varint,7,opt,name=do_not_cache,json=doNotCache,proto3" json:"do_not_cache,omitempty"`
+	// The Action's Command, already fetched and validated by the server, so
+	// the executor need not fetch it again.
+	Command       *v2.Command `protobuf:"bytes,8,opt,name=command,proto3" json:"command,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -527,6 +530,13 @@ func (x *Assign) GetDoNotCache() bool {
 		return x.DoNotCache
 	}
 	return false
+}
+
+func (x *Assign) GetCommand() *v2.Command {
+	if x != nil {
+		return x.Command
+	}
+	return nil
 }
 
 type Cancel struct {
@@ -710,7 +720,7 @@ const file_hearth_workerapi_v1_workerapi_proto_rawDesc = "" +
 	"\twarm_keys\x18\x01 \x03(\tR\bwarmKeys\x12\x1c\n" +
 	"\taccepting\x18\x02 \x01(\bR\taccepting\x12\x1f\n" +
 	"\vstatus_json\x18\x03 \x01(\tR\n" +
-	"statusJson\"\x9e\x03\n" +
+	"statusJson\"\xe2\x03\n" +
 	"\x06Assign\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12#\n" +
 	"\rinstance_name\x18\x02 \x01(\tR\finstanceName\x12^\n" +
@@ -719,7 +729,8 @@ const file_hearth_workerapi_v1_workerapi_proto_rawDesc = "" +
 	"\x06action\x18\x05 \x01(\v2'.build.bazel.remote.execution.v2.ActionR\x06action\x12E\n" +
 	"\x10queued_timestamp\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x0fqueuedTimestamp\x12 \n" +
 	"\fdo_not_cache\x18\a \x01(\bR\n" +
-	"doNotCache\"!\n" +
+	"doNotCache\x12B\n" +
+	"\acommand\x18\b \x01(\v2(.build.bazel.remote.execution.v2.CommandR\acommand\"!\n" +
 	"\x06Cancel\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\"\n" +
 	"\aStarted\x12\x17\n" +
@@ -759,7 +770,8 @@ var file_hearth_workerapi_v1_workerapi_proto_goTypes = []any{
 	(*v2.Digest)(nil),             // 11: build.bazel.remote.execution.v2.Digest
 	(*v2.Action)(nil),             // 12: build.bazel.remote.execution.v2.Action
 	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*v2.ExecuteResponse)(nil),    // 14: build.bazel.remote.execution.v2.ExecuteResponse
+	(*v2.Command)(nil),            // 14: build.bazel.remote.execution.v2.Command
+	(*v2.ExecuteResponse)(nil),    // 15: build.bazel.remote.execution.v2.ExecuteResponse
 }
 var file_hearth_workerapi_v1_workerapi_proto_depIdxs = []int32{
 	3,  // 0: hearth.workerapi.v1.ExecutorMessage.register:type_name -> hearth.workerapi.v1.Register
@@ -774,14 +786,15 @@ var file_hearth_workerapi_v1_workerapi_proto_depIdxs = []int32{
 	11, // 9: hearth.workerapi.v1.Assign.action_digest:type_name -> build.bazel.remote.execution.v2.Digest
 	12, // 10: hearth.workerapi.v1.Assign.action:type_name -> build.bazel.remote.execution.v2.Action
 	13, // 11: hearth.workerapi.v1.Assign.queued_timestamp:type_name -> google.protobuf.Timestamp
-	14, // 12: hearth.workerapi.v1.Finished.response:type_name -> build.bazel.remote.execution.v2.ExecuteResponse
-	0,  // 13: hearth.workerapi.v1.Scheduler.Connect:input_type -> hearth.workerapi.v1.ExecutorMessage
-	1,  // 14: hearth.workerapi.v1.Scheduler.Connect:output_type -> hearth.workerapi.v1.SchedulerMessage
-	14, // [14:15] is the sub-list for method output_type
-	13, // [13:14] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	14, // 12: hearth.workerapi.v1.Assign.command:type_name -> build.bazel.remote.execution.v2.Command
+	15, // 13: hearth.workerapi.v1.Finished.response:type_name -> build.bazel.remote.execution.v2.ExecuteResponse
+	0,  // 14: hearth.workerapi.v1.Scheduler.Connect:input_type -> hearth.workerapi.v1.ExecutorMessage
+	1,  // 15: hearth.workerapi.v1.Scheduler.Connect:output_type -> hearth.workerapi.v1.SchedulerMessage
+	15, // [15:16] is the sub-list for method output_type
+	14, // [14:15] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_hearth_workerapi_v1_workerapi_proto_init() }
