@@ -15,7 +15,6 @@ import (
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"github.com/google/uuid"
-	"github.com/klauspost/compress/zstd"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -83,30 +82,6 @@ func bsCompressible(n int) []byte {
 		b.WriteByte('\n')
 	}
 	return b.Bytes()[:n]
-}
-
-func bsZstd(t *testing.T, data []byte) []byte {
-	t.Helper()
-	enc, err := zstd.NewWriter(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer enc.Close()
-	return enc.EncodeAll(data, nil)
-}
-
-func bsUnzstd(t *testing.T, data []byte) []byte {
-	t.Helper()
-	dec, err := zstd.NewReader(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dec.Close()
-	out, err := dec.DecodeAll(data, nil)
-	if err != nil {
-		t.Fatalf("decompressing the server's data: %v", err)
-	}
-	return out
 }
 
 // bsSendChunks sends data as WriteRequests of at most chunk bytes, the first
@@ -283,7 +258,7 @@ func TestByteStreamReadWindows(t *testing.T) {
 		if err != nil {
 			t.Fatalf("compressed Read(offset %d): %v", off, err)
 		}
-		if got := bsUnzstd(t, z); !bytes.Equal(got, data[off:]) {
+		if got := zstdDecompress(t, z); !bytes.Equal(got, data[off:]) {
 			t.Errorf("compressed Read(offset %d) decompresses to %d bytes, want %d", off, len(got), size-off)
 		}
 	}
@@ -307,7 +282,7 @@ func TestByteStreamReadMissingAndEmpty(t *testing.T) {
 			t.Errorf("Read of the empty %s blob = %d bytes, %v", fn, len(got), err)
 		}
 		z, _, err := e.read(ctx, ReadResourceName("", digest.Empty(fn), repb.Compressor_ZSTD), 0, 0)
-		if err != nil || len(bsUnzstd(t, z)) != 0 {
+		if err != nil || len(zstdDecompress(t, z)) != 0 {
 			t.Errorf("compressed Read of the empty %s blob: %v", fn, err)
 		}
 		resp, err := e.write(ctx, bsUploadName("", digest.Empty(fn), repb.Compressor_IDENTITY), nil, 1)
@@ -495,7 +470,7 @@ func TestByteStreamCompressed(t *testing.T) {
 	ctx := bsCtx(t)
 	data := bsCompressible(3 << 20)
 	d := digest.Compute(digest.SHA256, data)
-	z := bsZstd(t, data)
+	z := zstdCompress(t, data)
 	if len(z) >= len(data)/2 {
 		t.Fatalf("test data compresses to %d of %d bytes; want it well bsCompressible", len(z), len(data))
 	}
@@ -532,7 +507,7 @@ func TestByteStreamCompressed(t *testing.T) {
 				t.Fatalf("chunk of %d bytes", n)
 			}
 		}
-		if !bytes.Equal(bsUnzstd(t, zgot), other) {
+		if !bytes.Equal(zstdDecompress(t, zgot), other) {
 			t.Fatal("compressed read does not decompress to the blob")
 		}
 	})
@@ -543,9 +518,9 @@ func TestByteStreamCompressed(t *testing.T) {
 		msg  string
 	}{
 		{"not zstd", []byte("this is not a zstd frame at all"), "zstd"},
-		{"other content", bsZstd(t, bsCompressible(3<<20 + 1)[1:]), "hash"},
-		{"too much", bsZstd(t, append(append([]byte{}, data...), 'x')), "more than"},
-		{"too little", bsZstd(t, data[:1000]), "after 1000 bytes"},
+		{"other content", zstdCompress(t, bsCompressible(3<<20 + 1)[1:]), "hash"},
+		{"too much", zstdCompress(t, append(append([]byte{}, data...), 'x')), "more than"},
+		{"too little", zstdCompress(t, data[:1000]), "after 1000 bytes"},
 		{"truncated", z[:len(z)/2], "zstd"},
 		{"trailing garbage", append(append([]byte{}, z...), "garbage"...), "zstd"},
 	}

@@ -131,11 +131,11 @@ func TestByteStreamResumableCompressedWrite(t *testing.T) {
 
 	// One whole zstd frame of the first part, so the server can decode all of
 	// it before the stream breaks.
-	e.breakAfter(t, name, 0, bsZstd(t, data[:cut]), cut)
+	e.breakAfter(t, name, 0, zstdCompress(t, data[:cut]), cut)
 
 	// REAPI: the first write_offset of a compressed stream is uncompressed,
 	// later ones add compressed bytes.
-	rest := bsZstd(t, data[cut:])
+	rest := zstdCompress(t, data[cut:])
 	stream, err := e.client.Write(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -276,7 +276,7 @@ func TestByteStreamConcurrentUploadsOfOneBlob(t *testing.T) {
 	ctx := bsCtx(t)
 	data := bsRandom(2<<20, 9)
 	d := digest.Compute(digest.BLAKE3, data)
-	z := bsZstd(t, data)
+	z := zstdCompress(t, data)
 	var wg sync.WaitGroup
 	errs := make(chan error, 6)
 	for i := 0; i < 6; i++ {
