@@ -47,6 +47,11 @@ type Config struct {
 	MaxAttempts int
 	// HeartbeatTimeout drops an executor that sent nothing for this long.
 	HeartbeatTimeout time.Duration
+	// NoExecutorTimeout fails queued actions with UNAVAILABLE once no
+	// executor at all has been connected for this long, so that clients of
+	// a server whose executors are gone get an error instead of waiting
+	// forever.
+	NoExecutorTimeout time.Duration
 	Logger           *slog.Logger
 }
 
@@ -62,6 +67,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.HeartbeatTimeout == 0 {
 		c.HeartbeatTimeout = time.Minute
+	}
+	if c.NoExecutorTimeout == 0 {
+		c.NoExecutorTimeout = 5 * time.Minute
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -95,7 +103,10 @@ type Scheduler struct {
 	queue     []*Operation          // sorted by (priority, seq)
 	seq       uint64
 	executors map[*session]bool
-	stop      chan struct{}
+	// noExecutorsSince is when the last executor left (or the scheduler
+	// started without any).
+	noExecutorsSince time.Time
+	stop             chan struct{}
 }
 
 // New returns a scheduler; Close stops its sweeper.
@@ -108,6 +119,8 @@ func New(cfg Config) *Scheduler {
 		inflight:  map[string]*Operation{},
 		executors: map[*session]bool{},
 		stop:      make(chan struct{}),
+
+		noExecutorsSince: time.Now(),
 	}
 	go s.sweep()
 	return s
@@ -377,7 +390,7 @@ func (s *Scheduler) failUnschedulableLocked() {
 }
 
 func (s *Scheduler) sweep() {
-	t := time.NewTicker(time.Minute)
+	t := time.NewTicker(10 * time.Second)
 	defer t.Stop()
 	for {
 		select {
@@ -392,6 +405,15 @@ func (s *Scheduler) sweep() {
 func (s *Scheduler) expire(now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if len(s.executors) == 0 && now.Sub(s.noExecutorsSince) > s.cfg.NoExecutorTimeout {
+		for _, o := range s.queue {
+			s.finishLocked(o, &repb.ExecuteResponse{Status: &status.Status{
+				Code:    int32(code.Code_UNAVAILABLE),
+				Message: fmt.Sprintf("no executor has been connected for %s", now.Sub(s.noExecutorsSince).Round(time.Second)),
+			}})
+		}
+		s.queue = nil
+	}
 	for name, o := range s.ops {
 		if o.completedAt != (time.Time{}) && now.Sub(o.completedAt) > s.cfg.OperationTTL {
 			delete(s.ops, name)

@@ -339,3 +339,20 @@ func TestExpiry(t *testing.T) {
 		t.Fatalf("expired operation still found: %v", err)
 	}
 }
+
+func TestQueuedActionsFailWhenNoExecutorComes(t *testing.T) {
+	s, _ := startScheduler(t, Config{NoExecutorTimeout: time.Minute})
+	o, err := s.Submit(request("x", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.expire(time.Now().Add(30 * time.Second))
+	if st, _ := o.Watch(); st.Done() {
+		t.Fatal("failed before the timeout")
+	}
+	s.expire(time.Now().Add(2 * time.Minute))
+	st := waitDone(t, o)
+	if st.Response.GetStatus().GetCode() != int32(code.Code_UNAVAILABLE) {
+		t.Fatalf("status = %v", st.Response.GetStatus())
+	}
+}

@@ -220,6 +220,9 @@ func (s *Scheduler) disconnect(e *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.executors, e)
+	if len(s.executors) == 0 {
+		s.noExecutorsSince = time.Now()
+	}
 	if !e.dead {
 		e.dead = true
 		close(e.out)
