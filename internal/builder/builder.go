@@ -355,7 +355,7 @@ func StatusOf(err error) *status.Status {
 		c = code.Code_DEADLINE_EXCEEDED
 	case errors.Is(err, context.Canceled):
 		c = code.Code_CANCELLED
-	case errors.Is(err, outputs.ErrUnexpectedType):
+	case errors.Is(err, outputs.ErrUnexpectedType), errors.Is(err, outputs.ErrAbsoluteSymlink):
 		// An output of the wrong kind (a directory named as an output
 		// file, a path through a symlink): the action ran, but its result
 		// cannot be described as the Command asked.

@@ -344,6 +344,10 @@ func TestActionCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	action := digest.Compute(digest.BLAKE3, []byte("an action"))
+	// Clients upload the Action before its result (REAPI requires it).
+	if err := cas.Put(ctx, NewStore(conn, ""), action, []byte("an action")); err != nil {
+		t.Fatal(err)
+	}
 	result := &repb.ActionResult{
 		ExitCode:    3,
 		OutputFiles: []*repb.OutputFile{{Path: "out", Digest: outD.Proto(), IsExecutable: true}},

@@ -115,6 +115,16 @@ func (d Digest) String() string {
 	return d.Hash + "/" + strconv.FormatInt(d.Size, 10)
 }
 
+// ResourcePath returns "{digest_function/}hash/size" as REAPI writes it in
+// ByteStream resource names and PreconditionFailure subjects: the lower-case
+// function name is present for BLAKE3 and omitted for SHA256.
+func (d Digest) ResourcePath() string {
+	if d.Function == BLAKE3 {
+		return Lower(d.Function) + "/" + d.String()
+	}
+	return d.String()
+}
+
 // Key is a map key that keeps digest functions apart.
 type Key struct {
 	Function Function

@@ -90,3 +90,12 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestResourcePath(t *testing.T) {
+	if got := Empty(SHA256).ResourcePath(); got != emptySHA+"/0" {
+		t.Errorf("sha256: %q", got)
+	}
+	if got := Empty(BLAKE3).ResourcePath(); got != "blake3/"+emptyBLAKE3+"/0" {
+		t.Errorf("blake3: %q", got)
+	}
+}

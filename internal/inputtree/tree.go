@@ -129,6 +129,17 @@ func (p *NodeProperties) Has(name string) bool {
 // one enormous request to a remote store.
 const findMissingChunk = 10_000
 
+// HasDir reports whether path (slash-separated, relative to the root) is a
+// directory of the tree.
+func (t *Tree) HasDir(path string) bool {
+	for i := range t.Dirs {
+		if t.Dirs[i].Path == path {
+			return true
+		}
+	}
+	return false
+}
+
 // MissingFiles asks store which of the tree's file blobs it lacks and
 // returns them as a *cas.MissingError listing every one, or nil if all are
 // present.

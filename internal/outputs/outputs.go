@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"golang.org/x/sys/unix"
@@ -38,6 +39,19 @@ var ErrInvalid = errors.New("invalid output request")
 // that is a device, pipe or socket, or an output beneath a symlinked parent
 // directory. REAPI maps this to FAILED_PRECONDITION.
 var ErrUnexpectedType = errors.New("output has an unexpected type")
+
+// ErrAbsoluteSymlink is wrapped when an action produced an output symlink
+// (or a symlink inside an output directory) with an absolute target. Hearth
+// advertises symlink_absolute_path_strategy DISALLOWED, for which REAPI
+// prescribes FAILED_PRECONDITION.
+var ErrAbsoluteSymlink = errors.New("output symlink has an absolute target")
+
+func checkSymlinkTarget(name, target string) error {
+	if strings.HasPrefix(target, "/") {
+		return fmt.Errorf("%w: %q points to %q (this server does not allow absolute symlink targets)", ErrAbsoluteSymlink, name, target)
+	}
+	return nil
+}
 
 // Collect finds the outputs cmd asks for beneath inputRoot (paths are
 // relative to cmd's working_directory, itself relative to inputRoot),
@@ -222,6 +236,9 @@ func (c *collector) outputSymlink(parentfd int, base string, o output) (*repb.Ou
 	target, err := readlinkAt(parentfd, base)
 	if err != nil {
 		return nil, fmt.Errorf("outputs: output %q: read symlink: %w", o.name, err)
+	}
+	if err := checkSymlinkTarget(o.name, target); err != nil {
+		return nil, err
 	}
 	if o.kind != kindAny {
 		if mode, ok := resolvedType(c.rootfd, o.rel); ok {

@@ -161,5 +161,17 @@ func plan(cmd *repb.Command) ([]output, props, error) {
 			return nil, pr, err
 		}
 	}
+	// REAPI: "An output file cannot be ... a parent of another output file"
+	// (nor, then, of an output directory: it would have to be both).
+	for _, o := range outs {
+		if o.kind != kindFile {
+			continue
+		}
+		for _, other := range outs {
+			if strings.HasPrefix(other.name, o.name+"/") {
+				return nil, pr, fmt.Errorf("%w: output file %q is a parent of output %q", ErrInvalid, o.name, other.name)
+			}
+		}
+	}
 	return outs, pr, nil
 }

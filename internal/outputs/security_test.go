@@ -39,6 +39,8 @@ func TestValidate(t *testing.T) {
 		{"working directory absolute", &repb.Command{WorkingDirectory: "/abs", OutputPaths: []string{"a"}}, false},
 		{"working directory escape after descent", &repb.Command{WorkingDirectory: "a/../..", OutputPaths: []string{"a"}}, false},
 		{"unknown node property", &repb.Command{OutputNodeProperties: []string{"owner"}}, false},
+		{"output file parent of output file", &repb.Command{OutputFiles: []string{"a", "a/b"}}, false},
+		{"output file parent of output directory", &repb.Command{OutputFiles: []string{"a"}, OutputDirectories: []string{"a/d"}}, false},
 
 		{"empty command", &repb.Command{}, true},
 		{"whole working directory", &repb.Command{OutputPaths: []string{""}}, true},
@@ -46,6 +48,8 @@ func TestValidate(t *testing.T) {
 		{"dots in names", &repb.Command{OutputPaths: []string{"..foo", "a/...", "b/.hidden"}}, true},
 		{"odd characters", &repb.Command{OutputPaths: []string{"a b/c\\d:e.txt"}}, true},
 		{"nested output directories", &repb.Command{OutputDirectories: []string{"a", "a/b"}}, true},
+		{"output file inside an output directory", &repb.Command{OutputFiles: []string{"a/f"}, OutputDirectories: []string{"a"}}, true},
+		{"sibling prefixes", &repb.Command{OutputFiles: []string{"a", "ab/c"}}, true},
 		{"legacy ignored under output_paths", &repb.Command{OutputPaths: []string{"a"}, OutputFiles: []string{"/bad"}}, true},
 		{"known node properties", &repb.Command{OutputNodeProperties: []string{PropertyMtime, PropertyUnixMode}}, true},
 		{"working directory", &repb.Command{WorkingDirectory: "a/b", OutputPaths: []string{"c"}}, true},
@@ -97,6 +101,7 @@ func TestCollectNeverFollowsSymlinks(t *testing.T) {
 		"wdlink":         "->" + outside,
 		"dir/escape":     "->" + outside + "/passwd",
 		"dir/escape-dir": "->" + outside,
+		"reldir/up":      "->../../" + filepath.Base(outside) + "/passwd",
 	})
 
 	withBothResolvers(t, func(t *testing.T) {
@@ -125,9 +130,22 @@ func TestCollectNeverFollowsSymlinks(t *testing.T) {
 			})
 		}
 
+		t.Run("absolute symlink outputs fail the action, unfollowed", func(t *testing.T) {
+			for _, p := range []string{"etc", "out", "dir"} {
+				store := newStore(t)
+				_, err := Collect(context.Background(), store, digest.SHA256, root, &repb.Command{OutputPaths: []string{p}})
+				if !errors.Is(err, ErrAbsoluteSymlink) {
+					t.Errorf("output %q: err = %v, want ErrAbsoluteSymlink", p, err)
+				}
+				if store.creates.Load() != 0 {
+					t.Errorf("output %q: %d blobs written", p, store.creates.Load())
+				}
+			}
+		})
+
 		t.Run("outputs that are symlinks are reported, not followed", func(t *testing.T) {
 			store := newStore(t)
-			cmd := &repb.Command{OutputPaths: []string{"dir", "etc", "out", "rel"}}
+			cmd := &repb.Command{OutputPaths: []string{"rel", "reldir"}}
 			res, err := Collect(context.Background(), store, digest.SHA256, root, cmd)
 			if err != nil {
 				t.Fatal(err)
@@ -136,7 +154,7 @@ func TestCollectNeverFollowsSymlinks(t *testing.T) {
 			for _, s := range res.GetOutputSymlinks() {
 				targets[s.GetPath()] = s.GetTarget()
 			}
-			want := map[string]string{"etc": "/etc", "out": outside, "rel": "../" + filepath.Base(outside)}
+			want := map[string]string{"rel": "../" + filepath.Base(outside)}
 			for p, tg := range want {
 				if targets[p] != tg {
 					t.Errorf("symlink %q: target %q, want %q", p, targets[p], tg)
@@ -146,8 +164,8 @@ func TestCollectNeverFollowsSymlinks(t *testing.T) {
 				t.Errorf("got %v", res)
 			}
 			tree := getTree(t, store, res.GetOutputDirectories()[0].GetTreeDigest(), digest.SHA256)
-			if n := len(tree.GetRoot().GetSymlinks()); n != 2 || len(tree.GetChildren()) != 0 || len(tree.GetRoot().GetFiles()) != 0 {
-				t.Errorf("dir: want two symlinks only, got %v", tree)
+			if n := len(tree.GetRoot().GetSymlinks()); n != 1 || len(tree.GetChildren()) != 0 || len(tree.GetRoot().GetFiles()) != 0 {
+				t.Errorf("reldir: want one symlink only, got %v", tree)
 			}
 			missing, err := store.FindMissing(context.Background(), []digest.Digest{secretDigest})
 			if err != nil || len(missing) != 1 {

@@ -85,6 +85,9 @@ func (c *collector) walkDir(parentfd int, name, rel string) (*dirNode, error) {
 			if err != nil {
 				return nil, fmt.Errorf("outputs: read symlink %q: %w", childRel, err)
 			}
+			if err := checkSymlinkTarget(childRel, target); err != nil {
+				return nil, err
+			}
 			sl := &repb.SymlinkNode{Name: entry, Target: target}
 			if c.props.any() {
 				sl.NodeProperties = nodeProperties(c.props, &st)

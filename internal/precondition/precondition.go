@@ -1,6 +1,7 @@
 // Package precondition owns REAPI's encoding of missing blobs: a
 // FAILED_PRECONDITION status carrying a PreconditionFailure with one violation
-// of type "MISSING" and subject "blobs/{hash}/{size}" per blob. The Execution
+// of type "MISSING" and subject "blobs/{digest_function/}{hash}/{size}" per
+// blob (the function segment only for BLAKE3, as in ByteStream names). The Execution
 // service returns it when it finds blobs missing before an action is queued,
 // and executors put it in ExecuteResponse.status when blobs vanish later.
 package precondition
@@ -26,7 +27,7 @@ func Missing(me *cas.MissingError) *status.Status {
 		seen[d] = true
 		pf.Violations = append(pf.Violations, &errdetails.PreconditionFailure_Violation{
 			Type:        "MISSING",
-			Subject:     "blobs/" + d.String(),
+			Subject:     "blobs/" + d.ResourcePath(),
 			Description: "the blob is not in the CAS; upload it and retry",
 		})
 	}

@@ -119,6 +119,14 @@ func (s *actionCacheServer) UpdateActionResult(ctx context.Context, req *repb.Up
 	if req.GetActionResult() == nil {
 		return nil, invalidf("action_result is missing")
 	}
+	// REAPI: clients MUST upload the Action before its result, and a
+	// missing Action is FAILED_PRECONDITION. A result for an Action nobody
+	// can read could never be re-run or checked.
+	if missing, err := s.cfg.CAS.FindMissing(ctx, []digest.Digest{action}); err != nil {
+		return nil, toStatus(err)
+	} else if len(missing) > 0 {
+		return nil, missingStatus(&cas.MissingError{Digests: missing})
+	}
 	result := proto.Clone(req.GetActionResult()).(*repb.ActionResult)
 	if err := s.moveInlineToCAS(ctx, fn, result); err != nil {
 		return nil, err

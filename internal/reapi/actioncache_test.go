@@ -3,6 +3,7 @@ package reapi
 import (
 	"bytes"
 	"context"
+	"strings"
 	"testing"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -38,7 +39,7 @@ func TestActionCacheRoundTrip(t *testing.T) {
 			conn, cfg := startServer(t)
 			client := repb.NewActionCacheClient(conn)
 			ctx := context.Background()
-			action := blob(fn, "an action").Proto()
+			action := storedAction(t, cfg, fn, "an action")
 			get := &repb.GetActionResultRequest{InstanceName: "main", ActionDigest: action, DigestFunction: fn}
 
 			_, err := client.GetActionResult(ctx, get)
@@ -89,7 +90,7 @@ func TestGetActionResultInlines(t *testing.T) {
 	conn, cfg := startServer(t)
 	client := repb.NewActionCacheClient(conn)
 	ctx := context.Background()
-	action := blob(digest.SHA256, "inline action").Proto()
+	action := storedAction(t, cfg, digest.SHA256, "inline action")
 	result := completeResult(t, cfg.CAS, digest.SHA256)
 	large := bytes.Repeat([]byte("L"), int(DefaultMaxBatchTotalSizeBytes))
 	largeDigest := putBlobs(t, cfg.CAS, digest.SHA256, large)[0]
@@ -161,7 +162,7 @@ func TestGetActionResultIncompleteIsNotFound(t *testing.T) {
 			client := repb.NewActionCacheClient(conn)
 			r := completeResult(t, cfg.CAS, fn)
 			mutate(t, cfg.CAS, r)
-			action := blob(fn, "incomplete").Proto()
+			action := storedAction(t, cfg, fn, "incomplete")
 			if _, err := client.UpdateActionResult(context.Background(), &repb.UpdateActionResultRequest{ActionDigest: action, ActionResult: r}); err != nil {
 				t.Fatalf("storing a result whose blobs are missing is allowed: %v", err)
 			}
@@ -188,7 +189,7 @@ func TestActionCacheRejectsBadDigests(t *testing.T) {
 			wantCode(t, err, codes.InvalidArgument)
 		})
 	}
-	action := blob(digest.SHA256, "x").Proto()
+	action := storedAction(t, cfg, digest.SHA256, "x")
 	_, err := client.GetActionResult(ctx, &repb.GetActionResultRequest{ActionDigest: action, DigestFunction: repb.DigestFunction_SHA512})
 	wantCode(t, err, codes.InvalidArgument)
 	_, err = client.UpdateActionResult(ctx, &repb.UpdateActionResultRequest{ActionDigest: action, ActionResult: result, InstanceName: "uploads"})
@@ -238,7 +239,7 @@ func TestUpdateActionResultValidates(t *testing.T) {
 			if tc.name == "no result" {
 				r = nil
 			}
-			action := blob(fn, tc.name).Proto()
+			action := storedAction(t, cfg, fn, tc.name)
 			_, err := client.UpdateActionResult(context.Background(), &repb.UpdateActionResultRequest{ActionDigest: action, ActionResult: r})
 			if tc.ok {
 				if err != nil {
@@ -259,11 +260,11 @@ func TestUpdateActionResultValidates(t *testing.T) {
 // Inline data sent with an update is moved into the CAS: the stored result
 // carries digests only, and serves the data back on request.
 func TestUpdateActionResultMovesInlineDataToCAS(t *testing.T) {
-	conn, _ := startServer(t)
+	conn, cfg := startServer(t)
 	client := repb.NewActionCacheClient(conn)
 	ctx := context.Background()
 	fn := digest.BLAKE3
-	action := blob(fn, "inline upload").Proto()
+	action := storedAction(t, cfg, fn, "inline upload")
 	stored, err := client.UpdateActionResult(ctx, &repb.UpdateActionResultRequest{
 		DigestFunction: fn,
 		ActionDigest:   action,
@@ -287,5 +288,28 @@ func TestUpdateActionResultMovesInlineDataToCAS(t *testing.T) {
 	}
 	if string(got.GetStdoutRaw()) != "raw stdout" || string(got.GetOutputFiles()[0].GetContents()) != "raw file" {
 		t.Errorf("served %v", got)
+	}
+}
+
+// storedAction puts a blob standing for an Action into the CAS, as a client
+// must before UpdateActionResult, and returns its digest.
+func storedAction(t *testing.T, cfg Config, fn digest.Function, name string) *repb.Digest {
+	t.Helper()
+	d := blob(fn, name)
+	if err := cas.Put(context.Background(), cfg.CAS, d, []byte(name)); err != nil {
+		t.Fatal(err)
+	}
+	return d.Proto()
+}
+
+func TestUpdateActionResultNeedsTheAction(t *testing.T) {
+	conn, _ := startServer(t)
+	absent := blob(digest.SHA256, "never uploaded")
+	_, err := repb.NewActionCacheClient(conn).UpdateActionResult(context.Background(), &repb.UpdateActionResultRequest{
+		ActionDigest: absent.Proto(), ActionResult: &repb.ActionResult{},
+	})
+	wantCode(t, err, codes.FailedPrecondition)
+	if !strings.Contains(err.Error(), absent.Hash) {
+		t.Fatalf("error does not name the missing Action: %v", err)
 	}
 }

@@ -331,6 +331,8 @@ func (s *byteStreamServer) receive(ctx context.Context, stream bspb.ByteStream_W
 			up.w = nil
 		}
 		up.committed.Store(0)
+	case committed == 0:
+		return nil, up.w != nil, invalidf("write_offset %d of %s: nothing is committed yet, so the stream must start at 0", off, name)
 	default:
 		return nil, up.w != nil, invalidf("write_offset %d of %s: %d bytes are committed, so a stream must start at %d (resume) or 0 (restart)", off, name, committed, committed)
 	}

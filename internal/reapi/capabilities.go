@@ -57,9 +57,12 @@ func (s *capabilitiesServer) GetCapabilities(ctx context.Context, req *repb.GetC
 			// 0 (no limit) unless the store is bounded: a blob larger than
 			// the whole store is refused with INVALID_ARGUMENT.
 			MaxCasBlobSizeBytes: s.cfg.MaxCASBlobSizeBytes,
-			// Hearth stores whatever symlinks clients send; whether a target
-			// may leave the input root is decided when an action runs.
-			SymlinkAbsolutePathStrategy: repb.SymlinkAbsolutePathStrategy_ALLOWED,
+			// Actions never see a symlink leave their directory: input
+			// symlinks with absolute targets are INVALID_ARGUMENT and an
+			// action that creates an absolute output symlink fails with
+			// FAILED_PRECONDITION, as REAPI prescribes for DISALLOWED. The
+			// action cache still stores what clients upload.
+			SymlinkAbsolutePathStrategy: repb.SymlinkAbsolutePathStrategy_DISALLOWED,
 			// IDENTITY is always supported and, per the spec, not listed.
 			SupportedCompressors:            []repb.Compressor_Value{repb.Compressor_ZSTD},
 			SupportedBatchUpdateCompressors: []repb.Compressor_Value{repb.Compressor_ZSTD},

@@ -44,7 +44,7 @@ func TestGetCapabilities(t *testing.T) {
 			if cc.GetMaxBatchTotalSizeBytes() != tc.maxBatch {
 				t.Errorf("max_batch_total_size_bytes = %d, want %d", cc.GetMaxBatchTotalSizeBytes(), tc.maxBatch)
 			}
-			if cc.GetSymlinkAbsolutePathStrategy() != repb.SymlinkAbsolutePathStrategy_ALLOWED {
+			if cc.GetSymlinkAbsolutePathStrategy() != repb.SymlinkAbsolutePathStrategy_DISALLOWED {
 				t.Errorf("symlink strategy = %v", cc.GetSymlinkAbsolutePathStrategy())
 			}
 			zstdOnly := []repb.Compressor_Value{repb.Compressor_ZSTD}

@@ -120,6 +120,10 @@ func (s *executionServer) loadAction(ctx context.Context, instance string, d dig
 	if err := validateCommand(cmd); err != nil {
 		return nil, nil, nil, invalidf("Command %s: %v", cmdDigest, err)
 	}
+	if wd := cmd.GetWorkingDirectory(); wd != "" && !tree.HasDir(wd) {
+		// REAPI: "It must be a directory which exists in the input tree."
+		return nil, nil, nil, invalidf("Command %s: working_directory %q is not a directory of the input root", cmdDigest, wd)
+	}
 	platform := action.GetPlatform()
 	if len(platform.GetProperties()) == 0 {
 		platform = cmd.GetPlatform() // clients older than REAPI v2.2 set it only here
