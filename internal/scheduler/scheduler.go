@@ -52,7 +52,7 @@ type Config struct {
 	// a server whose executors are gone get an error instead of waiting
 	// forever.
 	NoExecutorTimeout time.Duration
-	Logger           *slog.Logger
+	Logger            *slog.Logger
 }
 
 func (c *Config) applyDefaults() {
