@@ -153,6 +153,7 @@ func (b *Builder) runOneShot(ctx context.Context, t Task, cmd *repb.Command, tre
 			return nil, err
 		}
 	}
+	snapshot := snapshotInputs(inputRoot, tree, func(*inputtree.File) bool { return false })
 	// CreateParents validates the output paths and working directory too.
 	if err := outputs.CreateParents(inputRoot, cmd); err != nil {
 		return nil, err
@@ -198,6 +199,12 @@ func (b *Builder) runOneShot(ctx context.Context, t Task, cmd *repb.Command, tre
 	md.ExecutionStartTimestamp = timestamppb.Now()
 	res, runErr := runner.Run(ctx, req)
 	md.ExecutionCompletedTimestamp = timestamppb.Now()
+	// An action may write through its inputs, which are hardlinks of the
+	// cache: its own result stands, but the damaged files must not be
+	// served to anyone else.
+	for _, f := range damagedInputs(inputRoot, tree, snapshot) {
+		b.Files.Forget(f.Digest, "an action wrote through its read-only input "+f.Path)
+	}
 	if runErr != nil && !errors.Is(runErr, context.Canceled) && !errors.Is(runErr, context.DeadlineExceeded) {
 		return nil, runErr
 	}

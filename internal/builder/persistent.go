@@ -154,6 +154,7 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 	if err := outputs.CreateParents(dir, cmd); err != nil {
 		return nil, err
 	}
+	snapshot := snapshotInputs(dir, tree, skip)
 	args, err := workeraction.ExpandArgs(dir, plan.request)
 	if err != nil {
 		b.cleanWorkspace(dir, plan, sandboxed)
@@ -196,6 +197,9 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 			return b.fallBack(plan, reasonOf(err), err)
 		}
 	}
+	if damaged := damagedInputs(dir, tree, snapshot); len(damaged) > 0 {
+		return b.damagedByWorker(plan, damaged)
+	}
 	md.OutputUploadStartTimestamp = timestamppb.Now()
 	collected, err := b.collect(ctx, fn, dir, cmd)
 	b.cleanWorkspace(dir, plan, sandboxed)
@@ -228,6 +232,26 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 	}
 	b.attachWorkerInfo(md, plan)
 	return result, nil
+}
+
+// damagedByWorker handles a worker that wrote through its read-only inputs:
+// the damaged files leave the cache (and the CAS they are linked from), the
+// key is quarantined and its processes stopped, and the action runs again
+// one-shot (which fetches the inputs afresh, or reports them missing so the
+// client uploads them again).
+func (b *Builder) damagedByWorker(plan *workerPlan, damaged []inputtree.File) (*repb.ActionResult, error) {
+	var paths []string
+	for _, f := range damaged {
+		paths = append(paths, f.Path)
+		b.Files.Forget(f.Digest, fmt.Sprintf("persistent worker %s wrote through its read-only input %s", plan.spec.Key, f.Path))
+	}
+	why := "wrote to its read-only inputs: " + strings.Join(paths, ", ")
+	b.Workers.mu.Lock()
+	b.Workers.record(plan.spec.Key).quarantined = why
+	b.Workers.mu.Unlock()
+	b.Workers.Pool.Quarantine(plan.spec.Key)
+	b.logger().Error("persistent worker damaged its inputs; key quarantined", "key", plan.spec.Key, "inputs", paths)
+	return b.fallBack(plan, "damaged_inputs", errors.New(why))
 }
 
 func (b *Builder) attachWorkerInfo(md *repb.ExecutedActionMetadata, plan *workerPlan) {

@@ -259,6 +259,24 @@ func (d *Disk) Path(dg digest.Digest) (string, bool) {
 	return d.blobPath(k), true
 }
 
+// Remove drops the blob d from the store, if present: a caller that found
+// its file damaged (a hardlink of it written through by an action) makes
+// sure nobody is served the damaged bytes. Readers that opened it before keep
+// reading what they opened.
+func (d *Disk) Remove(dg digest.Digest, why string) {
+	k, err := keyOf(dg)
+	if err != nil || k.isEmpty() {
+		return
+	}
+	s := &d.shards[k.shard()]
+	s.mu.RLock()
+	e := s.entries[k]
+	s.mu.RUnlock()
+	if e != nil {
+		d.forget(k, e, why)
+	}
+}
+
 // SizeBytes returns the total size of the blobs stored.
 func (d *Disk) SizeBytes() int64 { return d.totalBytes.Load() }
 

@@ -521,3 +521,28 @@ func TestDiskCanceledContext(t *testing.T) {
 		t.Errorf("Create: %v", err)
 	}
 }
+
+func TestRemove(t *testing.T) {
+	d := newDisk(t, t.TempDir(), 0)
+	ctx := context.Background()
+	data := []byte("damaged later")
+	dg := digest.Compute(digest.SHA256, data)
+	if err := Put(ctx, d, dg, data); err != nil {
+		t.Fatal(err)
+	}
+	d.Remove(dg, "test")
+	if missing, _ := d.FindMissing(ctx, []digest.Digest{dg}); len(missing) != 1 {
+		t.Fatal("removed blob still present")
+	}
+	if d.Count() != 0 || d.SizeBytes() != 0 {
+		t.Fatalf("count %d size %d after removal", d.Count(), d.SizeBytes())
+	}
+	d.Remove(dg, "twice")                      // absent: nothing happens
+	d.Remove(digest.Empty(digest.SHA256), "x") // the empty blob is always there
+	if missing, _ := d.FindMissing(ctx, []digest.Digest{digest.Empty(digest.SHA256)}); len(missing) != 0 {
+		t.Fatal("the empty blob went missing")
+	}
+	if err := Put(ctx, d, dg, data); err != nil {
+		t.Fatalf("storing it again: %v", err)
+	}
+}

@@ -1,6 +1,7 @@
 package executor_test
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 
 	"github.com/hearth-build/hearth/internal/config"
+	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/metadatapb"
 )
 
@@ -286,5 +288,60 @@ func TestMultiplexSandboxedWorker(t *testing.T) {
 	}
 	if len(pids) != 1 {
 		t.Fatalf("concurrent multiplex actions ran on %d processes, want 1", len(pids))
+	}
+}
+
+// A worker (or action) that writes through a read-only input must not leave
+// damaged bytes in the cache: the blob is dropped, so later actions never see
+// them, and a persistent worker that does it is quarantined.
+func TestWritesThroughInputsNeverReachOtherActions(t *testing.T) {
+	c := startClusterWith(t, clusterOptions{maxTimeout: time.Minute, workers: workerConfig()})
+	original := []byte("pristine input\n")
+	build := func(key string, requestArgs []string, extraArgs ...string) *repb.Digest {
+		flags := strings.Join(requestArgs, "\n") + "\n"
+		root := &repb.Directory{
+			Files: []*repb.FileNode{{Name: "args.txt", Digest: c.put([]byte(flags))}, {Name: "in.txt", Digest: c.put(original)}},
+			Directories: []*repb.DirectoryNode{{Name: "tools", Digest: c.putProto(&repb.Directory{Files: []*repb.FileNode{{
+				Name: "testworker", Digest: c.put(testWorkerBinary), IsExecutable: true,
+				NodeProperties: &repb.NodeProperties{Properties: []*repb.NodeProperty{{Name: "bazel_tool_input"}}},
+			}}})}},
+		}
+		props := &repb.Platform{Properties: []*repb.Platform_Property{{Name: "persistentWorkerKey", Value: key}}}
+		cmd := &repb.Command{Arguments: append([]string{"tools/testworker", "@args.txt"}, extraArgs...), Platform: props}
+		return c.action(cmd, root, func(a *repb.Action) { a.Platform = props })
+	}
+	// The worker truncates and rewrites its input (as root, 0444 does not
+	// stop it).
+	_, resp, err := c.execute(&repb.ExecuteRequest{ActionDigest: build("kt", []string{"--out=in.txt", "--content=evil"}), SkipCacheLookup: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := workerInfo(t, resp.GetResult())
+	if !info.GetFellBack() || !strings.Contains(info.GetFallbackReason(), "damaged_inputs") {
+		t.Fatalf("info = %+v", info)
+	}
+	// The damaged blob left the CAS (whose file the cache shared), so
+	// nobody is served the damaged bytes; the client uploads it again.
+	in := digest.Compute(digest.SHA256, original)
+	if missing, err := c.store.FindMissing(context.Background(), []digest.Digest{in}); err != nil || len(missing) != 1 {
+		t.Fatalf("damaged input still in the CAS (missing=%v, err=%v)", missing, err)
+	}
+	c.put(original)
+	_, resp, err = c.execute(&repb.ExecuteRequest{ActionDigest: build("other", []string{"--cat=in.txt"}), SkipCacheLookup: true})
+	if err != nil || resp.GetStatus().GetCode() != 0 {
+		t.Fatalf("after re-upload: %v %v", err, resp.GetStatus())
+	}
+	if got := c.read(resp.GetResult().GetStderrDigest()); got != string(original) {
+		t.Fatalf("a later action read %q, want the original", got)
+	}
+	st := c.builder.Workers.Status()
+	quarantined := false
+	for _, k := range st.Keys {
+		if k.ClientKey == "kt" && strings.Contains(k.Quarantined, "in.txt") {
+			quarantined = true
+		}
+	}
+	if !quarantined {
+		t.Fatalf("key not quarantined: %+v", st.Keys)
 	}
 }

@@ -348,6 +348,38 @@ func (c *Cache) evictLocked() {
 	}
 }
 
+// remover is implemented by sources whose files the cache hardlinks
+// (cas.Disk): a damaged shared inode must leave them too.
+type remover interface {
+	Remove(d digest.Digest, why string)
+}
+
+// Forget drops both variants of d from the cache, and from the source store
+// when the cache shares its files, because their content can no longer be
+// trusted: an action wrote through a hardlink of it. Inputs already staged
+// elsewhere keep their links. The next use fetches d afresh.
+func (c *Cache) Forget(d digest.Digest, why string) {
+	c.mu.Lock()
+	for _, exec := range []bool{false, true} {
+		k := key{d: d, executable: exec}
+		e := c.entries[k]
+		if e == nil || !e.present {
+			continue
+		}
+		c.lru.Remove(e.elem)
+		delete(c.entries, k)
+		c.total -= d.Size
+		if err := os.Remove(c.path(k)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			c.logger.Warn("filecache: removing a damaged entry", "path", c.path(k), "err", err)
+		}
+	}
+	c.mu.Unlock()
+	c.logger.Error("filecache: dropped a damaged file", "digest", d.String(), "reason", why)
+	if r, ok := c.src.(remover); ok && c.srcFiles != nil {
+		r.Remove(d, why)
+	}
+}
+
 func isContextErr(err error) bool {
 	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
