@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/hearth-build/hearth/internal/digest"
+	"golang.org/x/sys/unix"
 )
 
 // errWriterDone is returned by writes after Commit or Close.
@@ -137,6 +138,7 @@ type fileWriter struct {
 	f         *os.File // nil once closed
 	tmp       string   // "" once renamed into place or removed
 	written   int64
+	flushed   int64 // bytes whose writeback has been started
 	err       error // sticky: a failed write fails the commit
 	committed bool
 	closed    bool
@@ -159,8 +161,20 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 		w.err = fmt.Errorf("cas: writing %s %s: %w", w.k.fn, w.k.digest(), err)
 		return n, w.err
 	}
+	// Start writing a large blob back to disk while it is still arriving,
+	// a window at a time, so that Commit's fsync finds little left to do
+	// and the page cache does not fill with dirty pages that throttle the
+	// writer. SYNC_FILE_RANGE_WRITE only queues the I/O; it does not wait.
+	if w.written-w.flushed >= writebackWindow {
+		_ = unix.SyncFileRange(int(w.f.Fd()), w.flushed, w.written-w.flushed, unix.SYNC_FILE_RANGE_WRITE)
+		w.flushed = w.written
+	}
 	return n, nil
 }
+
+// writebackWindow is how much of a blob is written before its writeback is
+// started.
+const writebackWindow = 8 << 20
 
 // Commit makes the blob durable and visible: chmod 0444 and fsync the temp
 // file, rename it into place, fsync the directory. Only then does the index
