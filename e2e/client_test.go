@@ -151,6 +151,16 @@ func (c *reapiClient) byteStreamRead(ctx context.Context, d *repb.Digest) ([]byt
 	if err != nil {
 		return nil, fmt.Errorf("ByteStream.Read %s: %w", name, err)
 	}
+	data, err := readStream(r)
+	if err != nil {
+		return nil, fmt.Errorf("ByteStream.Read %s: %w", name, err)
+	}
+	return data, nil
+}
+
+// readStream collects a ByteStream Read stream until its end, returning
+// what arrived before an error too.
+func readStream(r bspb.ByteStream_ReadClient) ([]byte, error) {
 	var buf bytes.Buffer
 	for {
 		resp, err := r.Recv()
@@ -158,7 +168,7 @@ func (c *reapiClient) byteStreamRead(ctx context.Context, d *repb.Digest) ([]byt
 			return buf.Bytes(), nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("ByteStream.Read %s: %w", name, err)
+			return buf.Bytes(), err
 		}
 		buf.Write(resp.Data)
 	}

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"testing"
 
@@ -101,17 +99,7 @@ func (c *conformanceClient) readAll(ctx context.Context, req *bspb.ReadRequest, 
 	if err != nil {
 		return nil, err
 	}
-	var buf bytes.Buffer
-	for {
-		resp, err := r.Recv()
-		if errors.Is(err, io.EOF) {
-			return buf.Bytes(), nil
-		}
-		if err != nil {
-			return buf.Bytes(), err
-		}
-		buf.Write(resp.Data)
-	}
+	return readStream(r)
 }
 
 // write sends reqs on one Write stream and returns the server's answer.
