@@ -33,9 +33,10 @@ staticcheck:
 	$(STATICCHECK) -checks=$(STATICCHECK_CHECKS) ./...
 
 # -count=1: the e2e tests build and run binaries from source that the test
-# cache does not track, so a cached pass could hide a regression.
+# cache does not track, so a cached pass could hide a regression. -race: the
+# scheduler, pools and stores are concurrent by nature.
 gotest:
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 fuzz:
 	bash scripts/fuzz.sh $(FUZZTIME)

@@ -131,7 +131,11 @@ func (b *Builder) build(ctx context.Context, t Task, md *repb.ExecutedActionMeta
 		if !plan.info.FellBack {
 			return result, err
 		}
-		b.logger().Warn("persistent worker not used; running the action one-shot", "key", plan.spec.Key, "reason", plan.info.FallbackReason)
+		level := slog.LevelWarn
+		if strings.HasPrefix(plan.info.FallbackReason, "quarantined") {
+			level = slog.LevelDebug // said once, when the key was quarantined
+		}
+		b.logger().Log(ctx, level, "persistent worker not used; running the action one-shot", "key", plan.spec.Key, "reason", plan.info.FallbackReason)
 		b.attachWorkerInfo(md, plan)
 		md.InputFetchStartTimestamp = timestamppb.Now()
 	}
