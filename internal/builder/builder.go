@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -147,10 +148,21 @@ func (b *Builder) runOneShot(ctx context.Context, t Task, cmd *repb.Command, tre
 	fn := t.ActionDigest.Function
 	actionDir := filepath.Join(b.WorkDir, uuid.NewString())
 	inputRoot := filepath.Join(actionDir, "root")
-	if err := os.MkdirAll(inputRoot, 0o755); err != nil {
-		return nil, fmt.Errorf("creating action directory: %w", err)
+	// Two plain mkdirs: MkdirAll would first stat every level, and
+	// directory operations are a large share of a small action's cost.
+	if err := os.Mkdir(actionDir, 0o755); err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("creating action directory: %w", err)
+		}
+		// The work directory itself is gone (removed behind our back).
+		if err := os.MkdirAll(actionDir, 0o755); err != nil {
+			return nil, fmt.Errorf("creating action directory: %w", err)
+		}
 	}
 	defer b.removeAll(actionDir)
+	if err := os.Mkdir(inputRoot, 0o755); err != nil {
+		return nil, fmt.Errorf("creating action directory: %w", err)
+	}
 	// An empty input root (common for tool-less actions) needs no staging.
 	if len(tree.Files) > 0 || len(tree.Symlinks) > 0 || len(tree.Dirs) > 1 {
 		if err := inputtree.Stage(ctx, tree, b.Files, inputRoot); err != nil {
