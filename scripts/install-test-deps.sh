@@ -3,6 +3,8 @@
 #   - bazel: Debian's bazel-bootstrap (Bazel 4.2.3; it brings gcc via
 #     build-essential), for the e2e tests that build a workspace through hearth;
 #   - gcc, should bazel be present without it;
+#   - bwrap (Debian's bubblewrap), for the sandbox tests of persistent workers
+#     and one-shot actions;
 #   - staticcheck, pinned so CI does not change under us.
 # Tools already on PATH are left alone, so a developer's own versions are used.
 set -euo pipefail
@@ -12,6 +14,7 @@ STATICCHECK_VERSION="${STATICCHECK_VERSION:-v0.8.2}"
 apt_packages=()
 command -v bazel >/dev/null 2>&1 || apt_packages+=(bazel-bootstrap)
 command -v gcc >/dev/null 2>&1 || apt_packages+=(gcc)
+command -v bwrap >/dev/null 2>&1 || apt_packages+=(bubblewrap)
 if ((${#apt_packages[@]})); then
   sudo=()
   [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)
