@@ -36,6 +36,13 @@ const (
 	connWindowSize      = casclient.ConnWindowSize
 )
 
+// The in-memory cache of small blobs (Directory, Command and Action protos
+// mostly) in front of the CAS.
+const (
+	smallBlobMax        = 64 << 10
+	smallBlobCacheBytes = 64 << 20
+)
+
 type serverFlags struct {
 	listen      string
 	httpAddr    string
@@ -101,7 +108,7 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 		return nil, fmt.Errorf("opening CAS: %w", err)
 	}
 	logger.Info("CAS index loaded", "blobs", s.disk.Count(), "bytes", s.disk.SizeBytes(), "took", time.Since(start).Round(time.Millisecond))
-	s.store = cas.NewMetrics(cas.NewVerifying(s.disk), s.reg)
+	s.store = cas.NewMetrics(cas.NewVerifying(cas.NewSmallBlobCache(s.disk, smallBlobMax, smallBlobCacheBytes)), s.reg)
 	s.acDisk, err = actioncache.NewDisk(filepath.Join(f.data, "ac"))
 	if err != nil {
 		unlock()

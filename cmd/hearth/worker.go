@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/casclient"
 	"github.com/hearth-build/hearth/internal/config"
 	"github.com/hearth-build/hearth/internal/executor"
@@ -51,7 +52,10 @@ func runWorker(args []string) error {
 			return fmt.Errorf("workers[%d].local.worker_api_endpoint: %w", i, err)
 		}
 		defer conn.Close()
-		store := casclient.NewStore(conn, "")
+		// Directory and Command protos are read again for every action
+		// that shares them; keep the small ones in memory rather than ask
+		// the server each time.
+		store := cas.NewSmallBlobCache(casclient.NewStore(conn, ""), smallBlobMax, smallBlobCacheBytes)
 		exec, err := executor.FromConfig(ctx, w, executor.Deps{
 			CAS: store, ActionCache: casclient.NewActionCache(conn), FileSource: store,
 			RunnerRemote: w.WorkerAPIEndpoint.URI, Logger: logger,
