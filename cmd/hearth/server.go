@@ -37,8 +37,8 @@ const (
 	// connections: a quarter of the client's size keeps 100 connections
 	// within 25 MiB.
 	serverReadBufferSize = 256 << 10
-	streamWindowSize    = casclient.StreamWindowSize
-	connWindowSize      = casclient.ConnWindowSize
+	streamWindowSize     = casclient.StreamWindowSize
+	connWindowSize       = casclient.ConnWindowSize
 )
 
 // The in-memory cache of small blobs (Directory, Command and Action protos
