@@ -20,13 +20,13 @@ import (
 	"github.com/google/uuid"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/filecache"
+	"github.com/hearth-build/hearth/internal/fsutil"
 	"github.com/hearth-build/hearth/internal/inputtree"
 	"github.com/hearth-build/hearth/internal/metadatapb"
 	"github.com/hearth-build/hearth/internal/outputs"
@@ -300,16 +300,9 @@ func (b *Builder) loadCommand(ctx context.Context, fn digest.Function, action *r
 	if err != nil {
 		return nil, fmt.Errorf("command_digest: %w", err)
 	}
-	data, err := cas.Get(ctx, b.CAS, d)
-	if errors.Is(err, cas.ErrNotFound) {
-		return nil, &cas.MissingError{Digests: []digest.Digest{d}}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading Command %s: %w", d, err)
-	}
 	cmd := &repb.Command{}
-	if err := proto.Unmarshal(data, cmd); err != nil {
-		return nil, fmt.Errorf("%w: Command %s does not decode: %v", inputtree.ErrInvalid, d, err)
+	if err := cas.GetProto(ctx, b.CAS, d, cmd, "Command"); err != nil {
+		return nil, err
 	}
 	if len(cmd.GetArguments()) == 0 {
 		return nil, fmt.Errorf("%w: Command %s has no arguments", inputtree.ErrInvalid, d)
@@ -318,15 +311,9 @@ func (b *Builder) loadCommand(ctx context.Context, fn digest.Function, action *r
 }
 
 func (b *Builder) removeAll(dir string) {
-	// Actions may leave read-only directories behind; make them writable
-	// so that nothing of one action survives into the next.
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			os.Chmod(p, 0o755)
-		}
-		return nil
-	})
-	if err := os.RemoveAll(dir); err != nil && b.Logger != nil {
+	// Nothing of one action may survive into the next, read-only
+	// directories it left included.
+	if err := fsutil.RemoveAll(dir); err != nil {
 		b.logger().Warn("removing action directory", "dir", dir, "err", err)
 	}
 }
@@ -383,7 +370,7 @@ func StatusOf(err error) *status.Status {
 		// file, a path through a symlink): the action ran, but its result
 		// cannot be described as the Command asked.
 		c = code.Code_FAILED_PRECONDITION
-	case errors.Is(err, inputtree.ErrInvalid), errors.Is(err, outputs.ErrInvalid), errors.Is(err, digest.ErrInvalid),
+	case errors.Is(err, inputtree.ErrInvalid), errors.Is(err, outputs.ErrInvalid), errors.Is(err, digest.ErrInvalid), errors.Is(err, cas.ErrNotMessage),
 		errors.Is(err, runner.ErrCommandNotFound), errors.Is(err, runner.ErrNotExecutable), errors.Is(err, runner.ErrInvalidRequest):
 		c = code.Code_INVALID_ARGUMENT
 	}

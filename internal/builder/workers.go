@@ -3,6 +3,7 @@ package builder
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -163,7 +164,7 @@ func (w *Workers) Status() Status {
 		out := KeyStatus{KeyStats: ks}
 		if r := w.keys[k]; r != nil {
 			out.ClientKey, out.Quarantined = r.clientKey, r.quarantined
-			out.Fallbacks = maps(r.fallbacks)
+			out.Fallbacks = maps.Clone(r.fallbacks)
 			out.Verified, out.Mismatches, out.MismatchedPaths = r.verified, r.mismatches, r.lastMismatches
 			out.MedianWarmMillis = float64(r.warmDurations.median().Microseconds()) / 1000
 			out.MedianColdMillis = float64(r.coldDurations.median().Microseconds()) / 1000
@@ -172,17 +173,6 @@ func (w *Workers) Status() Status {
 	}
 	sort.Slice(st.Keys, func(i, j int) bool { return st.Keys[i].Key < st.Keys[j].Key })
 	return st
-}
-
-func maps(m map[string]int64) map[string]int64 {
-	if len(m) == 0 {
-		return nil
-	}
-	out := make(map[string]int64, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 // PrepareWorkspace is the pool's Prepare hook: it links the tool files of a

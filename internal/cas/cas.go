@@ -11,7 +11,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/hearth-build/hearth/internal/digest"
 )
@@ -91,6 +94,27 @@ func Get(ctx context.Context, s Store, d digest.Digest) ([]byte, error) {
 		return nil, err
 	}
 	return b.Bytes(), nil
+}
+
+// ErrNotMessage is wrapped by GetProto when a blob does not decode as the
+// message it should hold; the edge answers INVALID_ARGUMENT.
+var ErrNotMessage = errors.New("blob is not the expected message")
+
+// GetProto reads the small blob d and decodes it into m. A missing blob is a
+// *MissingError, so callers can report it as REAPI asks; what names the
+// message in errors ("Command", "Action").
+func GetProto(ctx context.Context, s Store, d digest.Digest, m proto.Message, what string) error {
+	data, err := Get(ctx, s, d)
+	if errors.Is(err, ErrNotFound) {
+		return &MissingError{Digests: []digest.Digest{d}}
+	}
+	if err != nil {
+		return fmt.Errorf("reading %s %s: %w", what, d, err)
+	}
+	if err := proto.Unmarshal(data, m); err != nil {
+		return fmt.Errorf("%w: %s %s is not a valid %s message: %v", ErrNotMessage, what, d, what, err)
+	}
+	return nil
 }
 
 // MissingError reports blobs that an operation needed and the store does not

@@ -2,6 +2,7 @@ package reapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"cloud.google.com/go/longrunning/autogen/longrunningpb"
@@ -68,7 +69,7 @@ func (s *executionServer) Execute(req *repb.ExecuteRequest, stream grpc.ServerSt
 }
 
 func isNotFound(err error) bool {
-	return err != nil && (errorsIs(err, actioncache.ErrNotFound) || errorsIs(err, cas.ErrNotFound))
+	return err != nil && (errors.Is(err, actioncache.ErrNotFound) || errors.Is(err, cas.ErrNotFound))
 }
 
 // loadAction fetches and checks everything the action needs: the Action, the
@@ -132,17 +133,7 @@ func (s *executionServer) loadAction(ctx context.Context, instance string, d dig
 }
 
 func (s *executionServer) loadProto(ctx context.Context, d digest.Digest, m proto.Message, what string) error {
-	data, err := cas.Get(ctx, s.cfg.CAS, d)
-	if err != nil {
-		if errorsIs(err, cas.ErrNotFound) {
-			return &cas.MissingError{Digests: []digest.Digest{d}}
-		}
-		return fmt.Errorf("reading %s %s: %w", what, d, err)
-	}
-	if err := proto.Unmarshal(data, m); err != nil {
-		return invalidf("%s %s is not a valid %s message: %v", what, d, what, err)
-	}
-	return nil
+	return cas.GetProto(ctx, s.cfg.CAS, d, m, what)
 }
 
 func (s *executionServer) WaitExecution(req *repb.WaitExecutionRequest, stream grpc.ServerStreamingServer[longrunningpb.Operation]) error {

@@ -38,7 +38,7 @@ func toStatus(err error) error {
 		code = codes.InvalidArgument
 	case errors.Is(err, scheduler.ErrNotFound):
 		code = codes.NotFound
-	case errors.Is(err, digest.ErrInvalid), errors.Is(err, cas.ErrMismatch):
+	case errors.Is(err, digest.ErrInvalid), errors.Is(err, cas.ErrMismatch), errors.Is(err, cas.ErrNotMessage):
 		code = codes.InvalidArgument
 	case errors.Is(err, actioncache.ErrInvalid):
 		code = codes.InvalidArgument
@@ -78,7 +78,3 @@ func asMissing(err error) *cas.MissingError {
 func missingStatus(me *cas.MissingError) error {
 	return precondition.Missing(me).Err()
 }
-
-// errorsIs is errors.Is, named for the files that would otherwise import
-// errors only for it.
-var errorsIs = errors.Is
