@@ -1,8 +1,17 @@
-// Package runner owns running one REAPI Command as a child process in a
-// directory that someone else has prepared: it resolves arguments[0], starts
-// the process with exactly the Command's environment in its own process group,
-// enforces the timeout, makes sure nothing the action started outlives it, and
-// reports the exit status, timing and resource usage.
+// Package runner owns starting Hearth's child processes; nothing else in
+// Hearth uses os/exec. Its main job is running one REAPI Command as a child
+// process in a directory that someone else has prepared (Run): it resolves
+// arguments[0], starts the process with exactly the Command's environment in
+// its own process group, enforces the timeout, makes sure nothing the action
+// started outlives it, and reports the exit status, timing and resource usage.
+//
+// The same launcher serves the executor's other children: RunHelper runs a
+// short helper command (a query_cmd, the precondition script, the sandbox
+// probe) with a timeout and capped captured output, and Start starts a
+// long-lived child with pipes (a persistent worker). Every child gets its own
+// process group, SIGKILL when the executor dies (Pdeathsig), an explicit
+// environment (never the executor's by accident), and is reaped with its
+// group killed so that no descendant left in the group outlives it.
 //
 // It does not fetch inputs, create output directories or upload outputs; the
 // executor and `hearth run` do that around it.
