@@ -1,7 +1,8 @@
 // Package config owns the executor ("worker") configuration file of Hearth:
 // JSON5 parsing, validation with errors that name the offending field path,
-// defaults derived from the machine, and resolving the worker's platform
-// properties (including running their query_cmd).
+// and defaults derived from the machine. It never runs a process: the
+// executor's assembly (executor.FromConfig) runs query_cmd and the
+// precondition script.
 //
 // The file has the shape and field names of NativeLink's local worker
 // configuration (nativelink-config `LocalWorkerConfig`) so that a NativeLink

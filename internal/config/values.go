@@ -567,3 +567,7 @@ func isEnvName(s string) bool {
 func isEnvNameByte(c byte, first bool) bool {
 	return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (!first && c >= '0' && c <= '9')
 }
+
+// FieldPath is the path of field key inside parent, written as errors name
+// fields: workers[0].local.platform_properties["cpu.arch"].
+func FieldPath(parent, key string) string { return fieldPath(parent, key) }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -36,6 +35,9 @@ type Deps struct {
 	// (runner_command) as --remote.
 	RunnerRemote string
 	Logger       *slog.Logger
+	// HeartbeatInterval overrides the executor's heartbeat period when
+	// positive (tests use a short one).
+	HeartbeatInterval time.Duration
 }
 
 // DefaultFileCacheBytes bounds the input file cache when directory_cache
@@ -53,7 +55,13 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 	if logger == nil {
 		logger = slog.Default()
 	}
-	props, err := w.ResolvePlatformProperties(ctx)
+	staticEnv := w.StaticEnvironment(os.LookupEnv)
+	cwd, err := os.Getwd()
+	if err != nil {
+		return nil, fmt.Errorf("helper commands' working directory: %w", err)
+	}
+	helpers := newHelperSetup(staticEnv, cwd)
+	props, err := resolvePlatformProperties(ctx, w, helpers, QueryCmdTimeout, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +103,10 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 	var run Runner = b
 	var workers *builder.Workers
 	if pw := &w.PersistentWorkers; pw.Enabled && len(w.RunnerCommand) == 0 {
-		popts := workerpool.OptionsFromConfig(pw, filepath.Join(absolute(w.WorkDirectory), "workers"))
+		popts, err := PoolOptions(pw, filepath.Join(absolute(w.WorkDirectory), "workers"))
+		if err != nil {
+			return nil, err
+		}
 		popts.Prepare = b.PrepareWorkspace
 		popts.Logger = logger
 		pool, err := workerpool.New(popts)
@@ -120,7 +131,6 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 	if len(w.RunnerCommand) > 0 {
 		run = &ExternalRunner{Command: w.RunnerCommand, Remote: deps.RunnerRemote, WorkDir: actions, WorkerName: w.Name, MaxTimeout: w.MaxActionTimeout}
 	}
-	staticEnv := w.StaticEnvironment(os.LookupEnv)
 	opts := Options{
 		Name:              w.Name,
 		Properties:        props,
@@ -140,7 +150,8 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 		Hooks: func(a *workerapi.Assign) (builder.Hooks, error) {
 			return hooksFor(w, staticEnv, a), nil
 		},
-		Logger: logger,
+		HeartbeatInterval: deps.HeartbeatInterval,
+		Logger:            logger,
 	}
 	if workers != nil {
 		opts.WarmKeys = workers.WarmClientKeys
@@ -148,9 +159,8 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 		opts.Close = workers.Close
 	}
 	if len(w.PreconditionScript) > 0 {
-		opts.Accepting = func(ctx context.Context) bool {
-			return runPrecondition(ctx, w.PreconditionScript, staticEnv, logger)
-		}
+		gate := newPrecondition(helpers.helper(w.PreconditionScript, PreconditionTimeout, maxPreconditionOutput), preconditionWait, logger)
+		opts.Accepting = gate.Accepting
 	}
 	return New(opts)
 }
@@ -192,24 +202,6 @@ func hooksFor(w *config.LocalWorker, staticEnv map[string]string, a *workerapi.A
 		return env, nil
 	}
 	return h
-}
-
-// runPrecondition runs experimental_precondition_script; a failure pauses
-// the executor until a later run succeeds.
-func runPrecondition(ctx context.Context, argv []string, staticEnv map[string]string, logger *slog.Logger) bool {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Env = []string{}
-	for k, v := range staticEnv {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		logger.Warn("precondition script failed; not taking work", "err", err, "output", string(out))
-		return false
-	}
-	return true
 }
 
 // purge empties dir, creating it if needed: leftovers of actions interrupted

@@ -191,7 +191,13 @@ func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient
 	defer wg.Wait()
 	defer cancel()
 
-	go e.heartbeat(ctx, send)
+	// Joined like the tasks, so that a session leaves nothing running
+	// behind it when the executor reconnects.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		e.heartbeat(ctx, send)
+	}()
 	for {
 		m, err := stream.Recv()
 		if err != nil {

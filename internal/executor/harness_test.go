@@ -120,7 +120,10 @@ func startClusterWithCAS(t *testing.T, o clusterOptions, blobs ...[]byte) *clust
 		ActionCache: ac,
 	}
 	if o.workers != nil {
-		popts := workerpool.OptionsFromConfig(o.workers, filepath.Join(dir, "workers"))
+		popts, err := executor.PoolOptions(o.workers, filepath.Join(dir, "workers"))
+		if err != nil {
+			t.Fatal(err)
+		}
 		popts.Prepare = b.PrepareWorkspace
 		pool, err := workerpool.New(popts)
 		if err != nil {

@@ -6,19 +6,42 @@
 package sandbox
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hearth-build/hearth/internal/runner"
 )
 
 // ErrUnavailable is wrapped when bubblewrap is missing or does not work here.
 var ErrUnavailable = errors.New("bubblewrap sandbox unavailable")
+
+// Kind is how a process is isolated.
+type Kind int
+
+// The kinds of isolation.
+const (
+	// None runs the process directly in its directory.
+	None Kind = iota
+	// Bwrap runs it under bubblewrap, as the package comment describes.
+	Bwrap
+)
+
+func (k Kind) String() string {
+	switch k {
+	case None:
+		return "none"
+	case Bwrap:
+		return "bwrap"
+	}
+	return "Kind(" + strconv.Itoa(int(k)) + ")"
+}
 
 // bwrapProbeTimeout bounds the check that bubblewrap works here.
 const bwrapProbeTimeout = 10 * time.Second
@@ -83,20 +106,15 @@ func Probe(ctx context.Context, bwrap, hidden string) error {
 		return fmt.Errorf("sandbox: checking bubblewrap: %w", err)
 	}
 	defer os.RemoveAll(ws)
-	ctx, cancel := context.WithTimeout(ctx, bwrapProbeTimeout)
-	defer cancel()
 	// bwrap itself is a program that surely exists inside the sandbox.
 	argv := Args(bwrap, hidden, ws, bwrap, []string{"--version"})
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Env = []string{}
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		if ctx.Err() != nil {
-			err = fmt.Errorf("no answer within %v", bwrapProbeTimeout)
-		}
-		return fmt.Errorf("%w: %s %s: %v: %s", ErrUnavailable, bwrap,
-			strings.Join(argv[1:len(argv)-2], " "), err, strings.TrimSpace(out.String()))
+	dir, err := filepath.Abs(ws)
+	if err != nil {
+		return fmt.Errorf("sandbox: checking bubblewrap: %w", err)
+	}
+	// RunHelper's error quotes bwrap's stderr, where it explains itself.
+	if _, err := runner.RunHelper(ctx, runner.Helper{Args: argv, Dir: dir, Timeout: bwrapProbeTimeout}); err != nil {
+		return fmt.Errorf("%w: %s %s: %v", ErrUnavailable, bwrap, strings.Join(argv[1:len(argv)-2], " "), err)
 	}
 	return nil
 }

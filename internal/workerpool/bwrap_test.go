@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hearth-build/hearth/internal/config"
+	"github.com/hearth-build/hearth/internal/sandbox"
 	pb "github.com/hearth-build/hearth/internal/workerproto/workerprotocolpb"
 )
 
@@ -30,7 +30,7 @@ for f in inside.txt ../escape.txt ` + etcProbe + ` ` + hostTmpProbe + `; do
 done
 echo "{\"exitCode\": 0, \"output\": \"$r\"}"`
 	spec := shellWorker(t, "k", "", body)
-	p := newPool(t, Options{Sandbox: config.SandboxBwrap, Prepare: stageInWorkspace(t, spec)})
+	p := newPool(t, Options{Sandbox: sandbox.Bwrap, Prepare: stageInWorkspace(t, spec)})
 	l := acquire(t, p, spec)
 	defer l.Release()
 	out := strings.Fields(do(t, l, "x").GetOutput())
@@ -78,11 +78,11 @@ func TestBwrapHasNoNetwork(t *testing.T) {
 	port := ln.Addr().(*net.TCPAddr).Port
 	body := fmt.Sprintf(`if bash -c 'echo hi > /dev/tcp/127.0.0.1/%d' 2>/dev/null; then echo '{"exitCode": 0}'; else echo '{"exitCode": 1}'; fi`, port)
 	tests := []struct {
-		sandbox  config.SandboxKind
+		sandbox  sandbox.Kind
 		wantExit int32
 	}{
-		{config.SandboxNone, 0}, // the control: the listener is reachable
-		{config.SandboxBwrap, 1},
+		{sandbox.None, 0}, // the control: the listener is reachable
+		{sandbox.Bwrap, 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.sandbox.String(), func(t *testing.T) {
@@ -101,7 +101,7 @@ func TestBwrapHasNoNetwork(t *testing.T) {
 }
 
 func TestBwrapRefusesAProgramItWouldHide(t *testing.T) {
-	p := newPool(t, Options{Sandbox: config.SandboxBwrap})
+	p := newPool(t, Options{Sandbox: sandbox.Bwrap})
 	dir, err := os.MkdirTemp("/tmp", "workerpool-hidden-")
 	if err != nil {
 		t.Fatal(err)
@@ -119,7 +119,7 @@ func TestBwrapRefusesAProgramItWouldHide(t *testing.T) {
 }
 
 func TestBwrapMissingFailsAtNew(t *testing.T) {
-	_, err := New(Options{Dir: t.TempDir(), Sandbox: config.SandboxBwrap, BwrapPath: "/nonexistent/bwrap"})
+	_, err := New(Options{Dir: t.TempDir(), Sandbox: sandbox.Bwrap, BwrapPath: "/nonexistent/bwrap"})
 	if !errors.Is(err, ErrSandboxUnavailable) {
 		t.Fatalf("New = %v, want ErrSandboxUnavailable", err)
 	}
@@ -128,7 +128,7 @@ func TestBwrapMissingFailsAtNew(t *testing.T) {
 	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	_, err = New(Options{Dir: t.TempDir(), Sandbox: config.SandboxBwrap, BwrapPath: fake})
+	_, err = New(Options{Dir: t.TempDir(), Sandbox: sandbox.Bwrap, BwrapPath: fake})
 	if !errors.Is(err, ErrSandboxUnavailable) || !strings.Contains(err.Error(), "No permissions to create new namespace") {
 		t.Fatalf("New = %v, want ErrSandboxUnavailable with bwrap's message", err)
 	}
@@ -139,14 +139,14 @@ func TestBwrapMissingFailsAtNew(t *testing.T) {
 const helperEnv = "HEARTH_WORKERPOOL_HELPER_SANDBOX"
 
 func TestHelperExecutor(t *testing.T) {
-	sandbox := os.Getenv(helperEnv)
-	if sandbox == "" {
+	kind := os.Getenv(helperEnv)
+	if kind == "" {
 		return // only meaningful as the child of TestWorkersDieWithTheExecutor
 	}
 	opts := Options{Dir: os.Getenv("HEARTH_WORKERPOOL_HELPER_DIR")}
 	startup := ""
-	if sandbox == "bwrap" {
-		opts.Sandbox = config.SandboxBwrap
+	if kind == "bwrap" {
+		opts.Sandbox = sandbox.Bwrap
 		// Under bwrap even a process that leaves the group must die.
 		startup = "setsid sleep 1000 &"
 	}

@@ -3,11 +3,9 @@ package workerpool
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 
 	"github.com/hearth-build/hearth/internal/fsutil"
 	"github.com/hearth-build/hearth/internal/runner"
@@ -17,38 +15,28 @@ import (
 // persistentWorkerFlag is appended to the startup args, as Bazel does.
 const persistentWorkerFlag = "--persistent_worker"
 
-// command builds the exec.Cmd of w: its startup args plus
-// --persistent_worker, exactly its environment, its workspace as working
-// directory, under bubblewrap when configured. The process leads its own
-// process group, so that one signal reaches everything it starts, and gets
-// SIGKILL if the executor dies.
-func (p *Pool) command(w *worker) (*exec.Cmd, error) {
+// command describes the process of w for runner.Start: its startup args
+// plus --persistent_worker, exactly its environment, its workspace as
+// working directory, under bubblewrap when configured. runner.Start gives it
+// its own process group, so that one signal reaches everything it starts,
+// and SIGKILL if the executor dies.
+func (p *Pool) command(w *worker) (runner.StartRequest, error) {
 	spec := w.spec
-	exe, err := runner.ResolveExecutable(spec.Argv[0], spec.Env, w.workspace)
-	if err != nil {
-		return nil, fmt.Errorf("%w: key %s: %w", ErrStartFailed, w.kp.key, err)
-	}
-	path, args := exe, append(slices.Clone(spec.Argv), persistentWorkerFlag)
+	args := append(slices.Clone(spec.Argv), persistentWorkerFlag)
 	if p.bwrap != "" {
+		// Resolved here, with the worker's PATH, because inside the
+		// sandbox argv[0] is bwrap's to run.
+		exe, err := runner.ResolveExecutable(spec.Argv[0], spec.Env, w.workspace)
+		if err != nil {
+			return runner.StartRequest{}, fmt.Errorf("%w: key %s: %w", ErrStartFailed, w.kp.key, err)
+		}
 		if hidden := hiddenInSandbox(exe, w.workspace, p.dir); hidden != "" {
-			return nil, fmt.Errorf("%w: key %s: %s (resolved to %s) is under %s, which the bwrap sandbox hides; stage it into the workspace",
+			return runner.StartRequest{}, fmt.Errorf("%w: key %s: %s (resolved to %s) is under %s, which the bwrap sandbox hides; stage it into the workspace",
 				ErrStartFailed, w.kp.key, spec.Argv[0], exe, hidden)
 		}
-		path, args = p.bwrap, sandbox.Args(p.bwrap, p.dir, w.workspace, exe, args[1:])
+		args = sandbox.Args(p.bwrap, p.dir, w.workspace, exe, args[1:])
 	}
-	return &exec.Cmd{
-		Path: path,
-		Args: args,
-		// Non-nil even when empty: a nil Env would inherit the executor's.
-		Env: append(make([]string, 0, len(spec.Env)), spec.Env...),
-		Dir: w.workspace,
-		SysProcAttr: &syscall.SysProcAttr{
-			Setpgid: true,
-			// Tied to the forking thread; Go retires only threads of
-			// locked goroutines, which never start workers.
-			Pdeathsig: syscall.SIGKILL,
-		},
-	}, nil
+	return runner.StartRequest{Args: args, Env: spec.Env, Dir: w.workspace}, nil
 }
 
 // removeContents empties dir but keeps it (it may be a mount point).

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/hearth-build/hearth/internal/config"
 	"github.com/hearth-build/hearth/internal/sandbox"
 )
 
@@ -71,7 +70,7 @@ type Options struct {
 	// Prewarm is how many idle processes to keep started for a key in use.
 	Prewarm int
 	// Sandbox selects how processes are isolated.
-	Sandbox config.SandboxKind
+	Sandbox sandbox.Kind
 	// BwrapPath is the bubblewrap binary (default: bwrap on the PATH).
 	BwrapPath string
 	// Prepare, if set, is called once for each new process before it
@@ -93,22 +92,6 @@ type Options struct {
 	Logger        *slog.Logger
 	// Now is the clock for idle times (default time.Now).
 	Now func() time.Time
-}
-
-// OptionsFromConfig maps the persistent_workers configuration to Options.
-// Protocols and VerifyFraction are the caller's decisions (which actions to
-// send to a pool and which to double-check), not the pool's.
-func OptionsFromConfig(pw *config.PersistentWorkers, dir string) Options {
-	return Options{
-		Dir:                 dir,
-		MaxWorkersPerKey:    pw.MaxWorkersPerPool,
-		MaxInvocations:      pw.MaxInvocations,
-		IdleTimeout:         pw.IdleTimeout,
-		MemoryLimitBytes:    pw.MemoryLimitBytes,
-		MaxTotalMemoryBytes: pw.MaxTotalMemoryBytes,
-		Prewarm:             pw.Prewarm,
-		Sandbox:             pw.Sandbox,
-	}
 }
 
 func (o *Options) validateAndDefault() error {
@@ -133,7 +116,7 @@ func (o *Options) validateAndDefault() error {
 			return fmt.Errorf("%w: %s is negative (%d)", ErrInvalidOptions, f.name, f.value)
 		}
 	}
-	if o.Sandbox != config.SandboxNone && o.Sandbox != config.SandboxBwrap {
+	if o.Sandbox != sandbox.None && o.Sandbox != sandbox.Bwrap {
 		return fmt.Errorf("%w: unknown sandbox %v", ErrInvalidOptions, o.Sandbox)
 	}
 	if o.MaxWorkersPerKey == 0 {

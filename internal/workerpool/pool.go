@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hearth-build/hearth/internal/config"
 	"github.com/hearth-build/hearth/internal/fsutil"
 	"github.com/hearth-build/hearth/internal/sandbox"
 )
@@ -107,7 +106,7 @@ func New(opts Options) (*Pool, error) {
 			return nil, fmt.Errorf("workerpool: %w", err)
 		}
 	}
-	if opts.Sandbox == config.SandboxBwrap {
+	if opts.Sandbox == sandbox.Bwrap {
 		if p.bwrap, err = sandbox.Find(opts.BwrapPath); err != nil {
 			return nil, err
 		}
@@ -308,7 +307,7 @@ func (p *Pool) startWorker(ctx context.Context, w *worker) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%w: key %s: %w", ErrStartFailed, w.kp.key, err)
 	}
-	cmd, err := p.command(w)
+	req, err := p.command(w)
 	if err != nil {
 		return err
 	}
@@ -316,11 +315,11 @@ func (p *Pool) startWorker(ctx context.Context, w *worker) (err error) {
 	if err != nil {
 		return fmt.Errorf("%w: key %s: %w", ErrStartFailed, w.kp.key, err)
 	}
-	pr, err := startProcess(cmd, filepath.Base(w.spec.Argv[0]), w.spec.Protocol, p.opts.MaxResponseBytes, log,
+	pr, err := startProcess(req, filepath.Base(w.spec.Argv[0]), w.spec.Protocol, p.opts.MaxResponseBytes, log,
 		func(err error) { p.workerDied(w, err) })
 	if err != nil {
 		log.Close()
-		return fmt.Errorf("%w: key %s: starting %s: %w", ErrStartFailed, w.kp.key, cmd.Path, err)
+		return fmt.Errorf("%w: key %s: %w", ErrStartFailed, w.kp.key, err)
 	}
 	p.mu.Lock()
 	w.proc, w.log = pr, log

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hearth-build/hearth/internal/config"
+	"github.com/hearth-build/hearth/internal/sandbox"
 	"github.com/hearth-build/hearth/internal/workerproto"
 	pb "github.com/hearth-build/hearth/internal/workerproto/workerprotocolpb"
 )
@@ -237,10 +237,10 @@ func TestIdleTimeoutStopsWorkers(t *testing.T) {
 func TestMemoryLimitRecycles(t *testing.T) {
 	// Under bwrap the worker is a grandchild of the process the pool
 	// started: the limit must apply to the whole tree.
-	for _, sandbox := range []config.SandboxKind{config.SandboxNone, config.SandboxBwrap} {
-		t.Run(sandbox.String(), func(t *testing.T) {
+	for _, kind := range []sandbox.Kind{sandbox.None, sandbox.Bwrap} {
+		t.Run(kind.String(), func(t *testing.T) {
 			spec := workerSpec(t, "k", workerproto.Proto)
-			p := newPool(t, Options{MemoryLimitBytes: 40 << 20, Sandbox: sandbox, Prepare: stageInWorkspace(t, spec)})
+			p := newPool(t, Options{MemoryLimitBytes: 40 << 20, Sandbox: kind, Prepare: stageInWorkspace(t, spec)})
 			small := roundTrip(t, p, spec, "--say=small")
 			if again := roundTrip(t, p, spec, "--grow=64M"); again != small {
 				t.Fatalf("a worker under its limit was not reused: %d then %d", small, again)

@@ -5,14 +5,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/hearth-build/hearth/internal/runner"
 	"github.com/hearth-build/hearth/internal/workerproto"
 	pb "github.com/hearth-build/hearth/internal/workerproto/workerprotocolpb"
 )
@@ -39,7 +36,7 @@ type reply struct {
 type process struct {
 	name     string // for messages: the tool and the pid
 	pid      int    // also its process group id
-	cmd      *exec.Cmd
+	child    *runner.Child
 	stdin    *os.File // our ends of the pipes
 	stdout   *os.File
 	stderr   *os.File
@@ -56,64 +53,29 @@ type process struct {
 	mu      sync.Mutex
 	pending map[int32]chan reply
 	err     error // the failure, once the process is dying or dead
-	reaped  bool  // its pid, hence its group id, may belong to someone else
 	status  string
 
 	failOnce sync.Once
 	stopOnce sync.Once
 }
 
-// startProcess starts cmd (whose Stdin, Stdout and Stderr it sets) as a
-// worker speaking protocol, reading responses of at most maxResponse bytes.
-// onFail is called once when the process fails or is stopped.
-func startProcess(cmd *exec.Cmd, name string, protocol workerproto.Protocol, maxResponse int, log *stderrLog,
+// startProcess starts req through the runner as a worker speaking
+// protocol, reading responses of at most maxResponse bytes. onFail is called
+// once when the process fails or is stopped.
+func startProcess(req runner.StartRequest, name string, protocol workerproto.Protocol, maxResponse int, log *stderrLog,
 	onFail func(error)) (*process, error) {
-	var pipes []*os.File
-	closeAll := func() {
-		for _, f := range pipes {
-			_ = f.Close()
-		}
-	}
-	pipe := func() (r, w *os.File, err error) {
-		r, w, err = os.Pipe()
-		if err == nil {
-			pipes = append(pipes, r, w)
-		}
-		return r, w, err
-	}
-	stdinR, stdinW, err := pipe()
+	child, err := runner.Start(req)
 	if err != nil {
 		return nil, err
-	}
-	stdoutR, stdoutW, err := pipe()
-	if err != nil {
-		closeAll()
-		return nil, err
-	}
-	stderrR, stderrW, err := pipe()
-	if err != nil {
-		closeAll()
-		return nil, err
-	}
-	// *os.File streams go to the child as they are: os/exec starts no
-	// copying goroutines, so Wait returns as soon as the process is reaped,
-	// and only our reader goroutine ever touches stdout.
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, stdoutW, stderrW
-	if err := cmd.Start(); err != nil {
-		closeAll()
-		return nil, err
-	}
-	for _, f := range []*os.File{stdinR, stdoutW, stderrW} {
-		_ = f.Close() // the child's ends; keeping them would hide its EOF
 	}
 	pr := &process{
-		name:       fmt.Sprintf("%s (pid %d)", name, cmd.Process.Pid),
-		pid:        cmd.Process.Pid,
-		cmd:        cmd,
-		stdin:      stdinW,
-		stdout:     stdoutR,
-		stderr:     stderrR,
-		requests:   workerproto.NewRequestWriter(protocol, stdinW),
+		name:       fmt.Sprintf("%s (pid %d)", name, child.Pid),
+		pid:        child.Pid,
+		child:      child,
+		stdin:      child.Stdin,
+		stdout:     child.Stdout,
+		stderr:     child.Stderr,
+		requests:   workerproto.NewRequestWriter(protocol, child.Stdin),
 		log:        log,
 		exited:     make(chan struct{}),
 		stderrDone: make(chan struct{}),
@@ -123,7 +85,7 @@ func startProcess(cmd *exec.Cmd, name string, protocol workerproto.Protocol, max
 	}
 	go pr.copyStderr()
 	go pr.watchExit()
-	go pr.readResponses(workerproto.NewResponseReader(protocol, stdoutR, maxResponse))
+	go pr.readResponses(workerproto.NewResponseReader(protocol, child.Stdout, maxResponse))
 	return pr, nil
 }
 
@@ -132,23 +94,13 @@ func (pr *process) copyStderr() {
 	_, _ = io.Copy(pr.log, pr.stderr)
 }
 
-// watchExit reaps the process. Killing its group happens before the reap,
-// while the zombie still reserves the pid: the group id cannot have been
-// reused by then.
+// watchExit reaps the process; the runner kills what it left in its group
+// first, while the zombie still reserves the group id.
 func (pr *process) watchExit() {
-	var info unix.Siginfo
-	for {
-		err := unix.Waitid(unix.P_PID, pr.pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
+	state := pr.child.Wait()
 	pr.mu.Lock()
-	_ = syscall.Kill(-pr.pid, syscall.SIGKILL) // whatever it left behind in its group
-	_ = pr.cmd.Wait()
-	pr.reaped = true
-	if st := pr.cmd.ProcessState; st != nil {
-		pr.status = st.String()
+	if state != nil {
+		pr.status = state.String()
 	}
 	status := pr.status
 	pr.mu.Unlock()
@@ -226,13 +178,7 @@ func (pr *process) failure() error {
 
 // kill sends SIGKILL to the whole process group, unless it has been reaped
 // (then the group is gone and its id may be someone else's).
-func (pr *process) kill() {
-	pr.mu.Lock()
-	defer pr.mu.Unlock()
-	if !pr.reaped {
-		_ = syscall.Kill(-pr.pid, syscall.SIGKILL)
-	}
-}
+func (pr *process) kill() { pr.child.Kill() }
 
 // fail kills the process and answers every waiting request with an error
 // wrapping ErrWorkerFailed and cause, with the tail of its stderr. Only the

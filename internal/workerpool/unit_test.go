@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hearth-build/hearth/internal/config"
 	"github.com/hearth-build/hearth/internal/workerproto"
 )
 
@@ -164,16 +163,6 @@ func TestOptionsValidation(t *testing.T) {
 				t.Fatalf("New = %v, want ErrInvalidOptions mentioning %q", err, tc.want)
 			}
 		})
-	}
-}
-
-func TestOptionsFromConfig(t *testing.T) {
-	pw := &config.PersistentWorkers{MaxWorkersPerPool: 3, IdleTimeout: time.Minute, MaxInvocations: 7,
-		MemoryLimitBytes: 100, MaxTotalMemoryBytes: 1000, Prewarm: 1, Sandbox: config.SandboxBwrap}
-	got := OptionsFromConfig(pw, "/d")
-	if got.Dir != "/d" || got.MaxWorkersPerKey != 3 || got.IdleTimeout != time.Minute || got.MaxInvocations != 7 ||
-		got.MemoryLimitBytes != 100 || got.MaxTotalMemoryBytes != 1000 || got.Prewarm != 1 || got.Sandbox != config.SandboxBwrap {
-		t.Errorf("OptionsFromConfig = %+v", got)
 	}
 }
 
