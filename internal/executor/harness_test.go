@@ -64,11 +64,19 @@ func startClusterWith(t *testing.T, o clusterOptions) *cluster {
 	return startClusterWithCAS(t, o)
 }
 
-// startClusterWithCAS starts a cluster whose CAS already holds blobs.
-func startClusterWithCAS(t *testing.T, o clusterOptions, blobs ...[]byte) *cluster {
+// server is the server side of a cluster: the CAS, the action cache, the
+// scheduler and REAPI, served over an in-memory listener.
+type server struct {
+	conn  *grpc.ClientConn
+	disk  *cas.Disk
+	store cas.Store
+	ac    *actioncache.Disk
+	sched *scheduler.Scheduler
+}
+
+// startServer starts a server whose CAS holds blobs, storing under dir.
+func startServer(t *testing.T, dir string, schedCfg scheduler.Config, blobs ...[]byte) *server {
 	t.Helper()
-	maxTimeout := o.maxTimeout
-	dir := t.TempDir()
 	disk, err := cas.NewDisk(filepath.Join(dir, "cas"), cas.DiskOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +91,7 @@ func startClusterWithCAS(t *testing.T, o clusterOptions, blobs ...[]byte) *clust
 	if err != nil {
 		t.Fatal(err)
 	}
-	sched := scheduler.New(scheduler.Config{OrphanGrace: 200 * time.Millisecond})
+	sched := scheduler.New(schedCfg)
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer(grpc.MaxRecvMsgSize(reapi.MaxRecvMsgSize))
 	reapi.Register(gs, reapi.Config{CAS: store, ActionCache: actioncache.NewCompletenessChecking(ac, store), ExecEnabled: true, Scheduler: sched})
@@ -95,6 +103,17 @@ func startClusterWithCAS(t *testing.T, o clusterOptions, blobs ...[]byte) *clust
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { conn.Close(); gs.Stop(); sched.Close() })
+	return &server{conn: conn, disk: disk, store: store, ac: ac, sched: sched}
+}
+
+// startClusterWithCAS starts a cluster whose CAS already holds blobs.
+func startClusterWithCAS(t *testing.T, o clusterOptions, blobs ...[]byte) *cluster {
+	t.Helper()
+	maxTimeout := o.maxTimeout
+	dir := t.TempDir()
+	srv := startServer(t, dir, scheduler.Config{OrphanGrace: 200 * time.Millisecond}, blobs...)
+	disk, store, ac := srv.disk, srv.store, srv.ac
 	files, err := filecache.New(filepath.Join(dir, "files"), disk, filecache.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -147,11 +166,21 @@ func startClusterWithCAS(t *testing.T, o clusterOptions, blobs ...[]byte) *clust
 	if err != nil {
 		t.Fatal(err)
 	}
+	c := srv.run(t, ex)
+	c.builder = b
+	return c
+}
+
+// run runs ex against the server until the test ends, and returns the
+// cluster once ex has registered.
+func (srv *server) run(t *testing.T, ex *executor.Executor) *cluster {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { ex.Run(ctx, conn); close(done) }()
-	t.Cleanup(func() { cancel(); <-done; conn.Close(); gs.Stop(); sched.Close() })
-	c := &cluster{t: t, conn: conn, store: store, sched: sched, exec: repb.NewExecutionClient(conn), builder: b}
+	go func() { ex.Run(ctx, srv.conn); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	sched := srv.sched
+	c := &cluster{t: t, conn: srv.conn, store: srv.store, sched: sched, exec: repb.NewExecutionClient(srv.conn)}
 	// Wait until the executor has registered, so that platform checks see it.
 	for i := 0; ; i++ {
 		if _, err := sched.Submit(scheduler.Request{ActionDigest: digest.Compute(digest.SHA256, []byte("probe")), Action: &repb.Action{},

@@ -1,29 +1,21 @@
-package executor
+package executor_test
 
 import (
 	"context"
 	"errors"
-	"log/slog"
-	"os"
 	"path/filepath"
 	"reflect"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hearth-build/hearth/internal/config"
+	"github.com/hearth-build/hearth/internal/executor"
 )
-
-func testHelpers(t *testing.T, w *config.LocalWorker) helperSetup {
-	t.Helper()
-	return newHelperSetup(w.StaticEnvironment(os.LookupEnv), t.TempDir())
-}
 
 func resolveForTest(t *testing.T, ctx context.Context, w *config.LocalWorker, timeout time.Duration) (map[string][]string, error) {
 	t.Helper()
-	return resolvePlatformProperties(ctx, w, testHelpers(t, w), timeout, slog.Default())
+	return executor.ResolvePlatformProperties(ctx, w, t.TempDir(), timeout)
 }
 
 func TestResolvePlatformProperties(t *testing.T) {
@@ -44,7 +36,7 @@ func TestResolvePlatformProperties(t *testing.T) {
 			"T":                           {Kind: config.EnvTimeoutMillis},
 		},
 	}
-	got, err := resolveForTest(t, context.Background(), w, QueryCmdTimeout)
+	got, err := resolveForTest(t, context.Background(), w, executor.QueryCmdTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,11 +67,11 @@ func TestResolvePlatformPropertiesFailures(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			w := &config.LocalWorker{PlatformProperties: map[string]config.PlatformProperty{"p": {QueryCmd: tc.argv}, "ok": {Values: []string{"x"}}}}
-			got, err := resolveForTest(t, context.Background(), w, QueryCmdTimeout)
+			got, err := resolveForTest(t, context.Background(), w, executor.QueryCmdTimeout)
 			if err == nil {
 				t.Fatalf("resolved %v, want an error", got)
 			}
-			if !errors.Is(err, ErrQueryCmd) {
+			if !errors.Is(err, executor.ErrQueryCmd) {
 				t.Errorf("error %v does not wrap ErrQueryCmd", err)
 			}
 			for _, want := range tc.wantErr {
@@ -89,36 +81,6 @@ func TestResolvePlatformPropertiesFailures(t *testing.T) {
 			}
 		})
 	}
-}
-
-// waitDead fails unless pid is gone or a zombie within a couple of seconds
-// (an orphan is reaped by init, which may be slow or absent in containers).
-func waitDead(t *testing.T, pid int) {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
-		if stat, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); strings.Contains(string(stat), ") Z ") {
-			return
-		}
-		if time.Now().After(deadline) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			t.Fatalf("process %d outlived the command that started it", pid)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func readPIDFile(t *testing.T, path string) int {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pid
 }
 
 // TestQueryCmdTimeoutKillsTheProcessGroup checks that a hung probe fails
@@ -136,7 +98,7 @@ func TestQueryCmdTimeoutKillsTheProcessGroup(t *testing.T) {
 	if elapsed := time.Since(start); elapsed > 5*time.Second {
 		t.Fatalf("took %v", elapsed)
 	}
-	waitDead(t, readPIDFile(t, pidFile))
+	waitDead(t, readPIDs(t, pidFile)[0])
 }
 
 // TestQueryCmdBackgroundChildHoldingStdout: a probe that leaves a
@@ -148,7 +110,7 @@ func TestQueryCmdBackgroundChildHoldingStdout(t *testing.T) {
 		"p": {QueryCmd: []string{"sh", "-c", `sleep 60 & echo $! > "$1"; echo value`, "sh", pidFile}},
 	}}
 	start := time.Now()
-	got, err := resolveForTest(t, context.Background(), w, QueryCmdTimeout)
+	got, err := resolveForTest(t, context.Background(), w, executor.QueryCmdTimeout)
 	elapsed := time.Since(start)
 	if err != nil || !reflect.DeepEqual(got["p"], []string{"value"}) {
 		t.Fatalf("got %q, %v", got, err)
@@ -156,7 +118,7 @@ func TestQueryCmdBackgroundChildHoldingStdout(t *testing.T) {
 	if elapsed > 900*time.Millisecond {
 		t.Errorf("took %v: it waited for the background child's pipe", elapsed)
 	}
-	waitDead(t, readPIDFile(t, pidFile))
+	waitDead(t, readPIDs(t, pidFile)[0])
 }
 
 func TestQueryCmdHonoursContext(t *testing.T) {
@@ -164,8 +126,8 @@ func TestQueryCmdHonoursContext(t *testing.T) {
 	defer cancel()
 	w := &config.LocalWorker{PlatformProperties: map[string]config.PlatformProperty{"hang": {QueryCmd: []string{"sleep", "60"}}}}
 	start := time.Now()
-	_, err := resolveForTest(t, ctx, w, QueryCmdTimeout)
-	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrQueryCmd) {
+	_, err := resolveForTest(t, ctx, w, executor.QueryCmdTimeout)
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, executor.ErrQueryCmd) {
 		t.Fatalf("error %v, want ErrQueryCmd and context.DeadlineExceeded", err)
 	}
 	if elapsed := time.Since(start); elapsed > 5*time.Second {
@@ -179,7 +141,7 @@ func TestResolveParsedQueryCmd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := resolveForTest(t, context.Background(), w, QueryCmdTimeout)
+	got, err := resolveForTest(t, context.Background(), w, executor.QueryCmdTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +153,7 @@ func TestResolveParsedQueryCmd(t *testing.T) {
 func TestPoolOptions(t *testing.T) {
 	pw := &config.PersistentWorkers{MaxWorkersPerPool: 3, IdleTimeout: time.Minute, MaxInvocations: 7,
 		MemoryLimitBytes: 100, MaxTotalMemoryBytes: 1000, Prewarm: 1, Sandbox: config.SandboxBwrap}
-	got, err := PoolOptions(pw, "/d")
+	got, err := executor.PoolOptions(pw, "/d")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +161,7 @@ func TestPoolOptions(t *testing.T) {
 		got.MemoryLimitBytes != 100 || got.MaxTotalMemoryBytes != 1000 || got.Prewarm != 1 || got.Sandbox.String() != "bwrap" {
 		t.Errorf("PoolOptions = %+v", got)
 	}
-	if _, err := PoolOptions(&config.PersistentWorkers{Sandbox: 7}, "/d"); err == nil || !strings.Contains(err.Error(), "persistent_workers.sandbox") {
+	if _, err := executor.PoolOptions(&config.PersistentWorkers{Sandbox: 7}, "/d"); err == nil || !strings.Contains(err.Error(), "persistent_workers.sandbox") {
 		t.Errorf("unknown sandbox: %v, want an error naming the field", err)
 	}
 }
