@@ -54,7 +54,7 @@ type HelperOutput struct {
 
 // RunHelper runs h to completion and captures its output. The error is nil
 // only when the command exited 0 within its timeout; it wraps ErrHelperFailed
-// (with the start of stderr) when the command failed, timed out or was
+// (with the end of stderr) when the command failed, timed out or was
 // killed, the caller's ctx error when ctx ended, and Run's start errors
 // (ErrCommandNotFound...) otherwise. The output is returned in every case.
 func RunHelper(ctx context.Context, h Helper) (HelperOutput, error) {
@@ -92,14 +92,16 @@ func RunHelper(ctx context.Context, h Helper) (HelperOutput, error) {
 	return out, nil
 }
 
-// stderrNote quotes the start of a failed helper's stderr for its error.
+// stderrNote quotes the end of a failed helper's (captured) stderr for its
+// error.
 func stderrNote(stderr []byte) string {
 	s := strings.TrimSpace(string(stderr))
 	if s == "" {
 		return ""
 	}
 	if len(s) > stderrNoteBytes {
-		s = s[:stderrNoteBytes] + "..."
+		// The last words usually say why.
+		s = "..." + s[len(s)-stderrNoteBytes:]
 	}
 	return "; stderr: " + s
 }
