@@ -60,7 +60,7 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 	if err != nil {
 		return nil, fmt.Errorf("helper commands' working directory: %w", err)
 	}
-	helpers := newHelperSetup(staticEnv, cwd)
+	helpers := newHelperSetup(staticEnv, os.Getenv("PATH"), cwd)
 	props, err := resolvePlatformProperties(ctx, w, helpers, QueryCmdTimeout, logger)
 	if err != nil {
 		return nil, err

@@ -29,24 +29,26 @@ var ErrQueryCmd = errors.New("platform property query_cmd failed")
 
 // helperSetup is what the executor's helper commands (query_cmd, the
 // precondition script) run with: as in NativeLink, only the static
-// additional_environment entries (value and from_environment), and the
-// executor's own working directory.
+// additional_environment entries (value and from_environment) as their
+// environment, the executor's PATH to find them, and the executor's own
+// working directory.
 type helperSetup struct {
-	env []string
-	dir string
+	env        []string
+	searchPath string
+	dir        string
 }
 
-func newHelperSetup(staticEnv map[string]string, dir string) helperSetup {
+func newHelperSetup(staticEnv map[string]string, searchPath, dir string) helperSetup {
 	env := make([]string, 0, len(staticEnv))
 	for name, v := range staticEnv {
 		env = append(env, name+"="+v)
 	}
 	sort.Strings(env)
-	return helperSetup{env: env, dir: dir}
+	return helperSetup{env: env, searchPath: searchPath, dir: dir}
 }
 
 func (s helperSetup) helper(argv []string, timeout time.Duration, maxOutput int) runner.Helper {
-	return runner.Helper{Args: argv, Env: s.env, Dir: s.dir, Timeout: timeout, MaxOutput: maxOutput}
+	return runner.Helper{Args: argv, Env: s.env, SearchPath: s.searchPath, Dir: s.dir, Timeout: timeout, MaxOutput: maxOutput}
 }
 
 // resolvePlatformProperties returns the values of every platform property

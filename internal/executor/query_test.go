@@ -3,6 +3,7 @@ package executor_test
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -50,6 +51,25 @@ func TestResolvePlatformProperties(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("properties = %q, want %q", got, want)
+	}
+}
+
+// TestQueryCmdFoundOnTheWorkersPath: as in NativeLink, a bare command name
+// is looked up on the worker's PATH even though the command's environment
+// has none.
+func TestQueryCmdFoundOnTheWorkersPath(t *testing.T) {
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "hearth-test-probe"), []byte("#!/bin/sh\necho probed\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	w := &config.LocalWorker{PlatformProperties: map[string]config.PlatformProperty{"p": {QueryCmd: []string{"hearth-test-probe"}}}}
+	got, err := resolveForTest(t, context.Background(), w, executor.QueryCmdTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"probed"}; !reflect.DeepEqual(got["p"], want) {
+		t.Errorf("p = %q, want %q", got["p"], want)
 	}
 }
 

@@ -36,6 +36,11 @@ type Helper struct {
 	Env []string
 	// Dir is the absolute working directory.
 	Dir string
+	// SearchPath, when Env sets no PATH, is searched for a bare Args[0]
+	// instead of DefaultPath: the executor passes its own PATH, as
+	// NativeLink finds its query_cmd and precondition script on the
+	// worker's PATH while giving them an environment without one.
+	SearchPath string
 	// Timeout is required: a helper that hangs must not hang its caller.
 	Timeout time.Duration
 	// MaxOutput bounds the bytes kept of each of stdout and stderr
@@ -70,8 +75,16 @@ func RunHelper(ctx context.Context, h Helper) (HelperOutput, error) {
 	if env == nil {
 		env = []string{}
 	}
+	args := h.Args
+	if _, hasPath := lookupEnv(env, "PATH"); !hasPath && h.SearchPath != "" && len(args) > 0 && args[0] != "" && !strings.Contains(args[0], "/") {
+		path, err := ResolveExecutable(args[0], []string{"PATH=" + h.SearchPath}, h.Dir)
+		if err != nil {
+			return HelperOutput{}, err
+		}
+		args = append([]string{path}, args[1:]...)
+	}
 	res, err := Run(ctx, Request{
-		Args: h.Args, Env: env, Dir: h.Dir, Timeout: h.Timeout, WaitDelay: helperWaitDelay,
+		Args: args, Env: env, Dir: h.Dir, Timeout: h.Timeout, WaitDelay: helperWaitDelay,
 		Stdout: stdout, Stderr: stderr,
 	})
 	out := HelperOutput{

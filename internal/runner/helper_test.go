@@ -61,6 +61,33 @@ func TestRunHelperEnvironmentIsExactlyGiven(t *testing.T) {
 	}
 }
 
+func TestRunHelperSearchPath(t *testing.T) {
+	bin := t.TempDir()
+	writeFile(t, bin, "hearth-probe", "#!/bin/sh\necho found\n", 0o755)
+	for _, tc := range []struct {
+		name string
+		env  []string
+		want error
+	}{
+		{"found on the search path", nil, nil},
+		{"the environment's own PATH wins", []string{"PATH=/nonexistent"}, ErrCommandNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := RunHelper(context.Background(), Helper{Args: []string{"hearth-probe"}, Env: tc.env, Dir: t.TempDir(), SearchPath: "/nonexistent:" + bin, Timeout: 10 * time.Second})
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("error %v, want %v", err, tc.want)
+			}
+			if tc.want == nil && string(out.Stdout) != "found\n" {
+				t.Errorf("stdout %q", out.Stdout)
+			}
+		})
+	}
+	// Without a search path a bare name is looked up in DefaultPath only.
+	if _, err := RunHelper(context.Background(), Helper{Args: []string{"hearth-probe"}, Dir: t.TempDir(), Timeout: time.Second}); !errors.Is(err, ErrCommandNotFound) {
+		t.Errorf("no search path: %v, want ErrCommandNotFound", err)
+	}
+}
+
 func TestRunHelperFailures(t *testing.T) {
 	tests := []struct {
 		name    string

@@ -1,5 +1,5 @@
 // Package runner owns starting Hearth's child processes; nothing else in
-// Hearth uses os/exec. Its main job is running one REAPI Command as a child
+// Hearth starts one. Its main job is running one REAPI Command as a child
 // process in a directory that someone else has prepared (Run): it resolves
 // arguments[0], starts the process with exactly the Command's environment in
 // its own process group, enforces the timeout, makes sure nothing the action
