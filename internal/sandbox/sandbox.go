@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -88,12 +87,17 @@ func Find(path string) (string, error) {
 	if path == "" {
 		path = "bwrap"
 	}
-	found, err := exec.LookPath(path)
+	cwd, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	// Found as the runner finds a program, on the executor's own PATH.
+	found, err := runner.ResolveExecutable(path, []string{"PATH=" + os.Getenv("PATH")}, cwd)
 	if err != nil {
 		return "", fmt.Errorf("%w: %v (install bubblewrap, e.g. apt-get install bubblewrap, or set sandbox: none)",
 			ErrUnavailable, err)
 	}
-	return filepath.Abs(found)
+	return found, nil
 }
 
 // Probe runs a trivial command under exactly the confinement processes get,
