@@ -111,6 +111,7 @@ func TestConfigAdditionalEnvironment(t *testing.T) {
 	t.Setenv("HEARTH_TEST_FROM_ENV", "from-the-worker")
 	t.Setenv("HEARTH_TEST_RENAMED_SOURCE", "renamed-value")
 	c := startConfigured(t, `
+    max_action_timeout: 90,
     platform_properties: {pool: {values: ["gpu"]}},
     additional_environment: {
       V: {value: "fixed value"},
@@ -165,6 +166,38 @@ echo "$DIR" > "$OUT"`
 	}
 	if fileExists(actionDir) {
 		t.Errorf("action directory %s outlived the action", actionDir)
+	}
+
+	// Without its own timeout an action gets max_action_timeout.
+	ad = c.action(&repb.Command{Arguments: []string{"/bin/sh", "-c", `echo "T=$T"`}}, nil)
+	if _, resp, err = c.execute(&repb.ExecuteRequest{ActionDigest: ad}); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.read(resp.GetResult().GetStdoutDigest()); got != "T=90000\n" {
+		t.Errorf("timeout_millis without an action timeout: %q, want T=90000", got)
+	}
+}
+
+// TestConfigPreconditionEnvironment: the precondition script sees exactly
+// the static additional_environment entries, as in NativeLink.
+func TestConfigPreconditionEnvironment(t *testing.T) {
+	t.Setenv("HEARTH_TEST_FROM_ENV", "from-the-worker")
+	t.Setenv("HEARTH_TEST_SECRET", "must-not-leak")
+	out := filepath.Join(t.TempDir(), "env")
+	startConfigured(t, fmt.Sprintf(`
+    experimental_precondition_script: "/bin/sh -c '/usr/bin/env > %s.tmp; mv %s.tmp %s'",
+    additional_environment: {V: {value: "static"}, HEARTH_TEST_FROM_ENV: "from_environment", T: "timeout_millis", DIR: "action_directory"},`, out, out, out),
+		configuredOptions{heartbeat: 50 * time.Millisecond})
+	for deadline := time.Now().Add(5 * time.Second); !fileExists(out); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the precondition script did not run")
+		}
+	}
+	got := lines(readFile(t, out))
+	delete(got, "PWD") // the shell's own
+	want := map[string]string{"V": "static", "HEARTH_TEST_FROM_ENV": "from-the-worker"}
+	if len(got) != len(want) || got["V"] != want["V"] || got["HEARTH_TEST_FROM_ENV"] != want["HEARTH_TEST_FROM_ENV"] {
+		t.Errorf("precondition environment %q, want exactly %q", got, want)
 	}
 }
 
