@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc/codes"
 )
 
@@ -76,5 +77,15 @@ func TestRunnerCommand(t *testing.T) {
 	}
 	if out, err := c.byteStreamRead(ctx, resp.GetResult().GetStdoutDigest()); err != nil || string(out) != "partial\n" {
 		t.Fatalf("timed-out stdout = %q, %v", out, err)
+	}
+
+	// An output of the wrong type gets the code the in-process builder and
+	// the Execution service give it (REAPI: FAILED_PRECONDITION).
+	//lint:ignore SA1019 output_files is what names a file, so that a directory is the wrong type.
+	wrongCmd := &repb.Command{Arguments: []string{"/bin/mkdir", "-p", "o/sub"}, OutputFiles: []string{"o"}}
+	wrong := buildWithCommand(t, wrongCmd)
+	c.upload(t, wrong)
+	if st := outcome(c.execute(ctx, wrong.action.digest)); st.Code() != codes.FailedPrecondition {
+		t.Fatalf("output file that is a directory, through the runner: %v, want FAILED_PRECONDITION", st)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/casclient"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/errcode"
 	"github.com/hearth-build/hearth/internal/filecache"
 	"github.com/hearth-build/hearth/internal/fsutil"
 	"github.com/hearth-build/hearth/internal/metadatapb"
@@ -121,7 +122,7 @@ func runAction(ctx context.Context, f runFlags) (*repb.ActionResult, *spb.Status
 	resp := b.Build(ctx, builder.Task{Instance: f.instance, ActionDigest: digest.Compute(fn, data), Action: action})
 	result := resp.GetResult()
 	if err := finishStats(ctx, store, fn, result, f.collectStats); err != nil {
-		return result, &spb.Status{Code: int32(code.Code_INTERNAL), Message: err.Error()}
+		return result, errcode.Proto(err)
 	}
 	for _, out := range []struct {
 		path string
@@ -131,7 +132,7 @@ func runAction(ctx context.Context, f runFlags) (*repb.ActionResult, *spb.Status
 			continue
 		}
 		if err := copyBlob(ctx, store, fn, out.d, out.path); err != nil {
-			return result, &spb.Status{Code: int32(code.Code_INTERNAL), Message: err.Error()}
+			return result, errcode.Proto(err)
 		}
 	}
 	return result, resp.GetStatus()

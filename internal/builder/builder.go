@@ -18,19 +18,18 @@ import (
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"github.com/google/uuid"
-	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/errcode"
 	"github.com/hearth-build/hearth/internal/filecache"
 	"github.com/hearth-build/hearth/internal/fsutil"
 	"github.com/hearth-build/hearth/internal/inputtree"
 	"github.com/hearth-build/hearth/internal/metadatapb"
 	"github.com/hearth-build/hearth/internal/outputs"
-	"github.com/hearth-build/hearth/internal/precondition"
 	"github.com/hearth-build/hearth/internal/runner"
 	"github.com/hearth-build/hearth/internal/sandbox"
 )
@@ -106,8 +105,13 @@ func (b *Builder) Build(ctx context.Context, t Task) *repb.ExecuteResponse {
 	return &repb.ExecuteResponse{Result: result, Status: StatusOf(err)}
 }
 
-// ErrTimedOut marks an action killed at its timeout.
+// ErrTimedOut marks an action killed at its timeout. It comes wrapped with
+// context.DeadlineExceeded, which gives it its status code.
 var ErrTimedOut = errors.New("action timed out")
+
+func timedOutError(timeout time.Duration) error {
+	return fmt.Errorf("%w after %s: %w", ErrTimedOut, timeout, context.DeadlineExceeded)
+}
 
 func (b *Builder) build(ctx context.Context, t Task, md *repb.ExecutedActionMetadata) (*repb.ActionResult, error) {
 	fn := t.ActionDigest.Function
@@ -258,7 +262,7 @@ func (b *Builder) runOneShot(ctx context.Context, t Task, cmd *repb.Command, tre
 		return result, runErr
 	}
 	if timedOut {
-		return result, fmt.Errorf("%w after %s", ErrTimedOut, timeout)
+		return result, timedOutError(timeout)
 	}
 	return result, nil
 }
@@ -351,28 +355,6 @@ func rusageProto(u runner.Rusage) *metadatapb.ExecutionStatistics {
 	}}
 }
 
-// StatusOf maps a build error to the ExecuteResponse.status a client sees.
-func StatusOf(err error) *status.Status {
-	if err == nil {
-		return &status.Status{Code: int32(code.Code_OK)}
-	}
-	var me *cas.MissingError
-	c := code.Code_INTERNAL
-	switch {
-	case errors.As(err, &me):
-		return precondition.MissingProto(me)
-	case errors.Is(err, ErrTimedOut), errors.Is(err, context.DeadlineExceeded):
-		c = code.Code_DEADLINE_EXCEEDED
-	case errors.Is(err, context.Canceled):
-		c = code.Code_CANCELLED
-	case errors.Is(err, outputs.ErrUnexpectedType), errors.Is(err, outputs.ErrAbsoluteSymlink):
-		// An output of the wrong kind (a directory named as an output
-		// file, a path through a symlink): the action ran, but its result
-		// cannot be described as the Command asked.
-		c = code.Code_FAILED_PRECONDITION
-	case errors.Is(err, inputtree.ErrInvalid), errors.Is(err, outputs.ErrInvalid), errors.Is(err, digest.ErrInvalid), errors.Is(err, cas.ErrNotMessage),
-		errors.Is(err, runner.ErrCommandNotFound), errors.Is(err, runner.ErrNotExecutable), errors.Is(err, runner.ErrInvalidRequest):
-		c = code.Code_INVALID_ARGUMENT
-	}
-	return &status.Status{Code: int32(c), Message: err.Error()}
-}
+// StatusOf maps a build error to the ExecuteResponse.status a client sees,
+// with the same table the REAPI services use (see internal/errcode).
+func StatusOf(err error) *status.Status { return errcode.Proto(err) }

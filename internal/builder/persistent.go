@@ -192,7 +192,7 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 				return nil, upErr
 			}
 			b.attachWorkerInfo(md, plan)
-			return result, fmt.Errorf("%w after %s", ErrTimedOut, timeout)
+			return result, timedOutError(timeout)
 		default:
 			return b.fallBack(plan, reasonOf(err), err)
 		}

@@ -2,7 +2,6 @@ package executor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/hearth-build/hearth/internal/builder"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/errcode"
 	"github.com/hearth-build/hearth/internal/fsutil"
 	"github.com/hearth-build/hearth/internal/runner"
 )
@@ -54,6 +54,8 @@ func (r *ExternalRunner) Build(ctx context.Context, t builder.Task) *repb.Execut
 }
 
 func (r *ExternalRunner) build(ctx context.Context, t builder.Task) (*repb.ActionResult, *spb.Status) {
+	// The runner's own failures are the executor's, never the client's:
+	// INTERNAL, whatever the error wraps.
 	internal := func(err error) (*repb.ActionResult, *spb.Status) {
 		return nil, &spb.Status{Code: int32(code.Code_INTERNAL), Message: err.Error()}
 	}
@@ -96,8 +98,8 @@ func (r *ExternalRunner) build(ctx context.Context, t builder.Task) (*repb.Actio
 	}
 	res, err := runner.Run(ctx, runner.Request{Args: args, Env: os.Environ(), Dir: dir, Timeout: limit, Stdout: log, Stderr: log})
 	if err != nil {
-		if errors.Is(err, context.Canceled) {
-			return nil, &spb.Status{Code: int32(code.Code_CANCELLED), Message: "cancelled"}
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return nil, errcode.Proto(fmt.Errorf("runner stopped: %w", ctxErr))
 		}
 		return internal(fmt.Errorf("starting runner %q: %w", r.Command[0], err))
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hearth-build/hearth/internal/config"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/inputtree"
 	"github.com/hearth-build/hearth/internal/metadatapb"
 )
 
@@ -59,7 +60,7 @@ func (c *cluster) workerActionWith(tool []byte, key string, startupExtra, reques
 		Files: []*repb.FileNode{{Name: "args.txt", Digest: c.put([]byte(flags))}},
 		Directories: []*repb.DirectoryNode{{Name: "tools", Digest: c.putProto(&repb.Directory{Files: []*repb.FileNode{{
 			Name: "testworker", Digest: c.put(tool), IsExecutable: true,
-			NodeProperties: &repb.NodeProperties{Properties: []*repb.NodeProperty{{Name: "bazel_tool_input"}}},
+			NodeProperties: &repb.NodeProperties{Properties: []*repb.NodeProperty{{Name: inputtree.ToolInputProperty}}},
 		}}})}},
 	}
 	props := []*repb.Platform_Property{{Name: "persistentWorkerKey", Value: key}}
@@ -303,7 +304,7 @@ func TestWritesThroughInputsNeverReachOtherActions(t *testing.T) {
 			Files: []*repb.FileNode{{Name: "args.txt", Digest: c.put([]byte(flags))}, {Name: "in.txt", Digest: c.put(original)}},
 			Directories: []*repb.DirectoryNode{{Name: "tools", Digest: c.putProto(&repb.Directory{Files: []*repb.FileNode{{
 				Name: "testworker", Digest: c.put(testWorkerBinary), IsExecutable: true,
-				NodeProperties: &repb.NodeProperties{Properties: []*repb.NodeProperty{{Name: "bazel_tool_input"}}},
+				NodeProperties: &repb.NodeProperties{Properties: []*repb.NodeProperty{{Name: inputtree.ToolInputProperty}}},
 			}}})}},
 		}
 		props := &repb.Platform{Properties: []*repb.Platform_Property{{Name: "persistentWorkerKey", Value: key}}}

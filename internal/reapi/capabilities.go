@@ -7,6 +7,7 @@ import (
 	smpb "github.com/bazelbuild/remote-apis/build/bazel/semver"
 
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/inputtree"
 )
 
 // Execution priorities (ExecutionPolicy.priority) that Hearth advertises. As
@@ -16,11 +17,6 @@ const (
 	MinExecutionPriority = -1000
 	MaxExecutionPriority = 1000
 )
-
-// ToolInputNodeProperty is the node property with which Bazel marks the tool
-// files of an action (--experimental_remote_mark_tool_inputs); persistent
-// workers are keyed by the files that carry it.
-const ToolInputNodeProperty = "bazel_tool_input"
 
 // API versions advertised. 2.0 is still served (clients of that version use
 // the deprecated output fields, which Hearth fills too), so it is both the
@@ -78,7 +74,7 @@ func (s *capabilitiesServer) GetCapabilities(ctx context.Context, req *repb.GetC
 					{MinPriority: MinExecutionPriority, MaxPriority: MaxExecutionPriority},
 				},
 			},
-			SupportedNodeProperties: []string{ToolInputNodeProperty},
+			SupportedNodeProperties: []string{inputtree.ToolInputProperty},
 		},
 		DeprecatedApiVersion: &smpb.SemVer{Major: 2, Minor: lowAPIMinor},
 		LowApiVersion:        &smpb.SemVer{Major: 2, Minor: lowAPIMinor},
