@@ -73,8 +73,21 @@ func ParseHints(props []*repb.Platform_Property) (Hints, error) {
 	return h, nil
 }
 
-// flagFileArg is Bazel's rule for a flag-file argument.
-var flagFileArg = regexp.MustCompile(`^(@|--?flagfile=)(.+)`)
+// lineTerminators are what Java's "." does not match (Pattern without
+// DOTALL or UNIX_LINES); Bazel's patterns below are Java regular expressions
+// applied with matches(), that is to the whole argument.
+const lineTerminators = `\n\r\x{85}\x{2028}\x{2029}`
+
+// flagFileArg is Bazel's rule for a flag-file argument (WorkerParser's
+// FLAG_FILE_PATTERN, "(?:@|--?flagfile=)(.+)", matched in full).
+var flagFileArg = regexp.MustCompile(`\A(?:@|--?flagfile=)[^` + lineTerminators + `]+\z`)
+
+// externalLabel is Bazel's rule for an argument that names a target of an
+// external repository (@repo//pkg:x) rather than a flag file
+// (WorkerSpawnRunner's isExternalRepositoryLabel, "^@.*//.*" matched in
+// full). Such an argument counts as a flag file when the argv is split, but
+// it is passed to the worker as it is, never read.
+var externalLabel = regexp.MustCompile(`\A@[^` + lineTerminators + `]*//[^` + lineTerminators + `]*\z`)
 
 // SplitArgs splits a Command's arguments as Bazel does: every flag-file
 // argument (@file, --flagfile=file, -flagfile=file; anywhere, any number)
@@ -101,8 +114,9 @@ const maxExpandedBytes = 256 << 20
 // action then runs one-shot, where the tool reads its flag files itself.
 var ErrFlagFile = errors.New("flag file")
 
-// ExpandArgs builds WorkRequest.arguments: each "@file" is replaced by the
-// file's lines, one argument per line, recursively; "@@x" (an escaped @) and
+// ExpandArgs builds WorkRequest.arguments as Bazel's expandArgument does:
+// each "@file" is replaced by the file's lines, one argument per line,
+// recursively; "@@x" (an escaped @), external labels ("@repo//pkg:x") and
 // --flagfile=/-flagfile= arguments are passed unchanged, for the worker to
 // read. Files are read through an os.Root at dir (the action's working
 // directory), so a flag file path or symlink cannot leave it.
@@ -116,7 +130,7 @@ func ExpandArgs(dir string, request []string) ([]string, error) {
 	total := 0
 	var expand func(arg string, depth int) error
 	expand = func(arg string, depth int) error {
-		if !strings.HasPrefix(arg, "@") || strings.HasPrefix(arg, "@@") {
+		if !strings.HasPrefix(arg, "@") || strings.HasPrefix(arg, "@@") || externalLabel.MatchString(arg) {
 			total += len(arg)
 			out = append(out, arg)
 			return nil
@@ -131,12 +145,8 @@ func ExpandArgs(dir string, request []string) ([]string, error) {
 		if total += len(data); total > maxExpandedBytes {
 			return fmt.Errorf("%w: expanded arguments exceed %d bytes", ErrFlagFile, maxExpandedBytes)
 		}
-		text := strings.TrimSuffix(string(data), "\n")
-		if text == "" {
-			return nil
-		}
-		for _, line := range strings.Split(text, "\n") {
-			if err := expand(strings.TrimSuffix(line, "\r"), depth+1); err != nil {
+		for _, line := range lines(string(data)) {
+			if err := expand(line, depth+1); err != nil {
 				return err
 			}
 		}
@@ -148,6 +158,26 @@ func ExpandArgs(dir string, request []string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// lines splits text as Java's BufferedReader.readLine does (how Bazel reads
+// a flag file): a line ends at "\n", "\r" or "\r\n"; a final terminator does
+// not start another line.
+func lines(text string) []string {
+	var out []string
+	for text != "" {
+		i := strings.IndexAny(text, "\r\n")
+		if i < 0 {
+			out = append(out, text)
+			break
+		}
+		out = append(out, text[:i])
+		if text[i] == '\r' && i+1 < len(text) && text[i+1] == '\n' {
+			i++
+		}
+		text = text[i+1:]
+	}
+	return out
 }
 
 // ToolFiles returns the tool files of an action: the inputs marked with the

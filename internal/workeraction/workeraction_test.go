@@ -62,6 +62,16 @@ func TestSplitArgs(t *testing.T) {
 		{[]string{"tool", "plain"}, []string{"tool", "plain"}, nil},
 		{[]string{"@"}, []string{"@"}, nil}, // "@" alone names no file
 		{[]string{"tool", "--flagfile="}, []string{"tool", "--flagfile="}, nil},
+		// Bazel's FLAG_FILE_PATTERN: an external label is split off like a
+		// flag file (ExpandArgs then passes it through unread).
+		{[]string{"tool", "@repo//pkg:x", "@args"}, []string{"tool"}, []string{"@repo//pkg:x", "@args"}},
+		{[]string{"tool", "@@repo//pkg:x"}, []string{"tool"}, []string{"@@repo//pkg:x"}},
+		{[]string{"tool", "---flagfile=x", "--flagfile"}, []string{"tool", "---flagfile=x", "--flagfile"}, nil},
+		// Java's matches() covers the whole argument, and its "." stops at
+		// every line terminator.
+		{[]string{"tool", "@a\nb", "@a\r", "--flagfile=a\u2028", "-flagfile=x\u0085", "@\n"},
+			[]string{"tool", "@a\nb", "@a\r", "--flagfile=a\u2028", "-flagfile=x\u0085", "@\n"}, nil},
+		{[]string{"tool", "@a\tb", "@ü"}, []string{"tool"}, []string{"@a\tb", "@ü"}},
 	}
 	for _, tt := range tests {
 		s, r := SplitArgs(tt.args)
@@ -100,7 +110,18 @@ func TestExpandArgs(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("got %q\nwant %q", got, want)
 	}
-	for _, bad := range []string{"@missing", "@self", "@../" + filepath.Base(outside) + "/secret", "@escape", "@" + filepath.Join(outside, "secret")} {
+	// Bazel's expandArgument: an external label is an argument, never a
+	// file to read, at any depth; "\r", "\n" and "\r\n" all end a line.
+	write(dir, "labels", "@rules_go//go:def\r@@x//y\r\n@//:local\n\n@nested\n")
+	got, err = ExpandArgs(dir, []string{"@repo//pkg:x", "@labels", "@repo//missing"})
+	if err != nil {
+		t.Fatalf("external labels: %v", err)
+	}
+	want = []string{"@repo//pkg:x", "@rules_go//go:def", "@@x//y", "@//:local", "", "a.java", "b.java", "@repo//missing"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("external labels: got %q\nwant %q", got, want)
+	}
+	for _, bad := range []string{"@missing", "@pkg/x", "@a\n//b", "@self", "@../" + filepath.Base(outside) + "/secret", "@escape", "@" + filepath.Join(outside, "secret")} {
 		if _, err := ExpandArgs(dir, []string{bad}); !errors.Is(err, ErrFlagFile) {
 			t.Errorf("ExpandArgs(%q) err = %v, want ErrFlagFile", bad, err)
 		}
