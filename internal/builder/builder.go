@@ -32,6 +32,7 @@ import (
 	"github.com/hearth-build/hearth/internal/outputs"
 	"github.com/hearth-build/hearth/internal/runner"
 	"github.com/hearth-build/hearth/internal/sandbox"
+	"github.com/hearth-build/hearth/internal/workerpolicy"
 )
 
 // Builder runs actions. Its fields are set once; Build is safe for
@@ -47,7 +48,7 @@ type Builder struct {
 	MaxTimeout time.Duration
 	Logger     *slog.Logger
 	// Workers, when set, serves actions that opt into persistent workers.
-	Workers *Workers
+	Workers *workerpolicy.Workers
 	// MaxUploadTimeout bounds collecting and uploading one action's outputs
 	// (0: no bound).
 	MaxUploadTimeout time.Duration
@@ -76,7 +77,14 @@ type Hooks struct {
 	// Environment returns variables added to the Command's own, given the
 	// action directory and the effective timeout.
 	Environment func(actionDir string, timeout time.Duration) ([]string, error)
-	// Entrypoint is prepended to the Command's arguments.
+	// WorkerEnvironment returns the variables added to a persistent
+	// worker's environment (and so to its pool key) for an action with
+	// this timeout. A worker outlives any action directory, so sources
+	// that need one cannot be given to workers (the executor rejects
+	// such a configuration with persistent workers at start).
+	WorkerEnvironment func(timeout time.Duration) ([]string, error)
+	// Entrypoint is prepended to the Command's arguments, and to a
+	// persistent worker's startup command.
 	Entrypoint []string
 	// SideChannelFile, when set, is a file inside the action directory the
 	// entrypoint may write {"failure": "timeout"} into.
@@ -131,16 +139,20 @@ func (b *Builder) build(ctx context.Context, t Task, md *repb.ExecutedActionMeta
 	if err != nil {
 		return nil, err
 	}
-	if plan := b.planWorker(t, cmd, tree); plan != nil {
+	plan, err := b.planWorker(t, cmd, tree)
+	if err != nil {
+		return nil, err
+	}
+	if plan != nil {
 		result, err := b.runOnWorker(ctx, t, cmd, tree, plan, md)
-		if !plan.info.FellBack {
+		if !plan.Info.FellBack {
 			return result, err
 		}
 		level := slog.LevelWarn
-		if strings.HasPrefix(plan.info.FallbackReason, "quarantined") {
+		if strings.HasPrefix(plan.Info.FallbackReason, "quarantined") {
 			level = slog.LevelDebug // said once, when the key was quarantined
 		}
-		b.logger().Log(ctx, level, "persistent worker not used; running the action one-shot", "key", plan.spec.Key, "reason", plan.info.FallbackReason)
+		b.logger().Log(ctx, level, "persistent worker not used; running the action one-shot", "key", plan.Spec.Key, "reason", plan.Info.FallbackReason)
 		b.attachWorkerInfo(md, plan)
 		md.InputFetchStartTimestamp = timestamppb.Now()
 	}

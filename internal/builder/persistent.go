@@ -2,15 +2,8 @@ package builder
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
-	"sort"
-	"strings"
 	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -19,121 +12,49 @@ import (
 
 	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/inputtree"
-	"github.com/hearth-build/hearth/internal/metadatapb"
 	"github.com/hearth-build/hearth/internal/outputs"
 	"github.com/hearth-build/hearth/internal/workeraction"
-	"github.com/hearth-build/hearth/internal/workerpool"
-	"github.com/hearth-build/hearth/internal/workerproto"
+	"github.com/hearth-build/hearth/internal/workerpolicy"
 	pb "github.com/hearth-build/hearth/internal/workerproto/workerprotocolpb"
 )
 
-// workerPlan is how one action will be sent to a persistent worker.
-type workerPlan struct {
-	spec      *workerpool.Spec
-	request   []string // flag-file arguments, before expansion
-	toolPaths map[string]bool
-	info      *metadatapb.PersistentWorkerInfo
-}
-
-// planWorker decides whether the action goes to a persistent worker. The
-// properties are hints: whenever something does not fit (no flag file, a
-// protocol this executor does not speak, a working directory, an entrypoint
-// wrapping every action, a quarantined key), the action simply runs one-shot.
-func (b *Builder) planWorker(t Task, cmd *repb.Command, tree *inputtree.Tree) *workerPlan {
-	w := b.Workers
-	if w == nil || len(t.Hooks.Entrypoint) > 0 || t.Hooks.Environment != nil || cmd.GetWorkingDirectory() != "" {
-		return nil
-	}
-	props := t.Action.GetPlatform().GetProperties()
-	if len(props) == 0 {
-		props = cmd.GetPlatform().GetProperties()
-	}
-	hints, err := workeraction.ParseHints(props)
-	if err != nil || !hints.OptIn {
-		return nil
-	}
-	startup, request := workeraction.SplitArgs(cmd.GetArguments())
-	if len(request) == 0 || len(startup) == 0 {
-		return nil
-	}
-	protocol, err := workerproto.ParseProtocol(hints.Protocol)
-	if err != nil || !w.supports(protocol) {
-		return nil
+// planWorker asks the policy whether the action goes to a persistent worker
+// (nil: one-shot). The worker gets the environment a one-shot run would
+// have, additional environment included, and starts under the entrypoint.
+func (b *Builder) planWorker(t Task, cmd *repb.Command, tree *inputtree.Tree) (*workerpolicy.Plan, error) {
+	if b.Workers == nil {
+		return nil, nil
 	}
 	env := envList(cmd)
-	tools := workeraction.ToolFiles(tree, startup, "")
-	key := workeraction.PoolKey(workeraction.KeyInput{
-		Instance: t.Instance, ClientKey: hints.ClientKey, Startup: startup, Env: env, Protocol: hints.Protocol,
-		Multiplex: hints.Multiplex, Sandboxing: hints.Sandboxing, Cancellable: hints.Cancellable, Tools: tools,
-	})
-	plan := &workerPlan{
-		spec: &workerpool.Spec{
-			Key: key, Family: family(t.Instance, hints.ClientKey, startup),
-			Argv: startup, Env: env, Protocol: protocol,
-			Multiplex: hints.Multiplex, Sandboxing: hints.Sandboxing, Cancellable: hints.Cancellable,
-			Tools: tools,
-		},
-		request:   request,
-		toolPaths: map[string]bool{},
-		info:      &metadatapb.PersistentWorkerInfo{PoolKey: key, ClientKey: hints.ClientKey},
+	if t.Hooks.WorkerEnvironment != nil {
+		extra, err := t.Hooks.WorkerEnvironment(b.timeout(t))
+		if err != nil {
+			return nil, err
+		}
+		env = mergeEnv(env, extra)
 	}
-	for _, f := range tools {
-		plan.toolPaths[f.Path] = true
-	}
-	w.mu.Lock()
-	r := w.record(key)
-	r.clientKey = hints.ClientKey
-	quarantined := r.quarantined
-	w.mu.Unlock()
-	if quarantined != "" {
-		plan.info.FellBack, plan.info.FallbackReason = true, "quarantined: "+quarantined
-		w.countFallback(key, "quarantined")
-		return plan
-	}
-	return plan
-}
-
-// family names what stays the same when a tool changes, so the pool can stop
-// workers of the outdated tool early.
-func family(instance, clientKey string, startup []string) string {
-	h := sha256.New()
-	fmt.Fprintf(h, "%q %q %q", instance, clientKey, startup)
-	return hex.EncodeToString(h.Sum(nil))[:16]
-}
-
-func (w *Workers) countFallback(key, reason string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.record(key).fallbacks[reason]++
-}
-
-// fallBack marks the plan as falling back to one-shot and returns no result;
-// the caller then runs the action one-shot.
-func (b *Builder) fallBack(plan *workerPlan, reason string, err error) (*repb.ActionResult, error) {
-	plan.info.FellBack = true
-	plan.info.FallbackReason = reason
-	if err != nil {
-		plan.info.FallbackReason += ": " + err.Error()
-	}
-	b.Workers.countFallback(plan.spec.Key, reason)
-	return nil, nil
+	return b.Workers.Plan(workerpolicy.Action{
+		Instance: t.Instance, Action: t.Action, Command: cmd, Tree: tree, Env: env, Entrypoint: t.Hooks.Entrypoint,
+	}), nil
 }
 
 // runOnWorker serves the action on a warm worker. When the worker cannot
 // serve it (no capacity, a crash, garbage on the pipe), it marks the plan as
 // fallen back and the caller runs the action one-shot, so the client still
 // gets a correct result.
-func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tree *inputtree.Tree, plan *workerPlan, md *repb.ExecutedActionMetadata) (*repb.ActionResult, error) {
-	if plan.info.FellBack {
+func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tree *inputtree.Tree, plan *workerpolicy.Plan, md *repb.ExecutedActionMetadata) (*repb.ActionResult, error) {
+	if plan.Info.FellBack {
 		return nil, nil
 	}
+	w := b.Workers
 	fn := t.ActionDigest.Function
-	lease, err := b.Workers.Pool.Acquire(ctx, plan.spec)
+	lease, err := w.Acquire(ctx, plan)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return b.fallBack(plan, reasonOf(err), err)
+		w.FallBack(plan, workerpolicy.Reason(err), err)
+		return nil, nil
 	}
 	released := false
 	defer func() {
@@ -141,26 +62,40 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 			lease.Discard()
 		}
 	}()
-	plan.info.Warm, plan.info.Invocation = lease.Warm(), int32(lease.Invocation())
+	// release returns the worker to the pool once its workspace holds
+	// nothing of this action (the pool stops a worker that failed or was
+	// killed anyway); a workspace that cannot be cleaned costs the worker.
+	release := func() {
+		released = true
+		if lease.SandboxDir() == "" {
+			if err := workerpolicy.CleanWorkspace(lease.Dir(), plan); err != nil {
+				b.logger().Warn("persistent worker discarded", "key", plan.Spec.Key, "err", err)
+				lease.Discard()
+				return
+			}
+		}
+		lease.Release()
+	}
+	plan.Info.Warm, plan.Info.Invocation = lease.Warm(), int32(lease.Invocation())
 	dir := lease.Dir()
 	sandboxed := lease.SandboxDir() != ""
-	skip := func(f *inputtree.File) bool { return !sandboxed && plan.toolPaths[f.Path] }
+	skip := func(f *inputtree.File) bool { return !sandboxed && plan.IsTool(f.Path) }
 	if err := inputtree.StageWith(ctx, tree, b.Files, dir, inputtree.StageOptions{Skip: skip, Reuse: true}); err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return b.fallBack(plan, "staging", err)
+		w.FallBack(plan, "staging", err)
+		return nil, nil
 	}
 	if err := outputs.CreateParents(dir, cmd); err != nil {
 		return nil, err
 	}
 	snapshot := snapshotInputs(dir, tree, skip)
-	args, err := workeraction.ExpandArgs(dir, plan.request)
+	args, err := workeraction.ExpandArgs(dir, plan.Request)
 	if err != nil {
-		b.cleanWorkspace(dir, plan, sandboxed)
-		released = true
-		lease.Release()
-		return b.fallBack(plan, "flag_file", err)
+		release()
+		w.FallBack(plan, "flag_file", err)
+		return nil, nil
 	}
 	req := &pb.WorkRequest{Arguments: args, Inputs: make([]*pb.Input, 0, len(tree.Files))}
 	for _, f := range tree.Files {
@@ -183,10 +118,15 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 	if err != nil {
 		switch {
 		case ctx.Err() != nil:
+			// The client cancelled. A worker that answered the cancel (or
+			// finished at that moment) is healthy and stays in the pool
+			// (DESIGN §3.6); one that did not was killed by the pool,
+			// which then retires it.
+			release()
 			return nil, ctx.Err()
 		case timedOut:
 			// The action's own timeout: a result, not a worker failure.
-			b.cleanWorkspace(dir, plan, sandboxed)
+			release()
 			result, upErr := b.streamsResult(ctx, fn, nil, "")
 			if upErr != nil {
 				return nil, upErr
@@ -194,15 +134,17 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 			b.attachWorkerInfo(md, plan)
 			return result, timedOutError(timeout)
 		default:
-			return b.fallBack(plan, reasonOf(err), err)
+			w.FallBack(plan, workerpolicy.Reason(err), err)
+			return nil, nil
 		}
 	}
 	if damaged := damagedInputs(dir, tree, snapshot); len(damaged) > 0 {
-		return b.damagedByWorker(plan, damaged)
+		b.damagedByWorker(plan, damaged)
+		return nil, nil
 	}
 	md.OutputUploadStartTimestamp = timestamppb.Now()
 	collected, err := b.collect(ctx, fn, dir, cmd)
-	b.cleanWorkspace(dir, plan, sandboxed)
+	release()
 	if err != nil {
 		return nil, err
 	}
@@ -212,20 +154,9 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 	}
 	result.ExitCode = resp.GetExitCode()
 	md.OutputUploadCompletedTimestamp = timestamppb.Now()
-	released = true
-	lease.Release()
+	w.Served(plan, elapsed)
 
-	b.Workers.served(plan.spec, plan.info.ClientKey)
-	b.Workers.mu.Lock()
-	r := b.Workers.record(plan.spec.Key)
-	if plan.info.Warm {
-		r.warmDurations.add(elapsed)
-	} else {
-		r.coldDurations.add(elapsed)
-	}
-	b.Workers.mu.Unlock()
-
-	if b.Workers.verifyFraction > 0 && b.Workers.random() < b.Workers.verifyFraction {
+	if w.ShouldVerify() {
 		if reference, ok := b.verify(ctx, t, cmd, tree, plan, result); ok {
 			result = reference
 		}
@@ -236,26 +167,20 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 
 // damagedByWorker handles a worker that wrote through its read-only inputs:
 // the damaged files leave the cache (and the CAS they are linked from), the
-// key is quarantined and its processes stopped, and the action runs again
-// one-shot (which fetches the inputs afresh, or reports them missing so the
-// client uploads them again).
-func (b *Builder) damagedByWorker(plan *workerPlan, damaged []inputtree.File) (*repb.ActionResult, error) {
+// policy quarantines the key and stops its processes, and the action runs
+// again one-shot (which fetches the inputs afresh, or reports them missing
+// so the client uploads them again).
+func (b *Builder) damagedByWorker(plan *workerpolicy.Plan, damaged []inputtree.File) {
 	var paths []string
 	for _, f := range damaged {
 		paths = append(paths, f.Path)
-		b.Files.Forget(f.Digest, fmt.Sprintf("persistent worker %s wrote through its read-only input %s", plan.spec.Key, f.Path))
+		b.Files.Forget(f.Digest, fmt.Sprintf("persistent worker %s wrote through its read-only input %s", plan.Spec.Key, f.Path))
 	}
-	why := "wrote to its read-only inputs: " + strings.Join(paths, ", ")
-	b.Workers.mu.Lock()
-	b.Workers.record(plan.spec.Key).quarantined = why
-	b.Workers.mu.Unlock()
-	b.Workers.Pool.Quarantine(plan.spec.Key)
-	b.logger().Error("persistent worker damaged its inputs; key quarantined", "key", plan.spec.Key, "inputs", paths)
-	return b.fallBack(plan, "damaged_inputs", errors.New(why))
+	b.Workers.Damaged(plan, paths)
 }
 
-func (b *Builder) attachWorkerInfo(md *repb.ExecutedActionMetadata, plan *workerPlan) {
-	if a, err := anypb.New(plan.info); err == nil {
+func (b *Builder) attachWorkerInfo(md *repb.ExecutedActionMetadata, plan *workerpolicy.Plan) {
+	if a, err := anypb.New(plan.Info); err == nil {
 		md.AuxiliaryMetadata = append(md.AuxiliaryMetadata, a)
 	}
 }
@@ -282,120 +207,16 @@ func (b *Builder) streamsResult(ctx context.Context, fn digest.Function, result 
 // verify runs the action one-shot in a clean directory and compares its
 // outputs with the worker's. A difference quarantines the key: from then on
 // its actions run one-shot, and the one-shot result is the one returned.
-func (b *Builder) verify(ctx context.Context, t Task, cmd *repb.Command, tree *inputtree.Tree, plan *workerPlan, got *repb.ActionResult) (*repb.ActionResult, bool) {
+func (b *Builder) verify(ctx context.Context, t Task, cmd *repb.Command, tree *inputtree.Tree, plan *workerpolicy.Plan, got *repb.ActionResult) (*repb.ActionResult, bool) {
 	scratch := &repb.ExecutedActionMetadata{}
 	want, err := b.runOneShot(ctx, t, cmd, tree, scratch)
 	if err != nil {
-		b.logger().Warn("verification run failed; keeping the worker's result", "key", plan.spec.Key, "err", err)
+		b.logger().Warn("verification run failed; keeping the worker's result", "key", plan.Spec.Key, "err", err)
 		return nil, false
 	}
-	plan.info.Verified = true
-	diff := diffResults(got, want)
-	b.Workers.mu.Lock()
-	r := b.Workers.record(plan.spec.Key)
-	r.verified++
-	if len(diff) > 0 {
-		r.mismatches++
-		r.quarantined = "outputs differ from a one-shot run: " + strings.Join(diff, ", ")
-		r.lastMismatches = diff
-	}
-	b.Workers.mu.Unlock()
-	if len(diff) == 0 {
+	if !b.Workers.Verified(plan, workerpolicy.DiffResults(got, want)) {
 		return nil, false
 	}
-	plan.info.Mismatch = diff
-	b.logger().Error("persistent worker gave different outputs than a one-shot run; key quarantined",
-		"key", plan.spec.Key, "client_key", plan.info.ClientKey, "differing", diff)
-	// Stop this key's processes: their state is what differs.
-	b.Workers.Pool.Quarantine(plan.spec.Key)
 	want.ExecutionMetadata = nil
 	return want, true
-}
-
-// diffResults lists the outputs (and exit code) that differ.
-func diffResults(a, b *repb.ActionResult) []string {
-	var diff []string
-	if a.GetExitCode() != b.GetExitCode() {
-		diff = append(diff, "exit_code")
-	}
-	index := func(r *repb.ActionResult) map[string]string {
-		m := map[string]string{}
-		for _, f := range r.GetOutputFiles() {
-			m[f.GetPath()] = fmt.Sprintf("file %s %v", f.GetDigest().GetHash(), f.GetIsExecutable())
-		}
-		for _, d := range r.GetOutputDirectories() {
-			m[d.GetPath()] = "dir " + d.GetTreeDigest().GetHash()
-		}
-		for _, s := range r.GetOutputSymlinks() {
-			m[s.GetPath()] = "symlink " + s.GetTarget()
-		}
-		return m
-	}
-	ia, ib := index(a), index(b)
-	for p, v := range ia {
-		if ib[p] != v {
-			diff = append(diff, p)
-		}
-	}
-	for p := range ib {
-		if _, ok := ia[p]; !ok {
-			diff = append(diff, p)
-		}
-	}
-	sort.Strings(diff)
-	return diff
-}
-
-// cleanWorkspace removes everything but the tool files from a worker's
-// workspace (or the request's sandbox directory, which the pool removes), so
-// nothing of one action is visible to the next.
-func (b *Builder) cleanWorkspace(dir string, plan *workerPlan, sandboxed bool) {
-	if sandboxed {
-		return
-	}
-	keepDirs := map[string]bool{}
-	for p := range plan.toolPaths {
-		for d := filepath.Dir(p); d != "." && d != "/"; d = filepath.Dir(d) {
-			keepDirs[d] = true
-		}
-	}
-	var remove []string
-	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || p == dir {
-			return nil
-		}
-		rel, _ := filepath.Rel(dir, p)
-		rel = filepath.ToSlash(rel)
-		if rel == workerpool.SandboxRoot {
-			return filepath.SkipDir
-		}
-		if d.IsDir() {
-			if keepDirs[rel] {
-				os.Chmod(p, 0o755)
-				return nil
-			}
-			remove = append(remove, p)
-			return filepath.SkipDir
-		}
-		if !plan.toolPaths[rel] {
-			remove = append(remove, p)
-		}
-		return nil
-	})
-	for _, p := range remove {
-		b.removeAll(p)
-	}
-}
-
-func reasonOf(err error) string {
-	switch {
-	case errors.Is(err, workerpool.ErrNoCapacity):
-		return "no_capacity"
-	case errors.Is(err, workerpool.ErrStartFailed):
-		return "start_failed"
-	case errors.Is(err, workerpool.ErrWorkerFailed):
-		return "worker_failed"
-	default:
-		return "error"
-	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/hearth-build/hearth/internal/fsutil"
 	"github.com/hearth-build/hearth/internal/sandbox"
 	"github.com/hearth-build/hearth/internal/workerapi"
+	"github.com/hearth-build/hearth/internal/workerpolicy"
 	"github.com/hearth-build/hearth/internal/workerpool"
 	"github.com/hearth-build/hearth/internal/workerproto"
 )
@@ -69,7 +70,7 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 		props = DefaultProperties()
 	}
 	historyPath := filepath.Join(absolute(w.WorkDirectory), "prewarm.json")
-	history, err := builder.ReadHistory(historyPath) // read before the purge
+	history, err := workerpolicy.ReadHistory(historyPath) // read before the purge
 	if err != nil {
 		logger.Warn("reading the persistent worker history", "err", err)
 	}
@@ -101,13 +102,13 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 		}
 	}
 	var run Runner = b
-	var workers *builder.Workers
+	var workers *workerpolicy.Workers
 	if pw := &w.PersistentWorkers; pw.Enabled && len(w.RunnerCommand) == 0 {
 		popts, err := PoolOptions(pw, filepath.Join(absolute(w.WorkDirectory), "workers"))
 		if err != nil {
 			return nil, err
 		}
-		popts.Prepare = b.PrepareWorkspace
+		popts.Prepare = workerpolicy.PrepareWorkspace(files)
 		popts.Logger = logger
 		pool, err := workerpool.New(popts)
 		if err != nil {
@@ -119,8 +120,9 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 				protocols = append(protocols, wp)
 			}
 		}
-		workers = builder.NewWorkers(pool, protocols, pw.VerifyFraction)
-		workers.HistoryPath = historyPath
+		workers = workerpolicy.New(pool, workerpolicy.Options{
+			Protocols: protocols, VerifyFraction: pw.VerifyFraction, HistoryPath: historyPath, Logger: logger,
+		})
 		b.Workers = workers
 		if n, err := workers.Prewarm(ctx, history, deps.FileSource, pw.Prewarm); err != nil {
 			logger.Warn("prewarming persistent workers", "err", err)
@@ -156,7 +158,11 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 	if workers != nil {
 		opts.WarmKeys = workers.WarmClientKeys
 		opts.Status = func() any { return workers.Status() }
-		opts.Close = workers.Close
+		opts.Close = func() {
+			if err := workers.Close(); err != nil {
+				logger.Warn("stopping persistent workers", "err", err)
+			}
+		}
 	}
 	if len(w.PreconditionScript) > 0 {
 		gate := newPrecondition(helpers.helper(w.PreconditionScript, PreconditionTimeout, maxPreconditionOutput), preconditionWait, logger)

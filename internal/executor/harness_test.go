@@ -29,6 +29,7 @@ import (
 	"github.com/hearth-build/hearth/internal/sandbox"
 	"github.com/hearth-build/hearth/internal/scheduler"
 	"github.com/hearth-build/hearth/internal/workerapi"
+	"github.com/hearth-build/hearth/internal/workerpolicy"
 	"github.com/hearth-build/hearth/internal/workerpool"
 	"github.com/hearth-build/hearth/internal/workerproto"
 )
@@ -143,15 +144,16 @@ func startClusterWithCAS(t *testing.T, o clusterOptions, blobs ...[]byte) *clust
 		if err != nil {
 			t.Fatal(err)
 		}
-		popts.Prepare = b.PrepareWorkspace
+		popts.Prepare = workerpolicy.PrepareWorkspace(files)
 		pool, err := workerpool.New(popts)
 		if err != nil {
 			t.Fatal(err)
 		}
-		b.Workers = builder.NewWorkers(pool, []workerproto.Protocol{workerproto.Proto, workerproto.JSON}, o.workers.VerifyFraction)
-		b.Workers.HistoryPath = o.history
+		b.Workers = workerpolicy.New(pool, workerpolicy.Options{
+			Protocols: []workerproto.Protocol{workerproto.Proto, workerproto.JSON}, VerifyFraction: o.workers.VerifyFraction, HistoryPath: o.history,
+		})
 		if o.history != "" {
-			data, err := builder.ReadHistory(o.history)
+			data, err := workerpolicy.ReadHistory(o.history)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -160,7 +162,11 @@ func startClusterWithCAS(t *testing.T, o clusterOptions, blobs ...[]byte) *clust
 			}
 		}
 		opts.WarmKeys = b.Workers.WarmClientKeys
-		opts.Close = b.Workers.Close
+		opts.Close = func() {
+			if err := b.Workers.Close(); err != nil {
+				t.Errorf("closing the persistent workers: %v", err)
+			}
+		}
 	}
 	ex, err := executor.New(opts)
 	if err != nil {

@@ -67,7 +67,7 @@
 // nor after a process that never served a request fails (a tool that cannot
 // start would otherwise be restarted forever).
 // Prewarm calls Prepare without any action in flight, which is why the
-// caller's Spec.Tools is kept per key and handed back to Prepare.
+// Spec (with its Tools) is kept per key and handed back to Prepare.
 //
 // Sandbox. With SandboxBwrap each worker runs under bubblewrap: the host file
 // system read-only, the pool directory hidden except for the worker's own

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-build/hearth/internal/digest"
 	pb "github.com/hearth-build/hearth/internal/workerproto/workerprotocolpb"
 )
 
@@ -122,8 +123,8 @@ func TestPrepareStagesTheToolOncePerProcess(t *testing.T) {
 	p := newPool(t, Options{Prepare: func(ctx context.Context, ws string, spec *Spec) error {
 		prepared.Add(1)
 		workspaces = append(workspaces, ws)
-		if spec.Tools != "worker.sh v1" {
-			return fmt.Errorf("Tools = %v", spec.Tools)
+		if len(spec.Tools) != 1 || spec.Tools[0].Path != "tools/w.sh" || spec.Tools[0].Digest != digest.Compute(digest.SHA256, script) {
+			return fmt.Errorf("Tools = %+v", spec.Tools)
 		}
 		if err := os.Mkdir(filepath.Join(ws, "tools"), 0o755); err != nil {
 			return err
@@ -131,7 +132,8 @@ func TestPrepareStagesTheToolOncePerProcess(t *testing.T) {
 		return os.WriteFile(filepath.Join(ws, "tools", "w.sh"), script, 0o555)
 	}})
 	// A relative argv[0] is resolved in the workspace, where Prepare put it.
-	spec := &Spec{Key: "k", Argv: []string{"tools/w.sh"}, Env: []string{}, Protocol: src.Protocol, Tools: "worker.sh v1"}
+	spec := &Spec{Key: "k", Argv: []string{"tools/w.sh"}, Env: []string{}, Protocol: src.Protocol,
+		Tools: []Tool{{Path: "tools/w.sh", Digest: digest.Compute(digest.SHA256, script), Executable: true}}}
 	for i := range 2 {
 		l := acquire(t, p, spec)
 		if resp := do(t, l, "x"); resp.GetOutput() != "tool ran" {

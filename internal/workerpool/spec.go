@@ -2,9 +2,11 @@ package workerpool
 
 import (
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 
+	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/workerproto"
 )
 
@@ -42,10 +44,19 @@ type Spec struct {
 	// worker's process tree below Options.MemoryLimitBytes; it never raises
 	// it.
 	MemoryLimit uint64
-	// Tools is not interpreted by the pool: it is handed back to
-	// Options.Prepare, e.g. the list of tool files to put in a workspace.
-	// The pool keeps the latest Spec of each key to prewarm workers.
-	Tools any
+	// Tools are the files a new worker's workspace needs before it starts
+	// (the tool inputs of the action), which Options.Prepare puts there. The
+	// pool keeps the latest Spec of each key to prewarm workers, so they
+	// must be complete without any action at hand.
+	Tools []Tool
+}
+
+// Tool is one file of a worker's workspace, kept there for the worker's life.
+type Tool struct {
+	// Path is relative to the workspace, slash-separated and clean.
+	Path       string
+	Digest     digest.Digest
+	Executable bool
 }
 
 func (s *Spec) validate() error {
@@ -79,6 +90,11 @@ func (s *Spec) validate() error {
 	if s.Protocol != workerproto.Proto && s.Protocol != workerproto.JSON {
 		return fmt.Errorf("%w: key %s: unknown protocol %v", ErrInvalidSpec, s.Key, s.Protocol)
 	}
+	for _, t := range s.Tools {
+		if t.Path == "" || path.IsAbs(t.Path) || path.Clean(t.Path) != t.Path || t.Path == ".." || strings.HasPrefix(t.Path, "../") {
+			return fmt.Errorf("%w: key %s: tool path %q is not a clean relative path", ErrInvalidSpec, s.Key, t.Path)
+		}
+	}
 	if s.Sandboxing && !s.Multiplex {
 		return fmt.Errorf("%w: key %s: sandboxing is only defined for multiplex workers", ErrInvalidSpec, s.Key)
 	}
@@ -107,5 +123,6 @@ func (s *Spec) clone() *Spec {
 	c := *s
 	c.Argv = slices.Clone(s.Argv)
 	c.Env = append(make([]string, 0, len(s.Env)), s.Env...)
+	c.Tools = slices.Clone(s.Tools)
 	return &c
 }

@@ -120,6 +120,11 @@ func TestSpecValidation(t *testing.T) {
 		{"env NUL", func(s *Spec) { s.Env = []string{"A=\x00"} }, "NUL"},
 		{"bad protocol", func(s *Spec) { s.Protocol = 7 }, "unknown protocol"},
 		{"sandboxing singleplex", func(s *Spec) { s.Sandboxing = true }, "only defined for multiplex"},
+		{"tools", func(s *Spec) { s.Tools = []Tool{{Path: "tools/javac", Executable: true}, {Path: "lib.jar"}} }, ""},
+		{"tool absolute", func(s *Spec) { s.Tools = []Tool{{Path: "/etc/passwd"}} }, `tool path "/etc/passwd"`},
+		{"tool outside", func(s *Spec) { s.Tools = []Tool{{Path: "../x"}} }, `tool path "../x"`},
+		{"tool unclean", func(s *Spec) { s.Tools = []Tool{{Path: "a//b"}} }, `tool path "a//b"`},
+		{"tool empty", func(s *Spec) { s.Tools = []Tool{{}} }, `tool path ""`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,4 +1,4 @@
-package builder
+package workerpolicy
 
 import (
 	"context"
@@ -46,33 +46,38 @@ type historyTool struct {
 	Executable bool   `json:"executable,omitempty"`
 }
 
-// served records one action served by a worker of spec's key.
-func (w *Workers) served(spec *workerpool.Spec, clientKey string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.history == nil {
-		w.history = map[string]*historyEntry{}
-	}
+// servedLocked counts one action served by a worker of spec's key; w.mu is
+// held.
+func (w *Workers) servedLocked(spec *workerpool.Spec, clientKey string) {
 	e := w.history[spec.Key]
 	if e == nil {
 		e = &historyEntry{
 			Key: spec.Key, Family: spec.Family, ClientKey: clientKey, Argv: spec.Argv, Env: spec.Env,
 			Protocol: spec.Protocol.String(), Multiplex: spec.Multiplex, Sandboxing: spec.Sandboxing, Cancellable: spec.Cancellable,
 		}
-		tools, _ := spec.Tools.([]inputtree.File)
-		for _, t := range tools {
+		for _, t := range spec.Tools {
 			e.Tools = append(e.Tools, historyTool{Path: t.Path, Function: digest.Lower(t.Digest.Function), Hash: t.Digest.Hash, Size: t.Digest.Size, Executable: t.Executable})
 		}
 		w.history[spec.Key] = e
 	}
 	e.Served++
 	// Save when a key is new and then now and again, so that a crash loses
-	// little; SaveHistory on shutdown catches the rest.
-	if w.HistoryPath != "" && (e.Served == 1 || e.Served%100 == 0) {
+	// little; Close saves the rest (and waits for these writes).
+	if w.opts.HistoryPath != "" && !w.closed && (e.Served == 1 || e.Served%100 == 0) {
+		w.saves.Add(1)
 		go func() {
+			defer w.saves.Done()
 			w.saveMu.Lock()
-			defer w.saveMu.Unlock()
-			w.SaveHistory(w.HistoryPath)
+			err := w.SaveHistory(w.opts.HistoryPath)
+			w.saveMu.Unlock()
+			if err != nil {
+				w.log.Warn("saving the persistent worker history", "path", w.opts.HistoryPath, "err", err)
+				w.mu.Lock()
+				if w.saveErr == nil {
+					w.saveErr = err
+				}
+				w.mu.Unlock()
+			}
 		}()
 	}
 }
@@ -96,10 +101,13 @@ func (w *Workers) SaveHistory(path string) error {
 	if err != nil {
 		return err
 	}
-	return fsutil.WriteFileAtomic(path, data)
+	if err := fsutil.WriteFileAtomic(path, data); err != nil {
+		return fmt.Errorf("saving the persistent worker history: %w", err)
+	}
+	return nil
 }
 
-// ReadHistory reads a file written by SaveHistory ("" when absent).
+// ReadHistory reads a file written by SaveHistory (nil when absent).
 func ReadHistory(path string) ([]byte, error) {
 	data, err := os.ReadFile(path)
 	if os.IsNotExist(err) {
@@ -121,9 +129,6 @@ func (w *Workers) Prewarm(ctx context.Context, history []byte, store cas.Store, 
 	}
 	warmed := 0
 	w.mu.Lock()
-	if w.history == nil {
-		w.history = map[string]*historyEntry{}
-	}
 	for _, e := range entries {
 		// Remembered even when not prewarmed now (its tool may come back);
 		// keys served since replace it in the top list over time.
@@ -143,7 +148,7 @@ func (w *Workers) Prewarm(ctx context.Context, history []byte, store cas.Store, 
 		if len(missing) > 0 {
 			continue // the tool is not here any more: its users moved on
 		}
-		if err := w.Pool.Warm(spec, perKey); err != nil {
+		if err := w.pool.Warm(spec, perKey); err != nil {
 			continue
 		}
 		warmed++
@@ -156,7 +161,7 @@ func (e *historyEntry) spec() (*workerpool.Spec, []digest.Digest, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	var tools []inputtree.File
+	var tools []workerpool.Tool
 	var digests []digest.Digest
 	for _, t := range e.Tools {
 		fn, ok := digest.FunctionFromLower(t.Function)
@@ -170,7 +175,7 @@ func (e *historyEntry) spec() (*workerpool.Spec, []digest.Digest, error) {
 		if err := inputtree.ValidateRelativePath(t.Path); err != nil || t.Path == "" {
 			return nil, nil, fmt.Errorf("tool path %q", t.Path)
 		}
-		tools = append(tools, inputtree.File{Path: t.Path, Digest: d, Executable: t.Executable})
+		tools = append(tools, workerpool.Tool{Path: t.Path, Digest: d, Executable: t.Executable})
 		digests = append(digests, d)
 	}
 	return &workerpool.Spec{
