@@ -56,6 +56,16 @@ type Builder struct {
 	// (see internal/sandbox): they can write only their own directory and
 	// reach no network.
 	Bwrap string
+	// OneShot, when set, runs the actions no persistent worker serves (those
+	// that do not opt in, those that fall back, and verification runs)
+	// instead of this builder: the executor's external runner
+	// (runner_command). Hooks do not apply to it.
+	OneShot Runner
+}
+
+// Runner runs one action to its response, as Builder does.
+type Runner interface {
+	Build(ctx context.Context, t Task) *repb.ExecuteResponse
 }
 
 // Task is one action to run.
@@ -99,12 +109,18 @@ type Hooks struct {
 // error: every failure becomes ExecuteResponse.status, with whatever result
 // exists (a timed-out action keeps its stdout and stderr).
 func (b *Builder) Build(ctx context.Context, t Task) *repb.ExecuteResponse {
+	if b.OneShot != nil && !b.mayUseWorker(t) {
+		return b.OneShot.Build(ctx, t)
+	}
 	md := &repb.ExecutedActionMetadata{
 		Worker:               b.WorkerName,
 		QueuedTimestamp:      timestamppb.New(t.QueuedAt),
 		WorkerStartTimestamp: timestamppb.Now(),
 	}
 	result, err := b.build(ctx, t, md)
+	if errors.Is(err, errOneShotElsewhere) {
+		return b.runElsewhere(ctx, t, md)
+	}
 	md.WorkerCompletedTimestamp = timestamppb.Now()
 	if result == nil {
 		result = &repb.ActionResult{}
@@ -155,6 +171,9 @@ func (b *Builder) build(ctx context.Context, t Task, md *repb.ExecutedActionMeta
 		b.logger().Log(ctx, level, "persistent worker not used; running the action one-shot", "key", plan.Spec.Key, "reason", plan.Info.FallbackReason)
 		b.attachWorkerInfo(md, plan)
 		md.InputFetchStartTimestamp = timestamppb.Now()
+	}
+	if b.OneShot != nil {
+		return nil, errOneShotElsewhere
 	}
 	return b.runOneShot(ctx, t, cmd, tree, md)
 }

@@ -208,8 +208,7 @@ func (b *Builder) streamsResult(ctx context.Context, fn digest.Function, result 
 // outputs with the worker's. A difference quarantines the key: from then on
 // its actions run one-shot, and the one-shot result is the one returned.
 func (b *Builder) verify(ctx context.Context, t Task, cmd *repb.Command, tree *inputtree.Tree, plan *workerpolicy.Plan, got *repb.ActionResult) (*repb.ActionResult, bool) {
-	scratch := &repb.ExecutedActionMetadata{}
-	want, err := b.runOneShot(ctx, t, cmd, tree, scratch)
+	want, err := b.referenceRun(ctx, t, cmd, tree)
 	if err != nil {
 		b.logger().Warn("verification run failed; keeping the worker's result", "key", plan.Spec.Key, "err", err)
 		return nil, false

@@ -113,6 +113,8 @@ func TestConfigAdditionalEnvironment(t *testing.T) {
 	c := startConfigured(t, `
     max_action_timeout: 90,
     platform_properties: {pool: {values: ["gpu"]}},
+    // side_channel_file and action_directory exist only for one-shot runs.
+    persistent_workers: {enabled: false},
     additional_environment: {
       V: {value: "fixed value"},
       P: {property: "pool"},
@@ -186,7 +188,8 @@ func TestConfigPreconditionEnvironment(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "env")
 	startConfigured(t, fmt.Sprintf(`
     experimental_precondition_script: "/bin/sh -c '/usr/bin/env > %s.tmp; mv %s.tmp %s'",
-    additional_environment: {V: {value: "static"}, HEARTH_TEST_FROM_ENV: "from_environment", T: "timeout_millis", DIR: "action_directory"},`, out, out, out),
+    additional_environment: {V: {value: "static"}, HEARTH_TEST_FROM_ENV: "from_environment", T: "timeout_millis", DIR: "action_directory"},
+    persistent_workers: {enabled: false},`, out, out, out),
 		configuredOptions{heartbeat: 50 * time.Millisecond})
 	for deadline := time.Now().Add(5 * time.Second); !fileExists(out); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -207,7 +210,8 @@ func TestConfigPreconditionEnvironment(t *testing.T) {
 func TestConfigSideChannelTimeout(t *testing.T) {
 	c := startConfigured(t, `
     timeout_handled_externally: true,
-    additional_environment: {SIDE: "side_channel_file", T: "timeout_millis"},`, configuredOptions{})
+    additional_environment: {SIDE: "side_channel_file", T: "timeout_millis"},
+    persistent_workers: {enabled: false},`, configuredOptions{})
 	for _, tc := range []struct {
 		name   string
 		script string

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"time"
 
@@ -56,6 +57,9 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 	if logger == nil {
 		logger = slog.Default()
 	}
+	if err := checkCombinations(w); err != nil {
+		return nil, err
+	}
 	staticEnv := w.StaticEnvironment(os.LookupEnv)
 	cwd, err := os.Getwd()
 	if err != nil {
@@ -103,7 +107,7 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 	}
 	var run Runner = b
 	var workers *workerpolicy.Workers
-	if pw := &w.PersistentWorkers; pw.Enabled && len(w.RunnerCommand) == 0 {
+	if pw := &w.PersistentWorkers; pw.Enabled {
 		popts, err := PoolOptions(pw, filepath.Join(absolute(w.WorkDirectory), "workers"))
 		if err != nil {
 			return nil, err
@@ -131,7 +135,13 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 		}
 	}
 	if len(w.RunnerCommand) > 0 {
-		run = &ExternalRunner{Command: w.RunnerCommand, Remote: deps.RunnerRemote, WorkDir: actions, WorkerName: w.Name, MaxTimeout: w.MaxActionTimeout}
+		external := &ExternalRunner{Command: w.RunnerCommand, Remote: deps.RunnerRemote, WorkDir: actions, WorkerName: w.Name, MaxTimeout: w.MaxActionTimeout}
+		run = external
+		if workers != nil {
+			// Warm workers serve the actions that opt in; the runner the rest.
+			b.OneShot = external
+			run = b
+		}
 	}
 	opts := Options{
 		Name:              w.Name,
@@ -172,7 +182,8 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 }
 
 // hooksFor applies entrypoint, timeout_handled_externally and
-// additional_environment to one action.
+// additional_environment to one action, and to the persistent worker that
+// may serve it (checkCombinations rejects the sources a worker cannot get).
 func hooksFor(w *config.LocalWorker, staticEnv map[string]string, a *workerapi.Assign) builder.Hooks {
 	h := builder.Hooks{Entrypoint: w.Entrypoint, TimeoutHandledExternally: w.TimeoutHandledExternally}
 	platform := map[string]string{}
@@ -187,27 +198,39 @@ func hooksFor(w *config.LocalWorker, staticEnv map[string]string, a *workerapi.A
 	if len(w.AdditionalEnvironment) == 0 {
 		return h
 	}
-	h.Environment = func(actionDir string, timeout time.Duration) ([]string, error) {
-		var env []string
-		for name, src := range w.AdditionalEnvironment {
-			var v string
-			switch src.Kind {
-			case config.EnvValue, config.EnvFromEnvironment:
-				v = staticEnv[name]
-			case config.EnvProperty:
-				v = platform[src.Property]
-			case config.EnvTimeoutMillis:
-				v = strconv.FormatInt(timeout.Milliseconds(), 10)
-			case config.EnvSideChannelFile:
-				v = filepath.Join(actionDir, sideChannelName)
-			case config.EnvActionDirectory:
-				v = actionDir
-			}
-			env = append(env, name+"="+v)
+	if w.PersistentWorkers.Enabled {
+		h.WorkerEnvironment = func(timeout time.Duration) ([]string, error) {
+			return additionalEnv(w, staticEnv, platform, "", timeout), nil
 		}
-		return env, nil
+	}
+	h.Environment = func(actionDir string, timeout time.Duration) ([]string, error) {
+		return additionalEnv(w, staticEnv, platform, actionDir, timeout), nil
 	}
 	return h
+}
+
+// additionalEnv resolves additional_environment for one action ("NAME=value",
+// sorted by name, so that a worker's pool key does not depend on map order).
+func additionalEnv(w *config.LocalWorker, staticEnv, platform map[string]string, actionDir string, timeout time.Duration) []string {
+	env := make([]string, 0, len(w.AdditionalEnvironment))
+	for name, src := range w.AdditionalEnvironment {
+		var v string
+		switch src.Kind {
+		case config.EnvValue, config.EnvFromEnvironment:
+			v = staticEnv[name]
+		case config.EnvProperty:
+			v = platform[src.Property]
+		case config.EnvTimeoutMillis:
+			v = strconv.FormatInt(timeout.Milliseconds(), 10)
+		case config.EnvSideChannelFile:
+			v = filepath.Join(actionDir, sideChannelName)
+		case config.EnvActionDirectory:
+			v = actionDir
+		}
+		env = append(env, name+"="+v)
+	}
+	sort.Strings(env)
+	return env
 }
 
 // purge empties dir, creating it if needed: leftovers of actions interrupted
