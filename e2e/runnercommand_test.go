@@ -10,6 +10,8 @@ import (
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc/codes"
+
+	"github.com/hearth-build/hearth/internal/metadatapb"
 )
 
 // An executor configured with runner_command spawns `hearth run` for every
@@ -87,5 +89,59 @@ func TestRunnerCommand(t *testing.T) {
 	c.upload(t, wrong)
 	if st := outcome(c.execute(ctx, wrong.action.digest)); st.Code() != codes.FailedPrecondition {
 		t.Fatalf("output file that is a directory, through the runner: %v, want FAILED_PRECONDITION", st)
+	}
+}
+
+// With runner_command and persistent workers (on by default), warm workers in
+// the executor serve the actions that opt in, and the runner runs the rest,
+// including the one-shot run of an action whose worker failed.
+func TestRunnerCommandWithPersistentWorkers(t *testing.T) {
+	dir := t.TempDir()
+	config := filepath.Join(dir, "serve.json5")
+	if err := os.WriteFile(config, []byte(fmt.Sprintf(`{
+  workers: [{ local: {
+    name: "runner-workers",
+    work_directory: %q,
+    max_inflight_tasks: 2,
+    runner_command: [%q, "run"],
+  } }],
+}`, filepath.Join(dir, "work"), hearthBin)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tool := buildScriptedWorker(t, t.TempDir())
+	toolData, err := os.ReadFile(tool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startServe(t, filepath.Join(dir, "data"), "--config", config)
+	c := dial(t, p.GRPCAddr)
+	c.uploadLarge(t, newTestBlob(toolData))
+	runWorkerCase(t, c, toolData, workerCase{name: "warm", clientKey: "runner-warm"})
+	runWorkerCase(t, c, toolData, workerCase{name: "garbage", clientKey: "runner-garbage", garbage: true})
+
+	// The fallback ran in the runner: `hearth run` drops the rusage
+	// statistics it was not asked to upload, which an in-process run
+	// reports in auxiliary_metadata.
+	a := workerAction{
+		args:     []string{"tools/testworker", "@args/request.txt"},
+		outputs:  []string{"out.txt"},
+		files:    map[string]workerInputFile{"tools/testworker": {data: toolData, executable: true}, "args/request.txt": {data: []byte("--garbage\n--out=out.txt\n--content=ok\n")}},
+		platform: map[string]string{"persistentWorkerKey": "runner-garbage"},
+	}.build(t)
+	c.upload(t, a, newTestBlob(toolData))
+	resp, err := c.execute(t.Context(), a.action.digest)
+	if st := outcome(resp, err); st.Code() != codes.OK {
+		t.Fatalf("Execute: %v\n%s", st, p.log.tail(30))
+	}
+	if info := workerInfoOf(t, resp); !info.GetFellBack() {
+		t.Fatalf("worker metadata %v, want a fallback", info)
+	}
+	for _, aux := range resp.GetResult().GetExecutionMetadata().GetAuxiliaryMetadata() {
+		if aux.MessageIs(&metadatapb.ExecutionStatistics{}) {
+			t.Fatal("the fallback ran in-process, not through runner_command")
+		}
+	}
+	if got := c.outputFiles(t, resp.GetResult())["out.txt"]; got != "ok" {
+		t.Fatalf("out.txt = %q", got)
 	}
 }
