@@ -20,15 +20,21 @@ var errOneShotElsewhere = errors.New("run one-shot through Builder.OneShot")
 // hints alone: everything else goes straight to Builder.OneShot, without
 // the input tree being loaded here too.
 func (b *Builder) mayUseWorker(t Task) bool {
+	if t.Command == nil && len(t.Action.GetPlatform().GetProperties()) == 0 {
+		return b.Workers != nil // the Command, fetched by build, will tell
+	}
+	return b.optsIn(t, t.Command)
+}
+
+// optsIn reports whether the action asks for a persistent worker that this
+// builder has (the policy decides the rest).
+func (b *Builder) optsIn(t Task, cmd *repb.Command) bool {
 	if b.Workers == nil {
 		return false
 	}
 	props := t.Action.GetPlatform().GetProperties()
 	if len(props) == 0 {
-		if t.Command == nil {
-			return true // the Command, fetched by build, will tell
-		}
-		props = t.Command.GetPlatform().GetProperties()
+		props = cmd.GetPlatform().GetProperties()
 	}
 	hints, err := workeraction.ParseHints(props)
 	return err == nil && hints.OptIn

@@ -22,8 +22,8 @@ import (
 // (nil: one-shot). The worker gets the environment a one-shot run would
 // have, additional environment included, and starts under the entrypoint.
 func (b *Builder) planWorker(t Task, cmd *repb.Command, tree *inputtree.Tree) (*workerpolicy.Plan, error) {
-	if b.Workers == nil {
-		return nil, nil
+	if !b.optsIn(t, cmd) {
+		return nil, nil // spares the environment of most actions
 	}
 	env := envList(cmd)
 	if t.Hooks.WorkerEnvironment != nil {
