@@ -114,6 +114,10 @@ type Endpoint struct {
 	// TLS is set when the URI's scheme is grpcs or https and tls_config
 	// was given; nil with a TLS scheme means "system roots".
 	TLS *ClientTLS
+	// TokenFile (Hearth only: token_file) holds a bearer token sent as
+	// "authorization: Bearer <token>" with every call; the server's
+	// executor principal's token when the server has auth configured.
+	TokenFile string
 }
 
 // ClientTLS is NativeLink's ClientTlsConfig.

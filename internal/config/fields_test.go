@@ -136,6 +136,23 @@ func TestNameEndpointAndWorkDirectory(t *testing.T) {
 			wantErr: lw + "worker_api_endpoint.tls_config.ca_file: required unless use_native_roots"},
 		{name: "tls cert without key", noBase: true, body: `work_directory: "/tmp/w", worker_api_endpoint: {uri: "grpcs://x:1", tls_config: {ca_file: "/a", cert_file: "/c"}}`,
 			wantErr: "cert_file and key_file must be given together"},
+		{name: "endpoint token_file", noBase: true, body: `work_directory: "/tmp/w", worker_api_endpoint: {uri: "grpcs://s:8443", tls_config: {use_native_roots: true}, token_file: "${WORKER_HOME}/token"}`,
+			check: func(t *testing.T, w *LocalWorker, warnings []string) {
+				wantEqual(t, "TokenFile", w.WorkerAPIEndpoint.TokenFile, "/home/tester/token")
+				wantEqual(t, "warnings", len(warnings), 0)
+			}},
+		{name: "endpoint token_file on loopback plaintext", noBase: true, body: `work_directory: "/tmp/w", worker_api_endpoint: {uri: "grpc://127.0.0.1:1", token_file: "/t"}`,
+			check: func(t *testing.T, w *LocalWorker, warnings []string) {
+				wantEqual(t, "warnings", len(warnings), 0)
+			}},
+		{name: "endpoint token_file in clear text", noBase: true, body: `work_directory: "/tmp/w", worker_api_endpoint: {uri: "grpc://sched:1", token_file: "/t"}`,
+			check: func(t *testing.T, w *LocalWorker, warnings []string) {
+				if len(warnings) != 1 || !strings.Contains(warnings[0], "worker_api_endpoint.token_file: the token is sent in clear text") {
+					t.Errorf("warnings %q, want one about clear text", warnings)
+				}
+			}},
+		{name: "endpoint token_file empty", noBase: true, body: `work_directory: "/tmp/w", worker_api_endpoint: {uri: "grpc://x:1", token_file: ""}`,
+			wantErr: lw + "worker_api_endpoint.token_file: is empty"},
 		{name: "work_directory cleaned", noBase: true, body: `worker_api_endpoint: {uri: "grpc://x:1"}, work_directory: "/tmp/a/../w/"`,
 			check: func(t *testing.T, w *LocalWorker, _ []string) {
 				wantEqual(t, "WorkDirectory", w.WorkDirectory, "/tmp/w")

@@ -4,10 +4,12 @@ import (
 	"math"
 	"net"
 	"net/url"
+	"strings"
 	"time"
 )
 
-// endpoint decodes NativeLink's EndpointConfig: {uri, timeout?, tls_config?}.
+// endpoint decodes NativeLink's EndpointConfig: {uri, timeout?, tls_config?},
+// plus Hearth's token_file.
 func (d *decoder) endpoint(path string, v any) Endpoint {
 	var e Endpoint
 	o, ok := d.object(path, v)
@@ -36,6 +38,17 @@ func (d *decoder) endpoint(path string, v any) Endpoint {
 		e.TLS = d.clientTLS(p, v)
 		if uriOK && e.TLS != nil && !e.Secure() {
 			d.errorf(p, "set, but the uri %q does not use TLS (use grpcs:// or https://)", e.URI)
+		}
+	}
+	if v, p, ok := o.get("token_file"); ok {
+		if s, ok := d.str(p, v); ok {
+			if s == "" {
+				d.errorf(p, "is empty (omit it to send no token)")
+			}
+			e.TokenFile = s
+			if uriOK && !e.Secure() && !strings.HasPrefix(e.URI, "unix:") && !isLoopbackURI(e.URI) {
+				d.warnf(p, "the token is sent in clear text to %s; use grpcs:// off loopback", e.URI)
+			}
 		}
 	}
 	o.rejectUnknown()
@@ -71,6 +84,20 @@ func (d *decoder) checkEndpointURI(path, s string) bool {
 		return bad("unsupported scheme (want grpc, grpcs, http, https or unix)")
 	}
 	return true
+}
+
+// isLoopbackURI reports whether a host:port URI names a loopback address
+// or localhost.
+func isLoopbackURI(s string) bool {
+	u, err := url.Parse(s)
+	if err != nil {
+		return false
+	}
+	if u.Hostname() == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(u.Hostname())
+	return ip != nil && ip.IsLoopback()
 }
 
 // Secure reports whether the endpoint is reached over TLS.
