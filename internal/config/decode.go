@@ -74,7 +74,9 @@ func (d *Decoder) Size(path string, v any) (uint64, bool) { return d.d.size(path
 func (d *Decoder) Duration(path string, v any) (time.Duration, bool) { return d.d.seconds(path, v) }
 
 // Enum decodes one of names and returns its index.
-func (d *Decoder) Enum(path string, v any, names []string) (int, bool) { return d.d.enum(path, v, names) }
+func (d *Decoder) Enum(path string, v any, names []string) (int, bool) {
+	return d.d.enum(path, v, names)
+}
 
 // Errorf records an error at path.
 func (d *Decoder) Errorf(path, format string, args ...any) { d.d.errorf(path, format, args...) }
