@@ -81,7 +81,21 @@ type DialOptions struct {
 	Timeout time.Duration
 	// TLS replaces the system roots of a grpcs:// target (tls_config).
 	TLS *tls.Config
+	// Token, when set, is sent with every call as "authorization: Bearer
+	// <Token>" (worker_api_endpoint.token_file, hearth run --token-file).
+	Token string
 }
+
+// bearer sends a token with every call. It does not insist on TLS: on
+// loopback or a unix socket plaintext is fine, and off loopback the server
+// refuses plaintext unless its operator chose --insecure.
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return false }
 
 // DialWith is Dial with options.
 func DialWith(ctx context.Context, target string, o DialOptions) (*grpc.ClientConn, error) {
@@ -105,6 +119,9 @@ func DialWith(ctx context.Context, target string, o DialOptions) (*grpc.ClientCo
 		grpc.WithInitialWindowSize(StreamWindowSize), grpc.WithInitialConnWindowSize(ConnWindowSize),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMsgSize), grpc.MaxCallSendMsgSize(MaxMsgSize)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
+	}
+	if o.Token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer(o.Token)))
 	}
 	if timeout > 0 {
 		opts = append(opts, grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, callOpts ...grpc.CallOption) error {

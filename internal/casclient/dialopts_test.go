@@ -4,11 +4,24 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"log/slog"
 	"net"
+	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/hearth-build/hearth/internal/actioncache"
+	"github.com/hearth-build/hearth/internal/auth"
+	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/reapi"
+	"github.com/hearth-build/hearth/internal/testcerts"
 )
 
 func TestDialWithTLSNeedsSecureTarget(t *testing.T) {
@@ -43,5 +56,71 @@ func TestDialWithTimeoutBoundsUnaryCalls(t *testing.T) {
 	_, err = NewStore(conn, "").FindMissing(context.Background(), []digest.Digest{digest.Compute(digest.SHA256, []byte("x"))})
 	if err == nil || time.Since(start) > 5*time.Second {
 		t.Fatalf("FindMissing = %v after %v", err, time.Since(start))
+	}
+}
+
+// A token and TLS settings given to DialWith reach a server that requires
+// both: calls with them pass its policy, the same calls without the token
+// are refused as UNAUTHENTICATED.
+func TestDialWithTokenAndTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := testcerts.NewCA(dir, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvCert, err := ca.Server("server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk, err := cas.NewDisk(filepath.Join(dir, "cas"), cas.DiskOptions{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	results, err := actioncache.NewDisk(filepath.Join(dir, "ac"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy, err := auth.New(auth.Config{Principals: []auth.PrincipalConfig{
+		{Name: "ci", TokenSHA256: []string{auth.HashToken("s3cret")}, Grants: []auth.Grant{{Rights: auth.Read | auth.Write}}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{srvCert.TLS}})),
+		grpc.UnaryInterceptor(policy.UnaryInterceptor()), grpc.StreamInterceptor(policy.StreamInterceptor()))
+	blobs := cas.NewVerifying(disk)
+	reapi.Register(srv, reapi.Config{CAS: blobs, ActionCache: actioncache.NewCompletenessChecking(results, blobs)})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+
+	target := "grpcs://localhost:" + strconv.Itoa(lis.Addr().(*net.TCPAddr).Port)
+	clientTLS := &tls.Config{RootCAs: ca.Pool()}
+	data := pattern(3<<20, 9) // several ByteStream chunks
+	d := digest.Compute(digest.SHA256, data)
+	for _, tc := range []struct {
+		token string
+		want  codes.Code
+	}{{"", codes.Unauthenticated}, {"wrong", codes.Unauthenticated}, {"s3cret", codes.OK}} {
+		conn, err := DialWith(context.Background(), target, DialOptions{TLS: clientTLS, Token: tc.token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		store := NewStore(conn, "")
+		err = cas.Put(context.Background(), store, d, data)
+		if status.Code(err) != tc.want {
+			t.Errorf("token %q: upload error %v, want code %v", tc.token, err, tc.want)
+		}
+		if _, err := store.FindMissing(context.Background(), []digest.Digest{d}); status.Code(err) != tc.want {
+			t.Errorf("token %q: FindMissing error %v, want code %v", tc.token, err, tc.want)
+		}
+		conn.Close()
+	}
+	if missing, _ := disk.FindMissing(context.Background(), []digest.Digest{d}); len(missing) != 0 {
+		t.Error("the authorized upload did not arrive")
 	}
 }
