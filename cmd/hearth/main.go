@@ -17,6 +17,7 @@ usage:
                           executors for a "hearth server" (NativeLink-style config)
   hearth run    --action=F --action-result=F --remote=URL [flags]
                           execute one serialized Action (buildbox-run compatible)
+  hearth token  new|hash  make a bearer token / hash one for the server config
   hearth version
 
 Run "hearth <command> -h" for the flags of a command.
@@ -37,6 +38,8 @@ func main() {
 		err = runWorker(os.Args[2:])
 	case "run":
 		err = runRun(os.Args[2:])
+	case "token":
+		err = runToken(os.Args[2:])
 	case "version", "--version":
 		fmt.Println("hearth", version)
 	case "help", "-h", "--help":

@@ -15,9 +15,11 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/hearth-build/hearth/internal/auth"
 	"github.com/hearth-build/hearth/internal/builder"
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/casclient"
+	"github.com/hearth-build/hearth/internal/config"
 	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/errcode"
 	"github.com/hearth-build/hearth/internal/filecache"
@@ -33,6 +35,8 @@ type runFlags struct {
 	stdoutFile, stderrFile string
 	collectStats           bool
 	digestFunction         string
+	tokenFile              string
+	tlsCA, tlsCert, tlsKey string
 }
 
 // runRun is `hearth run`: buildbox-run's contract. It executes one serialized
@@ -52,6 +56,10 @@ func runRun(args []string) error {
 	fs.StringVar(&f.stderrFile, "stderr-file", "", "also write the action's stderr to this file")
 	fs.BoolVar(&f.collectStats, "collect-execution-stats", false, "upload rusage figures and reference them from auxiliary_metadata")
 	fs.StringVar(&f.digestFunction, "digest-function", "sha256", "digest function of the action: sha256 or blake3")
+	fs.StringVar(&f.tokenFile, "token-file", "", "file holding a bearer token sent to --remote with every call")
+	fs.StringVar(&f.tlsCA, "tls-ca", "", "PEM CA(s) to verify a grpcs:// --remote with (default: the system roots)")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM client certificate for a grpcs:// --remote that requires mTLS")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -95,7 +103,11 @@ func runAction(ctx context.Context, f runFlags) (*repb.ActionResult, *spb.Status
 	if err := proto.Unmarshal(data, action); err != nil {
 		return fail(code.Code_INVALID_ARGUMENT, "--action %s is not a serialized Action: %v", f.action, err)
 	}
-	conn, err := casclient.Dial(ctx, f.remote)
+	dialOpts, err := f.dialOptions()
+	if err != nil {
+		return fail(code.Code_INVALID_ARGUMENT, "%v", err)
+	}
+	conn, err := casclient.DialWith(ctx, f.remote, dialOpts)
 	if err != nil {
 		return fail(code.Code_INVALID_ARGUMENT, "--remote: %v", err)
 	}
@@ -136,6 +148,30 @@ func runAction(ctx context.Context, f runFlags) (*repb.ActionResult, *spb.Status
 		}
 	}
 	return result, resp.GetStatus()
+}
+
+// dialOptions are the credentials of --token-file and --tls-*.
+func (f runFlags) dialOptions() (casclient.DialOptions, error) {
+	var o casclient.DialOptions
+	if f.tokenFile != "" {
+		tok, err := auth.ReadTokenFile(f.tokenFile)
+		if err != nil {
+			return o, fmt.Errorf("--token-file: %w", err)
+		}
+		o.Token = tok
+	}
+	if (f.tlsCert == "") != (f.tlsKey == "") {
+		return o, errors.New("--tls-cert and --tls-key must be given together")
+	}
+	if f.tlsCA != "" || f.tlsCert != "" {
+		c := &config.ClientTLS{CAFile: f.tlsCA, CertFile: f.tlsCert, KeyFile: f.tlsKey, UseNativeRoots: f.tlsCA == ""}
+		tlsConfig, err := clientTLS(c)
+		if err != nil {
+			return o, fmt.Errorf("--tls-*: %w", err)
+		}
+		o.TLS = tlsConfig
+	}
+	return o, nil
 }
 
 // finishStats keeps the rusage figures the builder always gathers only when

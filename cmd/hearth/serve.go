@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/test/bufconn"
 
+	"github.com/hearth-build/hearth/internal/auth"
 	"github.com/hearth-build/hearth/internal/config"
 	"github.com/hearth-build/hearth/internal/executor"
 )
@@ -50,6 +51,11 @@ func runServe(args []string) error {
 		return fmt.Errorf("--max-action-timeout must be positive, got %s", f.maxActionTimeout)
 	}
 	logger := newLogger()
+	if file, err := resolveServerFlags(fs, &f.serverFlags); err != nil {
+		return err
+	} else if file != nil {
+		logWarnings(logger, file.Warnings)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return serve(ctx, f, logger)
@@ -109,16 +115,29 @@ func serve(ctx context.Context, f serveFlags, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// The embedded executors' own credential when auth is on: a random
+	// token that never leaves this process.
+	f.access.embeddedToken = auth.NewToken()
 	srv, err := openServer(f.serverFlags, logger)
 	if err != nil {
 		return err
 	}
 	defer srv.close()
+	for i := range workers {
+		if err := checkRunnerCredentials(fmt.Sprintf("workers[%d].local", i), &workers[i], srv.access.tls != nil || srv.access.policy != nil); err != nil {
+			return err
+		}
+	}
 
 	inproc := bufconn.Listen(1 << 20)
-	conn, err := grpc.NewClient("passthrough:///embedded",
+	dialOpts := []grpc.DialOption{
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return inproc.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	}
+	if srv.access.policy != nil {
+		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(inProcessToken(f.access.embeddedToken)))
+	}
+	conn, err := grpc.NewClient("passthrough:///embedded", dialOpts...)
 	if err != nil {
 		return err
 	}
@@ -140,6 +159,16 @@ func serve(ctx context.Context, f serveFlags, logger *slog.Logger) error {
 	}
 	return srv.run(ctx, logger, inproc, stopExecutors)
 }
+
+// inProcessToken sends the embedded executors' token over the in-process
+// connection, which has no transport security to require.
+type inProcessToken string
+
+func (t inProcessToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(t)}, nil
+}
+
+func (inProcessToken) RequireTransportSecurity() bool { return false }
 
 // lockDataDir takes an exclusive flock on the data directory, because two
 // processes sharing one disk store would corrupt each other's index.

@@ -53,6 +53,7 @@ type serverFlags struct {
 	httpAddr    string
 	data        string
 	casMaxBytes int64
+	access      accessFlags
 }
 
 func (f *serverFlags) register(fs *flag.FlagSet) {
@@ -60,6 +61,7 @@ func (f *serverFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.httpAddr, "http", "127.0.0.1:8981", "HTTP address for /healthz and /metrics (empty disables)")
 	fs.StringVar(&f.data, "data", "./hearth-data", "directory holding the CAS, the action cache and executor scratch space")
 	fs.Int64Var(&f.casMaxBytes, "cas-max-bytes", 0, "evict least recently used CAS blobs beyond this many bytes (0 = unbounded)")
+	f.access.register(fs)
 }
 
 func runServer(args []string) error {
@@ -70,6 +72,11 @@ func runServer(args []string) error {
 		return err
 	}
 	logger := newLogger()
+	if file, err := resolveServerFlags(fs, &f); err != nil {
+		return err
+	} else if file != nil {
+		logWarnings(logger, file.Warnings)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	srv, err := openServer(f, logger)
@@ -91,11 +98,15 @@ type server struct {
 	sched  *scheduler.Scheduler
 	grpc   *grpc.Server
 	lis    net.Listener
+	access *access
 }
 
 func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 	if f.casMaxBytes < 0 {
 		return nil, fmt.Errorf("--cas-max-bytes must be ≥ 0, got %d", f.casMaxBytes)
+	}
+	if err := checkAccess(f); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(f.data, 0o755); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
@@ -126,7 +137,13 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 		return nil, fmt.Errorf("listen %s: %w", f.listen, err)
 	}
 	s.sched = scheduler.New(scheduler.Config{Logger: logger})
-	s.grpc = grpc.NewServer(
+	if s.access, err = openAccess(f, logger, s.operationInstance); err != nil {
+		s.lis.Close()
+		s.sched.Close()
+		unlock()
+		return nil, err
+	}
+	s.grpc = grpc.NewServer(append(s.access.serverOptions(),
 		grpc.MaxRecvMsgSize(reapi.MaxRecvMsgSize),
 		// Large transport buffers and flow-control windows: ByteStream moves
 		// 1 MiB messages, and gRPC's 32 KiB buffers cost a system call (and
@@ -137,7 +154,7 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 		// keep NATs and load balancers from dropping them silently.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
+	)...)
 	reapi.Register(s.grpc, reapi.Config{
 		CAS:                 s.store,
 		ActionCache:         actioncache.NewCompletenessChecking(s.acDisk, s.store),
@@ -149,7 +166,19 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 	return s, nil
 }
 
+// operationInstance tells the access policy which instance an operation
+// runs on.
+func (s *server) operationInstance(name string) (string, bool) {
+	op, err := s.sched.Get(name)
+	if err != nil {
+		return "", false
+	}
+	st, _ := op.Watch()
+	return st.Instance, true
+}
+
 func (s *server) close() {
+	s.access.stop()
 	s.lis.Close()
 	s.sched.Close()
 	s.unlock()
@@ -179,7 +208,7 @@ func (s *server) run(ctx context.Context, logger *slog.Logger, extra net.Listene
 			enc.SetIndent("", "  ")
 			enc.Encode(s.sched.Status())
 		})
-		hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		hs = &http.Server{Handler: s.access.httpHandler(mux), ReadHeaderTimeout: 10 * time.Second}
 		go hs.Serve(hl)
 		httpAddr = hl.Addr().String()
 	}
@@ -188,7 +217,8 @@ func (s *server) run(ctx context.Context, logger *slog.Logger, extra net.Listene
 		go func() { errc <- s.grpc.Serve(extra) }()
 	}
 	go func() { errc <- s.grpc.Serve(lis) }()
-	logger.Info("hearth serving", "grpc", lis.Addr().String(), "http", httpAddr, "data", s.f.data)
+	logger.Info("hearth serving", "grpc", lis.Addr().String(), "http", httpAddr, "data", s.f.data,
+		"tls", s.access.tls != nil, "mtls", s.access.tls != nil && s.access.tls.MutualTLS(), "auth", s.access.policy != nil)
 	select {
 	case err := <-errc:
 		return err

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/hearth-build/hearth/internal/auth"
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/casclient"
 	"github.com/hearth-build/hearth/internal/config"
@@ -47,7 +48,16 @@ func runWorker(args []string) error {
 		if err != nil {
 			return fmt.Errorf("workers[%d].local.worker_api_endpoint.tls_config: %w", i, err)
 		}
-		conn, err := casclient.DialWith(ctx, w.WorkerAPIEndpoint.URI, casclient.DialOptions{Timeout: w.WorkerAPIEndpoint.Timeout, TLS: tlsConfig})
+		var token string
+		if tf := w.WorkerAPIEndpoint.TokenFile; tf != "" {
+			if token, err = auth.ReadTokenFile(tf); err != nil {
+				return fmt.Errorf("workers[%d].local.worker_api_endpoint.token_file: %w", i, err)
+			}
+		}
+		if err := checkRunnerCredentials(fmt.Sprintf("workers[%d].local", i), w, token != "" || tlsConfig != nil); err != nil {
+			return err
+		}
+		conn, err := casclient.DialWith(ctx, w.WorkerAPIEndpoint.URI, casclient.DialOptions{Timeout: w.WorkerAPIEndpoint.Timeout, TLS: tlsConfig, Token: token})
 		if err != nil {
 			return fmt.Errorf("workers[%d].local.worker_api_endpoint: %w", i, err)
 		}
