@@ -33,9 +33,14 @@ const (
 	ACWrite
 	// Execute: Execute, WaitExecution and the Operations service.
 	Execute
-	// Executor: the worker API (serving other people's actions).
+	// Executor: the worker API (serving other people's actions). It
+	// includes Read, Write and ACWrite on every instance: an executor
+	// fetches any instance's inputs and stores the results it produces.
 	Executor
 )
+
+// executorImplies are the rights an executor needs to do its work.
+const executorImplies = Read | Write | ACWrite
 
 // rightNames are in bit order.
 var rightNames = []string{"read", "write", "ac-write", "execute", "executor"}
@@ -74,6 +79,14 @@ type Grant struct {
 	Rights         Right
 }
 
+// effective are the grant's rights with those Executor implies.
+func (g Grant) effective() Right {
+	if g.Rights&Executor != 0 {
+		return g.Rights | executorImplies
+	}
+	return g.Rights
+}
+
 // covers reports whether the grant's prefix covers instance.
 func (g Grant) covers(instance string) bool {
 	p := g.InstancePrefix
@@ -92,7 +105,7 @@ func (p *Principal) Allowed(r Right, instance string) bool {
 	var have Right
 	for _, g := range p.Grants {
 		if g.covers(instance) {
-			have |= g.Rights
+			have |= g.effective()
 		}
 	}
 	return have&r == r
@@ -103,7 +116,7 @@ func (p *Principal) Allowed(r Right, instance string) bool {
 // scheduler no longer knows, which the handler then reports as NOT_FOUND).
 func (p *Principal) allowedSomewhere(r Right) bool {
 	for _, g := range p.Grants {
-		if g.Rights&r == r {
+		if g.effective()&r == r {
 			return true
 		}
 	}

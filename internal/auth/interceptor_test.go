@@ -276,7 +276,9 @@ func TestInterceptors(t *testing.T) {
 		{teamToken, "connect", "", codes.PermissionDenied},
 		// Executor token: the worker API, and nothing else.
 		{workerToken, "connect", "", codes.OK},
-		{workerToken, "caps", "", codes.PermissionDenied},
+		{workerToken, "bswrite", "any", codes.OK}, // executors upload outputs of every instance
+		{workerToken, "updateac", "any", codes.OK},
+		{workerToken, "execute", "", codes.PermissionDenied},
 		// Client certificate mapped to a principal.
 		{"cert:ci", "batchupdate", "", codes.OK},
 		{"cert:ci", "bswrite", "a/b", codes.OK},
