@@ -153,6 +153,31 @@ func (s *accessSetup) secureExecutionFlags(addr string, extra ...string) []strin
 	return append(append(flags, "--tls_certificate="+s.ca.CertFile), extra...)
 }
 
+// debianTCNative is Debian's netty-tcnative JNI library
+// (libnetty-tcnative-jni).
+const debianTCNative = "/usr/lib/x86_64-linux-gnu/jni/libnetty-tcnative.so"
+
+// enableTLS lets Debian's Bazel 4.2.3 use grpcs://: its bundled Netty
+// cannot negotiate ALPN with Java 17's own TLS and needs OpenSSL through
+// netty-tcnative, which it loads only as "libnetty_tcnative.so" from
+// java.library.path, and only from a file of that name (the library checks
+// its own path), so a copy is made.
+func enableTLS(t *testing.T, b *bazelRunner) {
+	t.Helper()
+	data, err := os.ReadFile(debianTCNative)
+	if err != nil {
+		t.Fatalf("Bazel needs netty-tcnative for TLS; run scripts/install-test-deps.sh (Debian's libnetty-tcnative-jni): %v", err)
+	}
+	dir := filepath.Join(b.root, "jni")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "libnetty_tcnative.so"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b.extraStartup = append(b.extraStartup, "--host_jvm_args=-Djava.library.path="+dir)
+}
+
 func bearerHeader(token string) string { return "--remote_header=authorization=Bearer " + token }
 
 // TestBazelAccessTLSToken deploys `hearth serve` with TLS and tokens and
@@ -169,6 +194,7 @@ func TestBazelAccessTLSToken(t *testing.T) {
 		t.Fatalf("the server does not say it serves TLS with auth:\n%s", p.log.tail(5))
 	}
 	b := newBazel(t)
+	enableTLS(t, b)
 	before := storedFiles(t, p.DataDir)
 
 	out, err := b.runErr("build", s.secureExecutionFlags(p.GRPCAddr, "//...")...)
@@ -254,6 +280,7 @@ func TestBazelAccessMTLS(t *testing.T) {
 	}
 
 	b := newBazel(t)
+	enableTLS(t, b)
 	execLog := filepath.Join(b.root, "mtls.exec.json")
 	out := b.run("build", s.secureExecutionFlags(p.GRPCAddr,
 		"--tls_client_certificate="+s.client.CertFile, "--tls_client_key="+s.client.KeyFile,

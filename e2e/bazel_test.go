@@ -35,6 +35,8 @@ type bazelRunner struct {
 	// targets are what localBaseline and checkRemoteMatchesLocal build and
 	// test: //... unless a test adds manual targets.
 	targets []string
+	// extraStartup are more startup options (see enableTLS).
+	extraStartup []string
 }
 
 // newBazel returns a runner on a private copy of testdata/bazel/ws.
@@ -106,14 +108,14 @@ func newBazelIn(t *testing.T, wsName string) *bazelRunner {
 // or Bazel restarts its server. The system bazelrc is kept: Debian's sets the
 // install base its bazel needs.
 func (b *bazelRunner) startupOptions() []string {
-	return []string{
+	return append([]string{
 		"--nohome_rc",
 		"--noworkspace_rc",
 		"--output_user_root=" + filepath.Join(b.root, "user_root"),
 		"--output_base=" + b.outputBase,
 		"--max_idle_secs=300",
 		"--host_jvm_args=-Xmx1g",
-	}
+	}, b.extraStartup...)
 }
 
 // buildFlags are added to every build and test: no convenience symlinks in

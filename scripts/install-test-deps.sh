@@ -5,6 +5,9 @@
 #   - gcc, should bazel be present without it;
 #   - bwrap (Debian's bubblewrap), for the sandbox tests of persistent workers
 #     and one-shot actions;
+#   - Debian's libnetty-tcnative-jni, with which Debian's Bazel 4.2.3 can
+#     speak TLS (its bundled Netty cannot use Java 17's own ALPN), for the
+#     e2e tests of TLS and mTLS (see e2e/auth_test.go, enableTLS);
 #   - staticcheck, pinned so CI does not change under us.
 # Tools already on PATH are left alone, so a developer's own versions are used.
 set -euo pipefail
@@ -15,6 +18,9 @@ apt_packages=()
 command -v bazel >/dev/null 2>&1 || apt_packages+=(bazel-bootstrap)
 command -v gcc >/dev/null 2>&1 || apt_packages+=(gcc)
 command -v bwrap >/dev/null 2>&1 || apt_packages+=(bubblewrap)
+if command -v dpkg >/dev/null 2>&1 && ! dpkg -s libnetty-tcnative-jni >/dev/null 2>&1; then
+  apt_packages+=(libnetty-tcnative-jni)
+fi
 if ((${#apt_packages[@]})); then
   sudo=()
   [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)

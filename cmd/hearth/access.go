@@ -170,7 +170,7 @@ func openAccess(f serverFlags, logger *slog.Logger, opInstance func(string) (str
 func (a *access) serverOptions() []grpc.ServerOption {
 	var opts []grpc.ServerOption
 	if a.tls != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(a.tls.Config("h2"))))
+		opts = append(opts, grpc.Creds(inProcessPassthrough{credentials.NewTLS(a.tls.Config("h2"))}))
 	}
 	if a.policy != nil {
 		opts = append(opts, grpc.ChainUnaryInterceptor(a.policy.UnaryInterceptor()), grpc.ChainStreamInterceptor(a.policy.StreamInterceptor()))
@@ -223,4 +223,40 @@ func checkRunnerCredentials(path string, w *config.LocalWorker, needsCredentials
 		return fmt.Errorf("%s.runner_command: not supported when the server requires TLS client settings or a token (the runner would be given --remote only)", path)
 	}
 	return nil
+}
+
+// markInProcess wraps the embedded executors' in-process listener so that
+// the server's TLS credentials let its connections through without a
+// handshake: they never leave the process. Their calls still need the
+// in-process token when auth is on.
+func markInProcess(l net.Listener) net.Listener { return inProcessListener{l} }
+
+type inProcessListener struct{ net.Listener }
+
+func (l inProcessListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return inProcessConn{c}, nil
+}
+
+type inProcessConn struct{ net.Conn }
+
+// inProcessPassthrough is TLS for every connection but in-process ones.
+type inProcessPassthrough struct{ credentials.TransportCredentials }
+
+type inProcessAuthInfo struct{ credentials.CommonAuthInfo }
+
+func (inProcessAuthInfo) AuthType() string { return "in-process" }
+
+func (c inProcessPassthrough) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	if _, ok := conn.(inProcessConn); ok {
+		return conn, inProcessAuthInfo{credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}, nil
+	}
+	return c.TransportCredentials.ServerHandshake(conn)
+}
+
+func (c inProcessPassthrough) Clone() credentials.TransportCredentials {
+	return inProcessPassthrough{c.TransportCredentials.Clone()}
 }

@@ -157,7 +157,7 @@ func serve(ctx context.Context, f serveFlags, logger *slog.Logger) error {
 		running.Add(1)
 		go func() { defer running.Done(); exec.Run(execCtx, conn) }()
 	}
-	return srv.run(ctx, logger, inproc, stopExecutors)
+	return srv.run(ctx, logger, markInProcess(inproc), stopExecutors)
 }
 
 // inProcessToken sends the embedded executors' token over the in-process
