@@ -244,7 +244,9 @@ func (l inProcessListener) Accept() (net.Conn, error) {
 type inProcessConn struct{ net.Conn }
 
 // inProcessPassthrough is TLS for every connection but in-process ones.
-type inProcessPassthrough struct{ credentials.TransportCredentials }
+type inProcessPassthrough struct {
+	credentials.TransportCredentials
+}
 
 type inProcessAuthInfo struct{ credentials.CommonAuthInfo }
 
