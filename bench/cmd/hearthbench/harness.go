@@ -124,11 +124,21 @@ type hearthServer struct {
 	ready    time.Time // when the serving line was seen
 	GRPCAddr string
 	DataDir  string
+	// scheme and dialOpts are how clients reach it: "grpc" without options
+	// unless startHearthWith says otherwise.
+	scheme   string
+	dialOpts casclient.DialOptions
 }
 
 // startHearth starts `hearth serve` on loopback ports with dataDir and waits
 // until it answers GetCapabilities. Its log goes to logPath.
 func (b *bench) startHearth(ctx context.Context, dataDir, logPath string, extraArgs ...string) (*hearthServer, error) {
+	return b.startHearthWith(ctx, dataDir, logPath, "grpc", casclient.DialOptions{}, extraArgs...)
+}
+
+// startHearthWith is startHearth for a server that clients reach with
+// scheme (grpc or grpcs) and dialOpts (TLS settings, a token).
+func (b *bench) startHearthWith(ctx context.Context, dataDir, logPath, scheme string, dialOpts casclient.DialOptions, extraArgs ...string) (*hearthServer, error) {
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
@@ -143,7 +153,7 @@ func (b *bench) startHearth(ctx context.Context, dataDir, logPath string, extraA
 	// Its own process group, so that a kill takes its actions with it;
 	// Pdeathsig, so that a crashed hearthbench leaves no server behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	s := &hearthServer{cmd: cmd, log: log, done: make(chan struct{}), started: time.Now(), DataDir: dataDir}
+	s := &hearthServer{cmd: cmd, log: log, done: make(chan struct{}), started: time.Now(), DataDir: dataDir, scheme: scheme, dialOpts: dialOpts}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return nil, fmt.Errorf("starting %s: %w", b.hearthBin, err)
@@ -176,7 +186,7 @@ func (s *hearthServer) waitReady(ctx context.Context) error {
 	if s.GRPCAddr == "" {
 		return fmt.Errorf("serving line without grpc=: %s", line)
 	}
-	conn, err := casclient.Dial(ctx, "grpc://"+s.GRPCAddr)
+	conn, err := s.dial(ctx)
 	if err != nil {
 		return err
 	}
@@ -199,7 +209,7 @@ func (s *hearthServer) PID() int { return s.cmd.Process.Pid }
 
 // dial opens a client connection to the server.
 func (s *hearthServer) dial(ctx context.Context) (*grpc.ClientConn, error) {
-	return casclient.Dial(ctx, "grpc://"+s.GRPCAddr)
+	return casclient.DialWith(ctx, s.scheme+"://"+s.GRPCAddr, s.dialOpts)
 }
 
 // stop asks the server to shut down and waits; after a grace period it kills

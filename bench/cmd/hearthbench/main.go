@@ -13,7 +13,8 @@
 //	go run ./bench/cmd/hearthbench                  # every scenario, default sizes
 //	go run ./bench/cmd/hearthbench -run bytestream,execute -size 256MiB
 //
-// Scenarios: bytestream, findmissing, batchupdate, restart, execute, bazel.
+// Scenarios: bytestream, findmissing, batchupdate, restart, execute, bazel,
+// access.
 // There are no tests here: benchmarks are not timed unit tests.
 package main
 
@@ -63,6 +64,8 @@ type options struct {
 	genrules    int // bazel
 	bazelJobs   int
 	bazelRounds int
+
+	accessSize byteSize // access
 }
 
 // scenario is one measurement; run returns its rows and notes.
@@ -78,6 +81,7 @@ var scenarios = []scenario{
 	{"restart", runRestart},
 	{"execute", runExecute},
 	{"bazel", runBazel},
+	{"access", runAccess},
 }
 
 func main() {
@@ -88,7 +92,7 @@ func main() {
 }
 
 func parseOptions(args []string) (options, error) {
-	o := options{size: 1 << 30, batchBlobSize: 4 << 10}
+	o := options{size: 1 << 30, batchBlobSize: 4 << 10, accessSize: 512 << 20}
 	fs := flag.NewFlagSet("hearthbench", flag.ContinueOnError)
 	names := make([]string, len(scenarios))
 	for i, s := range scenarios {
@@ -117,6 +121,7 @@ func parseOptions(args []string) (options, error) {
 	fs.IntVar(&o.genrules, "genrules", 500, "bazel: genrules in the generated workspace")
 	fs.IntVar(&o.bazelJobs, "bazel-jobs", 0, "bazel: --jobs for both builds (0: Bazel's default)")
 	fs.IntVar(&o.bazelRounds, "bazel-rounds", 1, "bazel: rounds of the (slow) local and remote builds; overrides -rounds")
+	fs.Var(&o.accessSize, "access-size", "access: blob size of the ByteStream transfers (latency uses -exec-latency-actions)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -134,7 +139,7 @@ func parseOptions(args []string) (options, error) {
 			return o, fmt.Errorf("%s must be positive, got %d", name, v)
 		}
 	}
-	if o.size <= 0 || o.batchBlobSize <= 0 {
+	if o.size <= 0 || o.batchBlobSize <= 0 || o.accessSize <= 0 {
 		return o, errors.New("-size and -batch-blob-size must be positive")
 	}
 	if o.fmDuration <= 0 {
