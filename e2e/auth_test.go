@@ -353,3 +353,15 @@ func TestWorkerAccessToken(t *testing.T) {
 		t.Errorf("the action ran on %q, want w1", w)
 	}
 }
+
+// TestPlaintextRefusedOffLoopback: `hearth server` will not listen in
+// plaintext on a non-loopback address without --insecure, and says why.
+// (The check comes before the listener is opened, so nothing binds off
+// loopback; --insecure is not tried, since it would.)
+func TestPlaintextRefusedOffLoopback(t *testing.T) {
+	p := launchHearth(t, t.TempDir(), nil, "server", "--listen", "0.0.0.0:0", "--http", "", "--data", t.TempDir())
+	p.waitExit(1)
+	if out := p.log.String(); !strings.Contains(out, "refusing to serve gRPC in plaintext on 0.0.0.0:0") || !strings.Contains(out, "--insecure") {
+		t.Errorf("the refusal does not say what and why:\n%s", out)
+	}
+}
