@@ -1,6 +1,9 @@
 package main
 
 import (
+	"flag"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -28,5 +31,37 @@ func TestCheckPlaintext(t *testing.T) {
 		if err != nil && !strings.Contains(err.Error(), "--insecure") {
 			t.Errorf("%q: the error does not name --insecure: %v", tc.addr, err)
 		}
+	}
+}
+
+func TestResolveServerFlagsFlagsOverrideFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "server.json5")
+	cfg := `{listen: "127.0.0.1:9000", http: "", storage: {data_dir: "/from/file", cas_max_bytes: "1KiB"},
+		tls: {cert_file: "/c.pem", key_file: "/k.pem"}}`
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	var f serverFlags
+	f.register(fs)
+	if err := fs.Parse([]string{"--config-server", path, "--data", "/from/flag", "--tls-key", "/flag.key"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := resolveServerFlags(fs, &f); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ name, got, want string }{
+		{"listen", f.listen, "127.0.0.1:9000"},
+		{"http", f.httpAddr, ""},
+		{"data", f.data, "/from/flag"},
+		{"tls-cert", f.access.tlsCert, "/c.pem"},
+		{"tls-key", f.access.tlsKey, "/flag.key"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %q, want %q", c.name, c.got, c.want)
+		}
+	}
+	if f.casMaxBytes != 1024 {
+		t.Errorf("cas-max-bytes = %d, want 1024", f.casMaxBytes)
 	}
 }
