@@ -134,7 +134,6 @@ func blobOf(data string) (*repb.Digest, digest.Digest) {
 // stored something, so that a refused write can be shown to have stored
 // nothing.
 type call struct {
-	name    string
 	do      func(ctx context.Context, conn *grpc.ClientConn, instance, data string) error
 	written func(f *fixture, instance, data string) bool
 }
