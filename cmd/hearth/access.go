@@ -149,7 +149,7 @@ func openAccess(f serverFlags, logger *slog.Logger, opInstance func(string) (str
 	principals := a.principals
 	if len(principals) > 0 && a.embeddedToken != "" {
 		principals = append(principals[:len(principals):len(principals)], auth.PrincipalConfig{
-			Name: "embedded-executor", TokenSHA256: []string{auth.HashToken(a.embeddedToken)},
+			Name: "(embedded executor)", TokenSHA256: []string{auth.HashToken(a.embeddedToken)},
 			Grants: []auth.Grant{{Rights: auth.Executor}},
 		})
 	}
