@@ -150,8 +150,10 @@ func accessRound(ctx context.Context, b *bench, dir, scheme string, dialOpts cas
 	if _, err := latencies(ctx, executeWarmup, run(0)); err != nil {
 		return s, err
 	}
+	stopProfile := b.profile(srv, "access-latency-"+scheme+"-"+filepath.Base(filepath.Dir(dir)))
 	cpu := measureCPU(srv.PID())
 	lat, err := latencies(ctx, n, run(executeWarmup))
+	stopProfile()
 	if err != nil {
 		return s, err
 	}
