@@ -24,9 +24,6 @@ func NewDecoder() *Decoder { return &Decoder{d: &decoder{lookupEnv: os.LookupEnv
 // with the worker file's syntax error messages (line and column).
 func DecodeJSON5(data []byte) (any, error) { return decodeJSON5(data) }
 
-// FieldPath names key inside parent ("a.b", or `a["odd key"]`).
-func FieldPath(parent, key string) string { return fieldPath(parent, key) }
-
 // IndexPath names element i of the array at parent ("a[3]").
 func IndexPath(parent string, i int) string { return indexPath(parent, i) }
 
