@@ -365,3 +365,56 @@ func TestPlaintextRefusedOffLoopback(t *testing.T) {
 		t.Errorf("the refusal does not say what and why:\n%s", out)
 	}
 }
+
+// TestTLSReloadOnSIGHUP: `hearth serve --tls-cert --tls-key` serves the
+// files' certificate, and after the files are replaced and the server gets
+// SIGHUP, new connections get the new certificate without a restart.
+func TestTLSReloadOnSIGHUP(t *testing.T) {
+	s := newAccessSetup(t)
+	next, err := s.ca.Server("server-next")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startServe(t, t.TempDir(), "--tls-cert", s.server.CertFile, "--tls-key", s.server.KeyFile)
+	served := func() (string, error) {
+		c, err := tls.Dial("tcp", p.GRPCAddr, &tls.Config{RootCAs: s.ca.Pool(), NextProtos: []string{"h2"}})
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].Subject.CommonName, nil
+	}
+	if cn, err := served(); err != nil || cn != "server" {
+		t.Fatalf("served certificate %q (%v), want server", cn, err)
+	}
+	for _, f := range [][2]string{{next.CertFile, s.server.CertFile}, {next.KeyFile, s.server.KeyFile}} {
+		data, err := os.ReadFile(f[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f[1], data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		cn, err := served()
+		if err == nil && cn == "server-next" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("5s after SIGHUP the server still serves %q (%v)", cn, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The embedded executor (in-process, no handshake) still works.
+	ci := s.dialSecure(t, p.GRPCAddr, "", nil)
+	a := actionSpec{args: []string{"/bin/sh", "-c", "echo after reload > out"}, outputPaths: []string{"out"}}.build(t)
+	ci.upload(t, a)
+	if resp, err := ci.execute(t.Context(), a.action.digest); err != nil || resp.GetResult().GetExitCode() != 0 {
+		t.Fatalf("Execute after the reload: %v, %v", resp, err)
+	}
+}
