@@ -418,3 +418,23 @@ func TestTLSReloadOnSIGHUP(t *testing.T) {
 		t.Fatalf("Execute after the reload: %v, %v", resp, err)
 	}
 }
+
+// TestHearthRunCredentials: `hearth run --remote=grpcs://…` with --tls-ca
+// and --token-file runs an action against a server with TLS and auth;
+// without the token it fails, saying the call was unauthenticated.
+func TestHearthRunCredentials(t *testing.T) {
+	s := newAccessSetup(t)
+	p := startServe(t, t.TempDir(), "--config-server", s.writeConfig(t, false))
+	ci := s.dialSecure(t, p.GRPCAddr, s.tokens["ci"], nil)
+	a := actionSpec{args: []string{"/bin/sh", "-c", "echo ran > out"}, outputPaths: []string{"out"}}.build(t)
+	ci.upload(t, a)
+	remote := "--remote=grpcs://" + p.GRPCAddr
+	r := hearthRun(t, t.TempDir(), p.GRPCAddr, a, remote, "--tls-ca="+s.ca.CertFile, "--token-file="+s.tokenFile(t, "ci"))
+	if r.exitCode != 0 || r.result.GetExitCode() != 0 || len(r.result.GetOutputFiles()) != 1 {
+		t.Fatalf("hearth run with credentials: exit %d, result %v\n%s", r.exitCode, r.result, r.output)
+	}
+	r = hearthRun(t, t.TempDir(), p.GRPCAddr, a, remote, "--tls-ca="+s.ca.CertFile)
+	if r.exitCode == 0 || !strings.Contains(strings.ToLower(r.output), "unauthenticated") {
+		t.Fatalf("hearth run without a token: exit %d, want a failure saying unauthenticated\n%s", r.exitCode, r.output)
+	}
+}
