@@ -97,6 +97,7 @@ func TestBazelPersistentWorkersRemote(t *testing.T) {
 	if len(first.Fallbacks) > 0 {
 		t.Errorf("key %s: fallbacks %v, want none: every action should run on a worker", first.Key, first.Fallbacks)
 	}
+	checkPoolMetrics(t, p, first.Key, first.WarmHits, first.ColdStarts)
 
 	// 2. One source changes: one action reruns, on a warm worker.
 	writeWorkspaceFile(t, b, unitSource(7), "--content=source 07, version 2\n")

@@ -19,6 +19,14 @@ const splitActions = 200
 // that each sleep 100-300 ms and write a distinct line, and an "all" genrule
 // concatenating them, with the content every output must have.
 func splitWorkspace() (files map[string]string, want map[string]string) {
+	return splitWorkspaceLogging("")
+}
+
+// splitWorkspaceLogging is splitWorkspace whose genrules, when completions is
+// set, also append "name working-directory" to that file as they finish, so
+// a test can tell which executor ran each action to completion, and how
+// often.
+func splitWorkspaceLogging(completions string) (files map[string]string, want map[string]string) {
 	var build, srcs strings.Builder
 	want = map[string]string{}
 	var all strings.Builder
@@ -27,7 +35,11 @@ func splitWorkspace() (files map[string]string, want map[string]string) {
 		name := fmt.Sprintf("g%03d", i)
 		line := fmt.Sprintf("%s %x", name, sha256.Sum256([]byte(name)))
 		sleep := 100 + i*37%201 // milliseconds, spread over 100-300
-		fmt.Fprintf(&build, "\ngenrule(\n    name = %q,\n    outs = [\"out/%s.txt\"],\n    cmd = \"sleep 0.%03d && echo '%s' > $@\",\n)\n", name, name, sleep, line)
+		logCmd := ""
+		if completions != "" {
+			logCmd = fmt.Sprintf(" && echo %s $$PWD >> %s", name, completions)
+		}
+		fmt.Fprintf(&build, "\ngenrule(\n    name = %q,\n    outs = [\"out/%s.txt\"],\n    cmd = \"sleep 0.%03d && echo '%s' > $@%s\",\n)\n", name, name, sleep, line, logCmd)
 		fmt.Fprintf(&srcs, "        \":%s\",\n", name)
 		want["out/"+name+".txt"] = line + "\n"
 		all.WriteString(line + "\n")

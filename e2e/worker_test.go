@@ -13,8 +13,8 @@ import (
 // startWorker starts `hearth worker` with one executor, name, that connects
 // to srv (a `hearth server`) and runs up to maxInflight actions at once, and
 // waits until srv reports it connected. Its configuration file and work
-// directory are its own.
-func startWorker(t *testing.T, srv *hearthProcess, name string, maxInflight int) *hearthProcess {
+// directory are its own. extraArgs go to `hearth worker`.
+func startWorker(t *testing.T, srv *hearthProcess, name string, maxInflight int, extraArgs ...string) *hearthProcess {
 	t.Helper()
 	dir := t.TempDir()
 	config := fmt.Sprintf(`// written by the e2e test %s
@@ -33,7 +33,7 @@ func startWorker(t *testing.T, srv *hearthProcess, name string, maxInflight int)
 	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := launchHearth(t, dir, nil, "worker", "--config", configPath)
+	p := launchHearth(t, dir, nil, append([]string{"worker", "--config", configPath}, extraArgs...)...)
 	ctx, cancel := context.WithTimeout(t.Context(), readyTimeout)
 	defer cancel()
 	if _, err := srv.log.waitFor(ctx, p.done, `msg="executor connected" executor=`+name+" "); err != nil {

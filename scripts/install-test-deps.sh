@@ -8,6 +8,8 @@
 #   - Debian's libnetty-tcnative-jni, with which Debian's Bazel 4.2.3 can
 #     speak TLS (its bundled Netty cannot use Java 17's own ALPN), for the
 #     e2e tests of TLS and mTLS (see e2e/auth_test.go, enableTLS);
+#   - chromium (Debian's), for the e2e test that drives the status page in a
+#     headless browser (chromedp);
 #   - staticcheck, pinned so CI does not change under us.
 # Tools already on PATH are left alone, so a developer's own versions are used.
 set -euo pipefail
@@ -21,6 +23,7 @@ command -v bwrap >/dev/null 2>&1 || apt_packages+=(bubblewrap)
 if command -v dpkg >/dev/null 2>&1 && ! dpkg -s libnetty-tcnative-jni >/dev/null 2>&1; then
   apt_packages+=(libnetty-tcnative-jni)
 fi
+command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
 if ((${#apt_packages[@]})); then
   sudo=()
   [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)

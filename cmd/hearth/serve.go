@@ -23,6 +23,7 @@ import (
 	"github.com/hearth-build/hearth/internal/auth"
 	"github.com/hearth-build/hearth/internal/config"
 	"github.com/hearth-build/hearth/internal/executor"
+	"github.com/hearth-build/hearth/internal/metrics"
 )
 
 type serveFlags struct {
@@ -146,10 +147,11 @@ func serve(ctx context.Context, f serveFlags, logger *slog.Logger) error {
 	var running sync.WaitGroup
 	stopExecutors := sync.OnceFunc(func() { stopExec(); running.Wait() })
 	defer stopExecutors()
+	execMetrics := metrics.NewExecutor(srv.reg)
 	for i := range workers {
 		exec, err := executor.FromConfig(ctx, &workers[i], executor.Deps{
 			CAS: srv.store, ActionCache: srv.acDisk.Relaxed(), FileSource: srv.disk,
-			RunnerRemote: "grpc://" + srv.lis.Addr().String(), Logger: logger,
+			RunnerRemote: "grpc://" + srv.lis.Addr().String(), Logger: logger, Metrics: execMetrics,
 		})
 		if err != nil {
 			return fmt.Errorf("embedded executor %s: %w", workers[i].Name, err)

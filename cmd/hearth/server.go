@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -14,8 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
@@ -23,8 +22,11 @@ import (
 	"github.com/hearth-build/hearth/internal/actioncache"
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/casclient"
+	"github.com/hearth-build/hearth/internal/drain"
+	"github.com/hearth-build/hearth/internal/metrics"
 	"github.com/hearth-build/hearth/internal/reapi"
 	"github.com/hearth-build/hearth/internal/scheduler"
+	"github.com/hearth-build/hearth/internal/statuspage"
 	"github.com/hearth-build/hearth/internal/workerapi"
 )
 
@@ -54,14 +56,16 @@ type serverFlags struct {
 	data        string
 	casMaxBytes int64
 	access      accessFlags
+	drainGrace  time.Duration
 }
 
 func (f *serverFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:8980", "gRPC address for REAPI clients and executors (Bazel --remote_executor=grpc://ADDR)")
-	fs.StringVar(&f.httpAddr, "http", "127.0.0.1:8981", "HTTP address for /healthz and /metrics (empty disables)")
+	fs.StringVar(&f.httpAddr, "http", "127.0.0.1:8981", "HTTP address of the status page (/), /status, /metrics and /healthz (empty disables)")
 	fs.StringVar(&f.data, "data", "./hearth-data", "directory holding the CAS, the action cache and executor scratch space")
 	fs.Int64Var(&f.casMaxBytes, "cas-max-bytes", 0, "evict least recently used CAS blobs beyond this many bytes (0 = unbounded)")
 	f.access.register(fs)
+	fs.DurationVar(&f.drainGrace, "drain-grace", 10*time.Second, "on SIGTERM, how long running client calls (Execute streams, uploads) may take to finish before the server stops")
 }
 
 func runServer(args []string) error {
@@ -99,6 +103,11 @@ type server struct {
 	grpc   *grpc.Server
 	lis    net.Listener
 	access *access
+
+	journal     *statuspage.Journal
+	calls       *drain.Tracker
+	grpcMetrics *grpcprom.ServerMetrics
+	grpcOpts    []grpc.ServerOption
 }
 
 func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
@@ -115,8 +124,11 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &server{f: f, unlock: unlock, reg: prometheus.NewRegistry()}
-	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if f.drainGrace <= 0 {
+		unlock()
+		return nil, fmt.Errorf("--drain-grace must be positive, got %s", f.drainGrace)
+	}
+	s := &server{f: f, unlock: unlock, reg: metrics.NewRegistry(), journal: statuspage.NewJournal(100, 30)}
 	start := time.Now()
 	s.disk, err = cas.NewDisk(filepath.Join(f.data, "cas"), cas.DiskOptions{MaxBytes: f.casMaxBytes, Logger: logger})
 	if err != nil {
@@ -125,6 +137,7 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 	}
 	logger.Info("CAS index loaded", "blobs", s.disk.Count(), "bytes", s.disk.SizeBytes(), "took", time.Since(start).Round(time.Millisecond))
 	s.store = cas.NewMetrics(cas.NewVerifying(cas.NewSmallBlobCache(s.disk, smallBlobMax, smallBlobCacheBytes)), s.reg)
+	metrics.RegisterDisk(s.reg, s.disk)
 	s.acDisk, err = actioncache.NewDisk(filepath.Join(f.data, "ac"))
 	if err != nil {
 		unlock()
@@ -136,14 +149,20 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 		unlock()
 		return nil, fmt.Errorf("listen %s: %w", f.listen, err)
 	}
-	s.sched = scheduler.New(scheduler.Config{Logger: logger})
+	schedMetrics := metrics.NewScheduler(s.reg, func() scheduler.Status { return s.sched.Status() })
+	s.sched = scheduler.New(scheduler.Config{Logger: logger, Observer: scheduler.Observers{schedMetrics, s.journal}})
 	if s.access, err = openAccess(f, logger, s.operationInstance); err != nil {
 		s.lis.Close()
 		s.sched.Close()
 		unlock()
 		return nil, err
 	}
-	s.grpc = grpc.NewServer(append(s.access.serverOptions(),
+	// Metrics first, so that calls the access check refuses are counted.
+	s.calls = drain.NewTracker("/" + workerapi.Scheduler_ServiceDesc.ServiceName + "/")
+	s.grpcMetrics, s.grpcOpts = metrics.GRPCServer(s.reg)
+	s.grpcOpts = append(s.grpcOpts, s.calls.ServerOptions()...)
+	s.grpcOpts = append(s.grpcOpts, s.access.serverOptions()...)
+	s.grpc = grpc.NewServer(append(s.grpcOpts,
 		grpc.MaxRecvMsgSize(reapi.MaxRecvMsgSize),
 		// Large transport buffers and flow-control windows: ByteStream moves
 		// 1 MiB messages, and gRPC's 32 KiB buffers cost a system call (and
@@ -157,12 +176,13 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 	)...)
 	reapi.Register(s.grpc, reapi.Config{
 		CAS:                 s.store,
-		ActionCache:         actioncache.NewCompletenessChecking(s.acDisk, s.store),
+		ActionCache:         actioncache.NewMetrics(actioncache.NewCompletenessChecking(s.acDisk, s.store), s.reg),
 		ExecEnabled:         true,
 		Scheduler:           s.sched,
 		MaxCASBlobSizeBytes: f.casMaxBytes,
 	})
 	workerapi.RegisterSchedulerServer(s.grpc, s.sched)
+	s.grpcMetrics.InitializeMetrics(s.grpc)
 	return s, nil
 }
 
@@ -184,12 +204,11 @@ func (s *server) close() {
 	s.unlock()
 }
 
-// run serves until ctx ends, then stops gracefully: in-flight RPCs get a grace
-// period, and a write stream cut off after it is discarded by its Writer, so
-// nothing half-written is ever visible. extra is an additional listener (the
-// embedded executor's in-process one); beforeStop runs before the graceful
-// stop, so that the embedded executor's own stream does not hold it up.
-func (s *server) run(ctx context.Context, logger *slog.Logger, extra net.Listener, beforeStop func()) error {
+// run serves until ctx ends, then drains (see drainAndStop). extra is an
+// additional listener (the embedded executor's in-process one); stopExecutors
+// runs once the clients' calls are done, before the server closes the
+// executor sessions.
+func (s *server) run(ctx context.Context, logger *slog.Logger, extra net.Listener, stopExecutors func()) error {
 	lis := s.lis
 	var hs *http.Server
 	httpAddr := ""
@@ -199,16 +218,12 @@ func (s *server) run(ctx context.Context, logger *slog.Logger, extra net.Listene
 			lis.Close()
 			return fmt.Errorf("listen %s: %w", s.f.httpAddr, err)
 		}
-		mux := http.NewServeMux()
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-		mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
-		mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
-			w.Header().Set("Content-Type", "application/json")
-			enc := json.NewEncoder(w)
-			enc.SetIndent("", "  ")
-			enc.Encode(s.sched.Status())
-		})
-		hs = &http.Server{Handler: s.access.httpHandler(mux), ReadHeaderTimeout: 10 * time.Second}
+		// The access check guards everything but /healthz when a policy
+		// is in force (the same principal check as the gRPC APIs).
+		hs = &http.Server{Handler: s.access.httpHandler(statuspage.Handler(statuspage.Config{
+			Scheduler: s.sched.Status, Journal: s.journal,
+			Metrics: promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}),
+		})), ReadHeaderTimeout: 10 * time.Second}
 		go hs.Serve(hl)
 		httpAddr = hl.Addr().String()
 	}
@@ -224,19 +239,27 @@ func (s *server) run(ctx context.Context, logger *slog.Logger, extra net.Listene
 		return err
 	case <-ctx.Done():
 	}
-	logger.Info("shutting down")
-	if beforeStop != nil {
-		beforeStop()
-	}
-	done := make(chan struct{})
-	go func() { s.grpc.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		s.grpc.Stop()
-	}
+	s.drainAndStop(logger, stopExecutors)
 	if hs != nil {
 		hs.Close()
 	}
 	return nil
+}
+
+// drainAndStop is the graceful stop: no new connections or calls; the
+// clients' calls in flight (Execute streams waiting for their actions,
+// uploads) get --drain-grace to finish while executors keep working; then the
+// embedded executors stop, the executor sessions close (a remote worker
+// reconnects elsewhere or waits), and the action cache is synced so every
+// acknowledged write is on disk (the CAS fsyncs each commit already).
+func (s *server) drainAndStop(logger *slog.Logger, stopExecutors func()) {
+	logger.Info("draining", "calls_in_flight", s.calls.InFlight(), "grace", s.f.drainGrace)
+	cut := drain.Stop(s.grpc, s.calls, s.f.drainGrace, stopExecutors)
+	if cut > 0 {
+		logger.Warn("drain grace over; cut off calls still running", "calls", cut)
+	}
+	if err := s.acDisk.Sync(); err != nil {
+		logger.Warn("syncing the action cache", "err", err)
+	}
+	logger.Info("shut down")
 }

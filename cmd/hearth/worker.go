@@ -4,32 +4,53 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/hearth-build/hearth/internal/auth"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/hearth-build/hearth/internal/actioncache"
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/casclient"
 	"github.com/hearth-build/hearth/internal/config"
 	"github.com/hearth-build/hearth/internal/executor"
+	"github.com/hearth-build/hearth/internal/metrics"
+	"github.com/hearth-build/hearth/internal/statuspage"
 )
 
 // runWorker is `hearth worker --config FILE`: executors that connect to a
 // `hearth server` (or `hearth serve`) and use its CAS and action cache.
+//
+// SIGTERM (or SIGINT) drains: the executors take no new actions, finish the
+// running ones for up to --drain-grace, end their sessions (the scheduler
+// re-queues what they had not started), stop their persistent workers and
+// exit. A second signal, or the end of the grace, cancels what still runs.
 func runWorker(args []string) error {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	path := fs.String("config", "", "worker configuration (JSON5, NativeLink's local worker shape; see the README)")
+	httpAddr := fs.String("http", "", "HTTP address of this worker's status page (/), /status, /metrics and /healthz, e.g. 127.0.0.1:8982 (empty disables)")
+	grace := fs.Duration("drain-grace", 10*time.Minute, "on SIGTERM, how long running actions may take to finish before they are cancelled (and re-queued by the scheduler)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *path == "" {
 		return errors.New("--config is required")
+	}
+	if *grace <= 0 {
+		return fmt.Errorf("--drain-grace must be positive, got %s", *grace)
 	}
 	logger := newLogger()
 	file, err := config.Load(*path)
@@ -37,11 +58,20 @@ func runWorker(args []string) error {
 		return err
 	}
 	logWarnings(logger, file.Warnings)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// ctx is the hard stop; the first signal only drains.
+	ctx, hardStop := context.WithCancel(context.Background())
+	defer hardStop()
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(signals)
 
+	reg := metrics.NewRegistry()
+	execMetrics := metrics.NewExecutor(reg)
+	clientMetrics := metrics.GRPCClient(reg)
 	var wg sync.WaitGroup
 	errs := make([]error, len(file.Workers))
+	var execs []*executor.Executor
+	var statusFuncs []func() any
 	for i := range file.Workers {
 		w := &file.Workers[i].Local
 		tlsConfig, err := clientTLS(w.WorkerAPIEndpoint.TLS)
@@ -57,7 +87,7 @@ func runWorker(args []string) error {
 		if err := checkRunnerCredentials(fmt.Sprintf("workers[%d].local", i), w, token != "" || tlsConfig != nil); err != nil {
 			return err
 		}
-		conn, err := casclient.DialWith(ctx, w.WorkerAPIEndpoint.URI, casclient.DialOptions{Timeout: w.WorkerAPIEndpoint.Timeout, TLS: tlsConfig, Token: token})
+		conn, err := casclient.DialWith(ctx, w.WorkerAPIEndpoint.URI, casclient.DialOptions{Timeout: w.WorkerAPIEndpoint.Timeout, TLS: tlsConfig, Token: token, Extra: clientMetrics})
 		if err != nil {
 			return fmt.Errorf("workers[%d].local.worker_api_endpoint: %w", i, err)
 		}
@@ -65,14 +95,16 @@ func runWorker(args []string) error {
 		// Directory and Command protos are read again for every action
 		// that shares them; keep the small ones in memory rather than ask
 		// the server each time.
-		store := cas.NewSmallBlobCache(casclient.NewStore(conn, ""), smallBlobMax, smallBlobCacheBytes)
+		store := cas.NewSmallBlobCache(cas.NewMetrics(casclient.NewStore(conn, ""), reg), smallBlobMax, smallBlobCacheBytes)
 		exec, err := executor.FromConfig(ctx, w, executor.Deps{
-			CAS: store, ActionCache: casclient.NewActionCache(conn), FileSource: store,
-			RunnerRemote: w.WorkerAPIEndpoint.URI, Logger: logger,
+			CAS: store, ActionCache: actioncache.NewMetrics(casclient.NewActionCache(conn), reg), FileSource: store,
+			RunnerRemote: w.WorkerAPIEndpoint.URI, Logger: logger, Metrics: execMetrics,
 		})
 		if err != nil {
 			return fmt.Errorf("workers[%d]: %w", i, err)
 		}
+		execs = append(execs, exec)
+		statusFuncs = append(statusFuncs, exec.Status)
 		logger.Info("hearth worker starting", "name", w.Name, "scheduler", w.WorkerAPIEndpoint.URI, "work_directory", w.WorkDirectory, "max_inflight", w.MaxInflightTasks)
 		wg.Add(1)
 		go func() {
@@ -80,8 +112,72 @@ func runWorker(args []string) error {
 			errs[i] = exec.Run(ctx, conn)
 		}()
 	}
-	wg.Wait()
+	if *httpAddr != "" {
+		stopHTTP, err := serveWorkerHTTP(*httpAddr, reg, statusFuncs, workerNames(file), logger)
+		if err != nil {
+			hardStop()
+			wg.Wait()
+			return err
+		}
+		defer stopHTTP()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return errors.Join(errs...)
+	case sig := <-signals:
+		logger.Info("draining", "signal", sig.String(), "grace", *grace)
+	}
+	for _, e := range execs {
+		e.Drain()
+	}
+	timer := time.NewTimer(*grace)
+	defer timer.Stop()
+	select {
+	case <-done:
+		logger.Info("drained")
+	case <-timer.C:
+		logger.Warn("drain grace over; cancelling the actions still running")
+	case sig := <-signals:
+		logger.Warn("second signal; cancelling the actions still running", "signal", sig.String())
+	}
+	hardStop()
+	<-done
 	return errors.Join(errs...)
+}
+
+// serveWorkerHTTP serves the worker's own HTTP port: its metrics and the
+// persistent worker pools of its executors.
+func serveWorkerHTTP(addr string, reg *prometheus.Registry, status []func() any, names string, logger *slog.Logger) (func(), error) {
+	hl, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	hs := &http.Server{Handler: statuspage.Handler(statuspage.Config{
+		Title: "Hearth worker " + names,
+		Local: func() []json.RawMessage {
+			var out []json.RawMessage
+			for _, f := range status {
+				if data, err := json.Marshal(f()); err == nil {
+					out = append(out, data)
+				}
+			}
+			return out
+		},
+		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+	}), ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(hl)
+	logger.Info("hearth worker http", "http", hl.Addr().String())
+	return func() { hs.Close() }, nil
+}
+
+func workerNames(f *config.File) string {
+	var names []string
+	for _, w := range f.Workers {
+		names = append(names, w.Local.Name)
+	}
+	return strings.Join(names, ", ")
 }
 
 func logWarnings(logger *slog.Logger, warnings []string) {

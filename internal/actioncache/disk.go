@@ -15,6 +15,7 @@ import (
 	"sync"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/hearth-build/hearth/internal/digest"
@@ -175,5 +176,19 @@ func (d *Disk) ensureDir(dir string) error {
 		return err
 	}
 	d.madeDirs.Store(dir, struct{}{})
+	return nil
+}
+
+// Sync flushes the file system holding the cache (syncfs), so that entries
+// written through Relaxed are durable too; for a clean shutdown.
+func (d *Disk) Sync() error {
+	f, err := os.Open(d.root)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("syncing the action cache: %w", err)
+	}
 	return nil
 }

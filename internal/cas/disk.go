@@ -58,7 +58,9 @@ type Disk struct {
 	count      atomic.Int64 // of present blobs
 
 	evictMu sync.Mutex
-	evictor evictor // guarded by evictMu
+	// evictedBlobs and evictedBytes count evictions, for metrics.
+	evictedBlobs, evictedBytes atomic.Int64
+	evictor                    evictor // guarded by evictMu
 }
 
 var _ Store = (*Disk)(nil)
@@ -282,6 +284,12 @@ func (d *Disk) SizeBytes() int64 { return d.totalBytes.Load() }
 
 // Count returns the number of blobs stored (the empty blobs not included).
 func (d *Disk) Count() int { return int(d.count.Load()) }
+
+// Evictions returns how many blobs, and how many bytes, eviction removed
+// since the store was opened.
+func (d *Disk) Evictions() (blobs, bytes int64) {
+	return d.evictedBlobs.Load(), d.evictedBytes.Load()
+}
 
 // shardNames are the subdirectory names "00".."ff", precomputed because
 // paths are built on every Open and commit.

@@ -71,6 +71,8 @@ func (d *Disk) evict(limit int64) {
 		if d.evictCandidate(c) {
 			evicted++
 			freed += c.k.size
+			d.evictedBlobs.Add(1)
+			d.evictedBytes.Add(c.k.size)
 		}
 	}
 	if evicted > 0 {

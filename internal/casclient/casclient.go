@@ -84,6 +84,8 @@ type DialOptions struct {
 	// Token, when set, is sent with every call as "authorization: Bearer
 	// <Token>" (worker_api_endpoint.token_file, hearth run --token-file).
 	Token string
+	// Extra dial options, added last (e.g. metrics interceptors).
+	Extra []grpc.DialOption
 }
 
 // bearer sends a token with every call. It does not insist on TLS: on
@@ -133,7 +135,7 @@ func DialWith(ctx context.Context, target string, o DialOptions) (*grpc.ClientCo
 			return invoker(ctx, method, req, reply, cc, callOpts...)
 		}))
 	}
-	conn, err := grpc.NewClient(addr, opts...)
+	conn, err := grpc.NewClient(addr, append(opts, o.Extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("casclient: dial %q: %w", target, err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/filecache"
 	"github.com/hearth-build/hearth/internal/fsutil"
+	"github.com/hearth-build/hearth/internal/metrics"
 	"github.com/hearth-build/hearth/internal/sandbox"
 	"github.com/hearth-build/hearth/internal/workerapi"
 	"github.com/hearth-build/hearth/internal/workerpolicy"
@@ -40,6 +41,9 @@ type Deps struct {
 	// HeartbeatInterval overrides the executor's heartbeat period when
 	// positive (tests use a short one).
 	HeartbeatInterval time.Duration
+	// Metrics, if set, counts the executed actions and reads the worker
+	// pool's statistics at each scrape.
+	Metrics *metrics.Executor
 }
 
 // DefaultFileCacheBytes bounds the input file cache when directory_cache
@@ -128,6 +132,9 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 			Protocols: protocols, VerifyFraction: pw.VerifyFraction, HistoryPath: historyPath, Logger: logger,
 		})
 		b.Workers = workers
+		if deps.Metrics != nil {
+			deps.Metrics.AddPool(pool.Stats)
+		}
 		if n, err := workers.Prewarm(ctx, history, deps.FileSource, pw.Prewarm); err != nil {
 			logger.Warn("prewarming persistent workers", "err", err)
 		} else if n > 0 {
@@ -164,6 +171,9 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 		},
 		HeartbeatInterval: deps.HeartbeatInterval,
 		Logger:            logger,
+	}
+	if deps.Metrics != nil {
+		opts.Finished = deps.Metrics.ActionFinished
 	}
 	if workers != nil {
 		opts.WarmKeys = workers.WarmClientKeys

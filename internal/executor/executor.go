@@ -58,7 +58,10 @@ type Options struct {
 	Status func() any
 	// Close releases what the executor holds (its worker processes) when
 	// Run returns.
-	Close             func()
+	Close func()
+	// Finished, if set, is told of every executed action's response
+	// (metrics).
+	Finished          func(resp *repb.ExecuteResponse)
 	HeartbeatInterval time.Duration
 	Logger            *slog.Logger
 }
@@ -73,6 +76,9 @@ type Runner interface {
 type Executor struct {
 	opts Options
 	log  *slog.Logger
+
+	drainOnce sync.Once
+	drain     chan struct{} // closed by Drain
 }
 
 // New checks the options.
@@ -95,7 +101,24 @@ func New(opts Options) (*Executor, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Executor{opts: opts, log: opts.Logger.With("executor", opts.Name)}, nil
+	return &Executor{opts: opts, log: opts.Logger.With("executor", opts.Name), drain: make(chan struct{})}, nil
+}
+
+// Drain makes Run stop taking actions, finish the ones it runs, end its
+// session cleanly (the scheduler re-queues whatever it had assigned and this
+// executor did not start) and return. Cancelling Run's context still stops
+// everything at once: that is the end of the drain's grace.
+func (e *Executor) Drain() {
+	e.drainOnce.Do(func() { close(e.drain) })
+}
+
+func (e *Executor) draining() bool {
+	select {
+	case <-e.drain:
+		return true
+	default:
+		return false
+	}
 }
 
 // Run keeps a session with the scheduler at conn until ctx ends, reconnecting
@@ -108,7 +131,7 @@ func (e *Executor) Run(ctx context.Context, conn grpc.ClientConnInterface) error
 	for {
 		start := time.Now()
 		err := e.session(ctx, workerapi.NewSchedulerClient(conn))
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || e.draining() {
 			return nil
 		}
 		if time.Since(start) > time.Minute {
@@ -118,6 +141,8 @@ func (e *Executor) Run(ctx context.Context, conn grpc.ClientConnInterface) error
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
+			return nil
+		case <-e.drain:
 			return nil
 		}
 		backoff = min(backoff*2, 10*time.Second)
@@ -198,6 +223,26 @@ func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient
 		defer wg.Done()
 		e.heartbeat(ctx, send)
 	}()
+	// running counts the tasks alone, for the drain.
+	var running sync.WaitGroup
+	stopTaking := false // guarded by tasksMu
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if !e.waitDrain(ctx, send) {
+			return
+		}
+		tasksMu.Lock()
+		stopTaking = true
+		tasksMu.Unlock()
+		running.Wait()
+		e.log.Info("drained: every running action reported; ending the session")
+		// The scheduler reads every result before the end of the stream,
+		// then ends the session, and the Recv loop below returns.
+		sendMu.Lock()
+		stream.CloseSend()
+		sendMu.Unlock()
+	}()
 	for {
 		m, err := stream.Recv()
 		if err != nil {
@@ -206,18 +251,35 @@ func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient
 		switch msg := m.GetMsg().(type) {
 		case *workerapi.SchedulerMessage_Assign:
 			a := msg.Assign
-			tctx, tcancel := context.WithCancel(ctx)
 			tasksMu.Lock()
+			if stopTaking {
+				tasksMu.Unlock()
+				// Not started, so not reported: the scheduler re-queues it
+				// when the session ends.
+				e.log.Info("draining: leaving an assigned action to the scheduler", "task", a.GetTaskId())
+				continue
+			}
+			tctx, tcancel := context.WithCancel(ctx)
 			tasks[a.GetTaskId()] = tcancel
-			tasksMu.Unlock()
 			wg.Add(1)
+			running.Add(1)
+			tasksMu.Unlock()
 			go func() {
 				defer wg.Done()
+				defer running.Done()
 				defer tcancel()
 				resp := e.runTask(tctx, a, send)
 				tasksMu.Lock()
 				delete(tasks, a.GetTaskId())
 				tasksMu.Unlock()
+				if ctx.Err() != nil {
+					// The session is gone and the scheduler re-queues the
+					// action: a result now would race the new attempt.
+					return
+				}
+				if e.opts.Finished != nil {
+					e.opts.Finished(resp)
+				}
 				if err := send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Finished{Finished: &workerapi.Finished{
 					TaskId: a.GetTaskId(), Response: resp, WarmKeys: e.warmKeys(),
 				}}}); err != nil {
@@ -234,9 +296,24 @@ func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient
 	}
 }
 
+// waitDrain waits for Drain (false: the session ended first) and tells the
+// scheduler that this executor takes no more work.
+func (e *Executor) waitDrain(ctx context.Context, send func(*workerapi.ExecutorMessage) error) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-e.drain:
+	}
+	e.log.Info("draining: taking no new actions, finishing the running ones")
+	send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Heartbeat{Heartbeat: &workerapi.Heartbeat{
+		Accepting: false, WarmKeys: e.warmKeys(), StatusJson: e.statusJSON(),
+	}}})
+	return true
+}
+
 func (e *Executor) heartbeat(ctx context.Context, send func(*workerapi.ExecutorMessage) error) {
 	beat := func() {
-		accepting := e.opts.Accepting == nil || e.opts.Accepting(ctx)
+		accepting := !e.draining() && (e.opts.Accepting == nil || e.opts.Accepting(ctx))
 		send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Heartbeat{Heartbeat: &workerapi.Heartbeat{
 			Accepting: accepting, WarmKeys: e.warmKeys(), StatusJson: e.statusJSON(),
 		}}})
@@ -285,4 +362,13 @@ func (e *Executor) runTask(ctx context.Context, a *workerapi.Assign, send func(*
 		}
 	}
 	return resp
+}
+
+// Status returns the executor's persistent worker state (what its
+// heartbeats report), or nil.
+func (e *Executor) Status() any {
+	if e.opts.Status == nil {
+		return nil
+	}
+	return e.opts.Status()
 }

@@ -43,6 +43,9 @@ type cluster struct {
 	sched   *scheduler.Scheduler
 	exec    repb.ExecutionClient
 	builder *builder.Builder
+	// executor and runDone (closed when its Run returns), for drain tests.
+	executor *executor.Executor
+	runDone  <-chan struct{}
 }
 
 func startCluster(t *testing.T, maxTimeout time.Duration) *cluster {
@@ -186,7 +189,7 @@ func (srv *server) run(t *testing.T, ex *executor.Executor) *cluster {
 	go func() { ex.Run(ctx, srv.conn); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	sched := srv.sched
-	c := &cluster{t: t, conn: srv.conn, store: srv.store, sched: sched, exec: repb.NewExecutionClient(srv.conn)}
+	c := &cluster{t: t, conn: srv.conn, store: srv.store, sched: sched, exec: repb.NewExecutionClient(srv.conn), executor: ex, runDone: done}
 	// Wait until the executor has registered, so that platform checks see it.
 	for i := 0; ; i++ {
 		if _, err := sched.Submit(scheduler.Request{ActionDigest: digest.Compute(digest.SHA256, []byte("probe")), Action: &repb.Action{},

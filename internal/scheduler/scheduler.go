@@ -53,6 +53,8 @@ type Config struct {
 	// forever.
 	NoExecutorTimeout time.Duration
 	Logger            *slog.Logger
+	// Observer, if set, is told of every operation's moves.
+	Observer Observer
 }
 
 func (c *Config) applyDefaults() {
@@ -232,6 +234,7 @@ func (s *Scheduler) finishLocked(o *Operation, resp *repb.ExecuteResponse) {
 		o.orphanTimer.Stop()
 		o.orphanTimer = nil
 	}
+	s.notify(Observer.Finished, o)
 }
 
 func (s *Scheduler) enqueueLocked(o *Operation) {
@@ -241,6 +244,7 @@ func (s *Scheduler) enqueueLocked(o *Operation) {
 	o.taskID = ""
 	s.queue = append(s.queue, o)
 	s.sortQueueLocked()
+	s.notify(Observer.Queued, o)
 }
 
 // sortQueueLocked orders by priority (lower runs sooner, as REAPI says), then
@@ -351,6 +355,7 @@ func (s *Scheduler) assignLocked(o *Operation, e *session) {
 	o.taskID = uuid.NewString()
 	o.executor = e
 	e.assign(o)
+	s.notify(Observer.Started, o)
 }
 
 // requeueLocked puts back an action whose executor went away, or fails it
