@@ -42,6 +42,7 @@ func runWorker(args []string) error {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	path := fs.String("config", "", "worker configuration (JSON5, NativeLink's local worker shape; see the README)")
 	httpAddr := fs.String("http", "", "HTTP address of this worker's status page (/), /status, /metrics and /healthz, e.g. 127.0.0.1:8982 (empty disables)")
+	insecure := fs.Bool("insecure", false, "allow --http on a non-loopback address (the worker's HTTP port has no authentication)")
 	grace := fs.Duration("drain-grace", 10*time.Minute, "on SIGTERM, how long running actions may take to finish before they are cancelled (and re-queued by the scheduler)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -51,6 +52,9 @@ func runWorker(args []string) error {
 	}
 	if *grace <= 0 {
 		return fmt.Errorf("--drain-grace must be positive, got %s", *grace)
+	}
+	if *httpAddr != "" && !*insecure && !isLoopbackAddr(*httpAddr) {
+		return fmt.Errorf("refusing --http %s, which is not a loopback address: the worker's HTTP port has no authentication, so anyone who can reach it could read its metrics and pool keys; bind it to 127.0.0.1, or pass --insecure on a network you trust", *httpAddr)
 	}
 	logger := newLogger()
 	file, err := config.Load(*path)
