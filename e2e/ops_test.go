@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os/exec"
 	"strconv"
@@ -390,5 +391,46 @@ func checkPoolMetrics(t *testing.T, p *hearthProcess, key string, warmHits, cold
 	}
 	if n, _ := metricSum(m, "hearth_worker_processes", label); n < 1 {
 		t.Errorf("hearth_worker_processes{%s} = %v, want ≥ 1 live worker", label, n)
+	}
+}
+
+// TestStatusPageNeedsToken: with auth configured, the HTTP port asks for
+// the same credentials as the gRPC APIs, except /healthz.
+func TestStatusPageNeedsToken(t *testing.T) {
+	s := newAccessSetup(t)
+	srv := startServer(t, "server", t.TempDir(), nil, "--config-server", s.writeConfig(t, false))
+	get := func(path, token string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+srv.HTTPAddr+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	for _, path := range []string{"/", "/status", "/metrics"} {
+		if code, body := get(path, ""); code != http.StatusUnauthorized {
+			t.Errorf("GET %s without a token: %d, want 401\n%.200s", path, code, body)
+		}
+		if code, _ := get(path, "not-a-token"); code != http.StatusUnauthorized {
+			t.Errorf("GET %s with a wrong token: %d, want 401", path, code)
+		}
+		if code, body := get(path, s.tokens["readonly"]); code != http.StatusOK {
+			t.Errorf("GET %s with the read-only token: %d, want 200\n%.200s", path, code, body)
+		}
+	}
+	if code, _ := get("/healthz", ""); code != http.StatusOK {
+		t.Errorf("GET /healthz without a token: %d, want 200 (probes carry no credentials)", code)
+	}
+	if _, body := get("/", s.tokens["ci"]); !strings.Contains(body, `id="generation"`) {
+		t.Errorf("the status page with a token does not look like one:\n%.300s", body)
 	}
 }
