@@ -10,7 +10,8 @@
 #     e2e tests of TLS and mTLS (see e2e/auth_test.go, enableTLS);
 #   - chromium (Debian's), for the e2e test that drives the status page in a
 #     headless browser (chromedp);
-#   - staticcheck, pinned so CI does not change under us.
+#   - staticcheck, pinned so CI does not change under us;
+#   - the npm packages of e2e/testdata/tsc (scripts/npm-install.sh).
 # Tools already on PATH are left alone, so a developer's own versions are used.
 set -euo pipefail
 
@@ -38,3 +39,7 @@ if ! command -v staticcheck >/dev/null 2>&1 && [[ ! -x "$gobin/staticcheck" ]]; 
   echo "install-test-deps: go install staticcheck@$STATICCHECK_VERSION"
   go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
 fi
+
+# The real Bazel persistent worker of the Buck2 bridge tests (tsc_wrapped from
+# @bazel/concatjs with TypeScript), from the committed lock file.
+bash "$(dirname "$0")/npm-install.sh" "$(dirname "$0")/../e2e/testdata/tsc"
