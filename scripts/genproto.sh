@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates internal/workerapi from proto/. The generated code is committed;
+# Regenerates the Go code of every .proto under proto/ (internal/workerapi and
+# the other *pb packages). The generated code is committed;
 # this is only needed after editing a .proto. It needs protoc (Debian:
 # protobuf-compiler), the Go plugins, and the googleapis protos that
 # remote_execution.proto imports (taken from the npm package google-proto-files).
@@ -17,3 +18,10 @@ protoc -I proto -I "$ra" -I "$tmp/package" -I /usr/include \
   --go_out=. --go_opt=module=github.com/hearth-build/hearth \
   --go-grpc_out=. --go-grpc_opt=module=github.com/hearth-build/hearth \
   proto/hearth/workerapi/v1/workerapi.proto proto/hearth/metadata/v1/metadata.proto proto/hearth/workerprotocol/v1/workerprotocol.proto
+# Buck2's worker.proto is vendored unchanged, so it has no go_package option:
+# the M flags name its Go package instead.
+buck2pkg=github.com/hearth-build/hearth/internal/buck2worker/buck2workerpb
+protoc -I proto \
+  --go_out=. --go_opt=module=github.com/hearth-build/hearth --go_opt=Mbuck2/worker.proto=$buck2pkg \
+  --go-grpc_out=. --go-grpc_opt=module=github.com/hearth-build/hearth --go-grpc_opt=Mbuck2/worker.proto=$buck2pkg \
+  buck2/worker.proto
