@@ -16,12 +16,19 @@ import (
 const persistentWorkerFlag = "--persistent_worker"
 
 // command describes the process of w for runner.Start: its startup args
-// plus --persistent_worker, exactly its environment, its workspace as
-// working directory, under bubblewrap when configured. runner.Start gives it
-// its own process group, so that one signal reaches everything it starts,
-// and SIGKILL if the executor dies.
+// plus --persistent_worker, exactly its environment, its workspace (or
+// Spec.WorkDir) as working directory, under bubblewrap when configured.
+// runner.Start gives it its own process group, so that one signal reaches
+// everything it starts, and SIGKILL if the executor dies.
 func (p *Pool) command(w *worker) (runner.StartRequest, error) {
 	spec := w.spec
+	dir := w.workspace
+	if spec.WorkDir != "" {
+		dir = spec.WorkDir
+	}
+	if p.bwrap != "" && spec.WorkDir != "" {
+		return runner.StartRequest{}, fmt.Errorf("%w: key %s: a work dir of its own is not available under the bwrap sandbox", ErrStartFailed, w.kp.key)
+	}
 	args := append(slices.Clone(spec.Argv), persistentWorkerFlag)
 	if p.bwrap != "" {
 		// Resolved here, with the worker's PATH, because inside the
@@ -36,7 +43,7 @@ func (p *Pool) command(w *worker) (runner.StartRequest, error) {
 		}
 		args = sandbox.Args(p.bwrap, p.dir, w.workspace, exe, args[1:])
 	}
-	return runner.StartRequest{Args: args, Env: spec.Env, Dir: w.workspace}, nil
+	return runner.StartRequest{Args: args, Env: spec.Env, Dir: dir}, nil
 }
 
 // removeContents empties dir but keeps it (it may be a mount point).

@@ -31,7 +31,7 @@ type Lease struct {
 // Dir is where this request's inputs go and its outputs appear: the
 // worker's workspace (its working directory, holding the tool files), or
 // for a sandboxing multiplex worker a fresh directory inside it that is
-// removed on Release.
+// removed on Release, or Spec.WorkDir when set.
 func (l *Lease) Dir() string { return l.dir }
 
 // SandboxDir is Dir relative to the worker's working directory, as it goes

@@ -343,6 +343,9 @@ func (p *Pool) leaseLocked(w *worker, fromPool bool) *Lease {
 		w.invocations++
 	}
 	l := &Lease{pool: p, w: w, warm: fromPool, invocation: w.invocations, dir: w.workspace}
+	if w.spec.WorkDir != "" {
+		l.dir = w.spec.WorkDir
+	}
 	if w.spec.Multiplex {
 		w.nextReqID++
 		if w.nextReqID <= 0 {

@@ -3,6 +3,7 @@ package workerpool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -155,6 +156,32 @@ func TestMultiplex(t *testing.T) {
 			l.Release()
 			if _, err := os.Stat(l.Dir()); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("sandbox dir %s survived Release: %v", l.Dir(), err)
+			}
+		}
+	})
+	t.Run("work dir: requests overlap in the client's directory", func(t *testing.T) {
+		p := newPool(t, Options{MaxWorkersPerKey: 1})
+		workDir := t.TempDir()
+		spec := workerSpec(t, "k", workerproto.Proto, "--multiplex")
+		spec.Multiplex, spec.WorkDir = true, workDir
+		leases := []*Lease{acquire(t, p, spec), acquire(t, p, spec)}
+		if leases[0].PID() != leases[1].PID() || leases[0].SandboxDir() != "" || leases[0].Dir() != workDir {
+			t.Fatalf("leases on pids %d/%d, sandbox dir %q, dir %s; want one process in %s without sandbox dirs",
+				leases[0].PID(), leases[1].PID(), leases[0].SandboxDir(), leases[0].Dir(), workDir)
+		}
+		var wg sync.WaitGroup
+		for i, l := range leases {
+			wg.Go(func() {
+				defer l.Release()
+				name := fmt.Sprintf("out%d.txt", i)
+				do(t, l, "--sleep=300ms", "--out="+name, "--content=request "+name)
+			})
+		}
+		wg.Wait()
+		for i := range leases {
+			name := fmt.Sprintf("out%d.txt", i)
+			if data, err := os.ReadFile(filepath.Join(workDir, name)); err != nil || string(data) != "request "+name {
+				t.Errorf("%s in the work dir: %q, %v", name, data, err)
 			}
 		}
 	})

@@ -3,6 +3,7 @@ package workerpool
 import (
 	"fmt"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -44,6 +45,14 @@ type Spec struct {
 	// worker's process tree below Options.MemoryLimitBytes; it never raises
 	// it.
 	MemoryLimit uint64
+	// WorkDir, when set, is the processes' working directory instead of
+	// their own workspaces: the client's requests name files relative to
+	// it (Buck2's local workers run in the project root), and the client,
+	// not the pool, keeps concurrent requests' files apart, as Bazel's
+	// local multiplex workers share the execroot. So a multiplex process
+	// takes several requests at once without sandbox_dir, and Lease.Dir is
+	// WorkDir. Not with the bwrap sandbox, which hides it.
+	WorkDir string
 	// Tools are the files a new worker's workspace needs before it starts
 	// (the tool inputs of the action), which Options.Prepare puts there. The
 	// pool keeps the latest Spec of each key to prewarm workers, so they
@@ -95,6 +104,9 @@ func (s *Spec) validate() error {
 			return fmt.Errorf("%w: key %s: tool path %q is not a clean relative path", ErrInvalidSpec, s.Key, t.Path)
 		}
 	}
+	if s.WorkDir != "" && (!filepath.IsAbs(s.WorkDir) || s.Sandboxing) {
+		return fmt.Errorf("%w: key %s: work dir %q must be absolute and excludes sandboxing", ErrInvalidSpec, s.Key, s.WorkDir)
+	}
 	if s.Sandboxing && !s.Multiplex {
 		return fmt.Errorf("%w: key %s: sandboxing is only defined for multiplex workers", ErrInvalidSpec, s.Key)
 	}
@@ -107,12 +119,13 @@ func (s *Spec) validate() error {
 // rather than serve a request with the wrong tool.
 func (s *Spec) sameProcess(t *Spec) bool {
 	return slices.Equal(s.Argv, t.Argv) && slices.Equal(s.Env, t.Env) && s.Protocol == t.Protocol &&
-		s.Multiplex == t.Multiplex && s.Sandboxing == t.Sandboxing && s.Cancellable == t.Cancellable
+		s.Multiplex == t.Multiplex && s.Sandboxing == t.Sandboxing && s.Cancellable == t.Cancellable &&
+		s.WorkDir == t.WorkDir
 }
 
 // maxInFlight is how many requests one process of s may carry at once.
 func (s *Spec) maxInFlight(multiplexLimit int) int {
-	if s.Multiplex && s.Sandboxing {
+	if s.Multiplex && (s.Sandboxing || s.WorkDir != "") {
 		return multiplexLimit
 	}
 	return 1
