@@ -18,6 +18,8 @@ usage:
   hearth run    --action=F --action-result=F --remote=URL [flags]
                           execute one serialized Action (buildbox-run compatible)
   hearth token  new|hash  make a bearer token / hash one for the server config
+  hearth buck2-worker [flags] -- <bazel worker argv>
+                          a Buck2 local persistent worker ($WORKER_SOCKET) run by Bazel-protocol workers
   hearth version
 
 Run "hearth <command> -h" for the flags of a command.
@@ -40,6 +42,8 @@ func main() {
 		err = runRun(os.Args[2:])
 	case "token":
 		err = runToken(os.Args[2:])
+	case "buck2-worker":
+		err = runBuck2Worker(os.Args[2:])
 	case "version", "--version":
 		fmt.Println("hearth", version)
 	case "help", "-h", "--help":
