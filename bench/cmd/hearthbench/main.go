@@ -14,7 +14,7 @@
 //	go run ./bench/cmd/hearthbench -run bytestream,execute -size 256MiB
 //
 // Scenarios: bytestream, findmissing, batchupdate, restart, execute, bazel,
-// access.
+// access, buck2worker.
 // There are no tests here: benchmarks are not timed unit tests.
 package main
 
@@ -66,6 +66,10 @@ type options struct {
 	bazelRounds int
 
 	accessSize byteSize // access
+
+	buck2Requests int // buck2worker
+	buck2Small    int
+	buck2Rounds   int
 }
 
 // scenario is one measurement; run returns its rows and notes.
@@ -82,6 +86,7 @@ var scenarios = []scenario{
 	{"execute", runExecute},
 	{"bazel", runBazel},
 	{"access", runAccess},
+	{"buck2worker", runBuck2Worker},
 }
 
 func main() {
@@ -122,6 +127,9 @@ func parseOptions(args []string) (options, error) {
 	fs.IntVar(&o.bazelJobs, "bazel-jobs", 0, "bazel: --jobs for both builds (0: Bazel's default)")
 	fs.IntVar(&o.bazelRounds, "bazel-rounds", 1, "bazel: rounds of the (slow) local and remote builds; overrides -rounds")
 	fs.Var(&o.accessSize, "access-size", "access: blob size of the ByteStream transfers (latency uses -exec-latency-actions)")
+	fs.IntVar(&o.buck2Requests, "buck2-requests", 200, "buck2worker: TypeScript compilations through the bridge and one-shot")
+	fs.IntVar(&o.buck2Small, "buck2-small-requests", 1000, "buck2worker: trivial requests for the bridge's overhead")
+	fs.IntVar(&o.buck2Rounds, "buck2-rounds", 1, "buck2worker: rounds (each compiles -buck2-requests modules one-shot, ~0.7 s each); overrides -rounds")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -133,7 +141,8 @@ func parseOptions(args []string) (options, error) {
 		"-batch-blobs": o.batchBlobs, "-batch-clients": o.batchClients, "-restart-blobs": o.restartBlobs,
 		"-restart-writers": o.restartWriters, "-exec-latency-actions": o.execLatency,
 		"-exec-throughput-actions": o.execThroughput, "-exec-concurrency": o.execConcurrency, "-genrules": o.genrules,
-		"-rounds": o.rounds, "-bazel-rounds": o.bazelRounds,
+		"-rounds": o.rounds, "-bazel-rounds": o.bazelRounds, "-buck2-requests": o.buck2Requests,
+		"-buck2-small-requests": o.buck2Small, "-buck2-rounds": o.buck2Rounds,
 	} {
 		if v <= 0 {
 			return o, fmt.Errorf("%s must be positive, got %d", name, v)
