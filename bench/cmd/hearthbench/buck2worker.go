@@ -82,42 +82,56 @@ func runBuck2Worker(ctx context.Context, b *bench) (*result, error) {
 	var smallOverhead, tscOverhead []float64
 	for round := range o.buck2Rounds {
 		b.logger.Info("buck2worker: round", "round", round+1, "requests", o.buck2Requests)
-		bridgeTotal, bridgeLat, err := viaBridge(ctx, b, dir, project, tscFlags, tscArgv, o.buck2Requests, tsconfig)
+		start := time.Now()
+		bridge, err := startBridge(ctx, b, dir, project, tscFlags, tscArgv)
 		if err != nil {
 			return nil, err
 		}
-		start := time.Now()
+		for i := range o.buck2Requests {
+			if _, err := bridge.send(ctx, tsconfig(i)); err != nil {
+				bridge.stop()
+				return nil, err
+			}
+		}
+		bridgeTotal := time.Since(start)
+		start = time.Now()
 		for i := range o.buck2Requests {
 			if err := runQuiet(ctx, project, node, "--expose-gc", script, tsconfig(i)); err != nil {
+				bridge.stop()
 				return nil, fmt.Errorf("one-shot compilation %d: %w", i, err)
 			}
 		}
 		total.add(bridgeTotal.Seconds(), time.Since(start).Seconds())
-		directLat, err := viaWorker(ctx, project, tscArgv, o.buck2Requests, func(i int) *pb.WorkRequest {
+		bridge.stop()
+		// Latencies: a new bridge and a worker driven directly take turns,
+		// so that the machine's changing load hits both alike, and both
+		// worker processes compile the same modules in the same order (a
+		// tsc_wrapped worker that compiled more carries a larger heap into
+		// the global.gc() it runs after every request).
+		if bridge, err = startBridge(ctx, b, dir, project, tscFlags, tscArgv); err != nil {
+			return nil, err
+		}
+		bp, dp, err := alternate(ctx, bridge, project, tscArgv, o.buck2Requests, 1, tsconfig, func(i int) *pb.WorkRequest {
 			return &pb.WorkRequest{Arguments: []string{tsconfig(i)}, Inputs: inputs}
 		})
+		bridge.stop()
 		if err != nil {
 			return nil, err
 		}
-		// The first (cold) request of each is left out of the latencies.
-		bp, dp := percentile(bridgeLat[1:], 0.5), percentile(directLat[1:], 0.5)
 		tscP50.add(bp.Seconds(), dp.Seconds())
 		tscOverhead = append(tscOverhead, (bp - dp).Seconds())
 
-		n := o.buck2Small + buck2SmallWarmup
-		say := func(int) string { return "--say=ok" }
-		_, smallBridge, err := viaBridge(ctx, b, dir, project, []string{"--concurrency=1"}, []string{testWorker}, n, say)
+		small, err := startBridge(ctx, b, dir, project, []string{"--concurrency=1"}, []string{testWorker})
 		if err != nil {
 			return nil, err
 		}
-		smallDirect, err := viaWorker(ctx, project, []string{testWorker}, n, func(int) *pb.WorkRequest {
-			return &pb.WorkRequest{Arguments: []string{"--say=ok"}}
-		})
+		bp, dp, err = alternate(ctx, small, project, []string{testWorker}, o.buck2Small, buck2SmallWarmup,
+			func(int) string { return "--say=ok" },
+			func(int) *pb.WorkRequest { return &pb.WorkRequest{Arguments: []string{"--say=ok"}} })
+		small.stop()
 		if err != nil {
 			return nil, err
 		}
-		bp = percentile(sortedFrom(smallBridge, buck2SmallWarmup), 0.5)
-		dp = percentile(sortedFrom(smallDirect, buck2SmallWarmup), 0.5)
 		smallP50.add(bp.Seconds(), dp.Seconds())
 		smallOverhead = append(smallOverhead, (bp - dp).Seconds())
 	}
@@ -137,79 +151,93 @@ func runBuck2Worker(ctx context.Context, b *bench) (*result, error) {
 		Goal: "≤ " + formatDuration(buck2GoalOverhead), Met: metText(ov <= buck2GoalOverhead.Seconds())})
 	r.note("speed-up of the bridge over one-shot runs: %.1f×; Buck2's side is a Go gRPC client on the Unix socket, sending one ExecuteCommand at a time", speedup)
 	r.note("tsc: each request compiles its own module (src/m<i>.ts, strict, declarations) with lib es2017 and skipLibCheck; the bridge lists src/ and TypeScript's lib/ as WorkRequest.inputs (tsc_wrapped reads only declared inputs)")
-	r.note("direct: this process writes WorkRequests to the worker's stdin and reads WorkResponses, proto framing; latencies leave out the first (cold) tsc request and the first %d trivial ones", buck2SmallWarmup)
+	r.note("direct: this process writes WorkRequests to the worker's stdin and reads WorkResponses, proto framing; bridge and direct requests take turns; latencies leave out the first (cold) tsc request and the first %d trivial ones", buck2SmallWarmup)
 	return r, nil
 }
 
-// viaBridge starts `hearth buck2-worker flags -- argv` in project as Buck2
-// does, sends n ExecuteCommands one at a time (the positional args of
-// request i are args(i)), and returns the time from the start of the process
-// to the last answer and each request's latency in order.
-func viaBridge(ctx context.Context, b *bench, dir, project string, flags, argv []string, n int,
-	args func(int) string) (time.Duration, []time.Duration, error) {
+// bridgeSession is a running `hearth buck2-worker` with a Buck2-side client.
+type bridgeSession struct {
+	cmd    *exec.Cmd
+	conn   interface{ Close() error }
+	client bpb.WorkerClient
+	clean  func()
+}
+
+// startBridge starts `hearth buck2-worker flags -- argv` in project as Buck2
+// does and connects to its socket.
+func startBridge(ctx context.Context, b *bench, dir, project string, flags, argv []string) (*bridgeSession, error) {
 	sockDir, err := os.MkdirTemp("", "b2wbench")
 	if err != nil {
-		return 0, nil, err
+		return nil, err
 	}
-	defer os.RemoveAll(sockDir)
 	socket := filepath.Join(sockDir, "socket")
-	log, err := os.Create(filepath.Join(dir, "bridge.log"))
+	log, err := os.OpenFile(filepath.Join(dir, "bridge.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return 0, nil, err
+		os.RemoveAll(sockDir)
+		return nil, err
 	}
-	defer log.Close()
 	cmdArgs := append(append([]string{"buck2-worker"}, flags...), "--")
 	cmd := exec.Command(b.hearthBin, append(cmdArgs, argv...)...)
 	cmd.Dir, cmd.Env = project, append(os.Environ(), buck2worker.SocketEnv+"="+socket)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	start := time.Now()
+	s := &bridgeSession{cmd: cmd, clean: func() { log.Close(); os.RemoveAll(sockDir) }}
 	if err := cmd.Start(); err != nil {
-		return 0, nil, err
+		s.clean()
+		return nil, err
 	}
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	}()
 	dialCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	conn, err := buck2worker.Dial(dialCtx, socket)
 	if err != nil {
-		return 0, nil, err
+		s.stop()
+		return nil, err
 	}
-	defer conn.Close()
-	client := bpb.NewWorkerClient(conn)
-	lat := make([]time.Duration, n)
-	for i := range n {
-		t := time.Now()
-		resp, err := client.Execute(ctx, &bpb.ExecuteCommand{Argv: [][]byte{[]byte(args(i))}})
-		if err != nil {
-			return 0, nil, fmt.Errorf("bridge request %d: %w", i, err)
-		}
-		if resp.GetExitCode() != 0 {
-			return 0, nil, fmt.Errorf("bridge request %d: exit code %d: %s", i, resp.GetExitCode(), resp.GetStderr())
-		}
-		lat[i] = time.Since(t)
-	}
-	return time.Since(start), lat, nil
+	s.conn, s.client = conn, bpb.NewWorkerClient(conn)
+	return s, nil
 }
 
-// viaWorker starts argv --persistent_worker in project and sends it n
-// requests one at a time over its stdin, as Bazel does, returning each
-// request's latency in order.
-func viaWorker(ctx context.Context, project string, argv []string, n int, req func(int) *pb.WorkRequest) ([]time.Duration, error) {
+// send runs one ExecuteCommand with one positional argument and returns its
+// latency.
+func (s *bridgeSession) send(ctx context.Context, arg string) (time.Duration, error) {
+	t := time.Now()
+	resp, err := s.client.Execute(ctx, &bpb.ExecuteCommand{Argv: [][]byte{[]byte(arg)}})
+	if err != nil {
+		return 0, fmt.Errorf("bridge request %s: %w", arg, err)
+	}
+	if resp.GetExitCode() != 0 {
+		return 0, fmt.Errorf("bridge request %s: exit code %d: %s", arg, resp.GetExitCode(), resp.GetStderr())
+	}
+	return time.Since(t), nil
+}
+
+func (s *bridgeSession) stop() {
+	if s.conn != nil {
+		s.conn.Close()
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	_ = s.cmd.Wait()
+	s.clean()
+}
+
+// alternate sends n requests to the bridge and n to a worker started from
+// argv --persistent_worker in project and driven directly over its stdin, as
+// Bazel drives it, taking turns, and returns both p50 latencies, leaving
+// out the first skip requests of each.
+func alternate(ctx context.Context, bridge *bridgeSession, project string, argv []string, n, skip int,
+	arg func(int) string, req func(int) *pb.WorkRequest) (time.Duration, time.Duration, error) {
 	cmd := exec.CommandContext(ctx, argv[0], append(slices.Clone(argv[1:]), "--persistent_worker")...)
 	cmd.Dir = project
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return nil, err
+		return 0, 0, err
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, err
+		return 0, 0, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return 0, 0, err
 	}
 	defer func() {
 		stdin.Close()
@@ -217,27 +245,28 @@ func viaWorker(ctx context.Context, project string, argv []string, n int, req fu
 	}()
 	w := workerproto.NewRequestWriter(workerproto.Proto, stdin)
 	r := workerproto.NewResponseReader(workerproto.Proto, stdout, 0)
-	lat := make([]time.Duration, n)
-	for i := range n {
+	var viaBridge, direct []time.Duration
+	for i := range n + skip {
+		bt, err := bridge.send(ctx, arg(i%n))
+		if err != nil {
+			return 0, 0, err
+		}
 		t := time.Now()
-		if err := w.Write(req(i)); err != nil {
-			return nil, err
+		if err := w.Write(req(i % n)); err != nil {
+			return 0, 0, err
 		}
 		resp, err := r.Read()
 		if err != nil {
-			return nil, err
+			return 0, 0, err
 		}
 		if resp.GetExitCode() != 0 {
-			return nil, fmt.Errorf("direct request %d: exit code %d: %s", i, resp.GetExitCode(), resp.GetOutput())
+			return 0, 0, fmt.Errorf("direct request %d: exit code %d: %s", i, resp.GetExitCode(), resp.GetOutput())
 		}
-		lat[i] = time.Since(t)
+		if i >= skip {
+			viaBridge, direct = append(viaBridge, bt), append(direct, time.Since(t))
+		}
 	}
-	return lat, nil
-}
-
-// sortedFrom returns ds[from:] sorted.
-func sortedFrom(ds []time.Duration, from int) []time.Duration {
-	return slices.Sorted(slices.Values(ds[from:]))
+	return percentile(slices.Sorted(slices.Values(viaBridge)), 0.5), percentile(slices.Sorted(slices.Values(direct)), 0.5), nil
 }
 
 // listInputs lists every file under dirs (relative to project or absolute)
