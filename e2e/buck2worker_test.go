@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +18,8 @@ import (
 
 	"github.com/hearth-build/hearth/internal/buck2worker"
 	bpb "github.com/hearth-build/hearth/internal/buck2worker/buck2workerpb"
+	"github.com/hearth-build/hearth/internal/workerproto"
+	pb "github.com/hearth-build/hearth/internal/workerproto/workerprotocolpb"
 )
 
 // These tests play Buck2 against `hearth buck2-worker`: start the binary in
@@ -266,6 +269,45 @@ func TestBuck2WorkerBridgeWithTscWrapped(t *testing.T) {
 			if err1 != nil || err2 != nil || string(got) != string(want) {
 				t.Errorf("%s: bridge %q (%v), one-shot %q (%v)", rel, got, err1, want, err2)
 			}
+		}
+	}
+}
+
+// Without $WORKER_SOCKET (a remote executor running the same WorkerInfo
+// command line, or a one-shot run) the bridge is the Bazel worker itself.
+func TestBuck2WorkerWithoutSocketIsTheBazelWorker(t *testing.T) {
+	worker := buildScriptedWorker(t, t.TempDir())
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, buck2worker.SocketEnv+"=") })
+
+	code, out := runOneShotIn(t, t.TempDir(), env, hearthBin, "buck2-worker", "--concurrency=2", "--", worker, "--say=one-shot", "--exit=5")
+	if code != 5 || out != "one-shot\n" {
+		t.Errorf("one-shot through the bridge: exit %d %q, want 5 \"one-shot\\n\"", code, out)
+	}
+
+	cmd := exec.Command(hearthBin, "buck2-worker", "--", worker, "--persistent_worker")
+	cmd.Env, cmd.Dir = env, t.TempDir()
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer stdin.Close()
+	w := workerproto.NewRequestWriter(workerproto.Proto, stdin)
+	r := workerproto.NewResponseReader(workerproto.Proto, stdout, 0)
+	for i := range 2 {
+		if err := w.Write(&pb.WorkRequest{Arguments: []string{"--counter"}}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := r.Read()
+		if want := strconv.Itoa(i+1) + "\n"; err != nil || resp.GetOutput() != want {
+			t.Fatalf("request %d: %v, %v; want output %q from one persistent process", i, resp, err, want)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"runtime"
 	"strings"
@@ -47,6 +48,10 @@ func runBuck2Worker(args []string) error {
 	if len(argv) == 0 {
 		return errors.New("no worker command: hearth buck2-worker [flags] -- <bazel worker argv>")
 	}
+	socket := os.Getenv(buck2worker.SocketEnv)
+	if socket == "" {
+		return execWorker(argv)
+	}
 	proto, err := workerproto.ParseProtocol(*protocol)
 	if err != nil {
 		return fmt.Errorf("--protocol: %w", err)
@@ -85,7 +90,6 @@ func runBuck2Worker(args []string) error {
 		return err
 	}
 	defer bridge.Close()
-	socket := os.Getenv(buck2worker.SocketEnv)
 	lis, err := buck2worker.Listen(socket)
 	if err != nil {
 		return err
@@ -105,4 +109,19 @@ func runBuck2Worker(args []string) error {
 	logger.Info("buck2-worker serving", "socket", socket, "worker", argv, "protocol", proto,
 		"concurrency", *concurrency, "multiplex", *multiplex, "work_dir", workDir)
 	return srv.Serve(lis)
+}
+
+// execWorker replaces the bridge with the Bazel worker itself when Buck2 did
+// not start it as a local worker ($WORKER_SOCKET unset): run remotely as
+// a Bazel-protocol persistent worker (WorkerInfo with
+// supports_bazel_remote_persistent_worker_protocol, its command line
+// followed by --persistent_worker), or one-shot. So one WorkerInfo serves
+// Buck2's local workers and remote ones. Nothing may be written to stdout
+// here: it is the worker protocol's channel.
+func execWorker(argv []string) error {
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return fmt.Errorf("$%s is not set, so running the worker command directly: %w", buck2worker.SocketEnv, err)
+	}
+	return syscall.Exec(path, argv, os.Environ())
 }
