@@ -67,11 +67,11 @@ func runBuck2Worker(args []string) error {
 	if err != nil {
 		return err
 	}
-	poolDir, err := os.MkdirTemp("", "hearth-buck2-worker-")
+	poolDir, err := buck2worker.NewPoolDir("")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(poolDir)
+	defer poolDir.Remove()
 	bridge, err := buck2worker.New(buck2worker.Config{
 		Argv:        argv,
 		Protocol:    proto,
@@ -82,7 +82,7 @@ func runBuck2Worker(args []string) error {
 		Env:         buck2worker.WithoutVar(os.Environ(), buck2worker.SocketEnv),
 		VolatileEnv: volatileEnv,
 		InputDirs:   inputDirs,
-		PoolDir:     poolDir,
+		PoolDir:     poolDir.Path,
 		IdleTimeout: *idle,
 		Logger:      logger,
 	})

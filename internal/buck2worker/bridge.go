@@ -196,8 +196,7 @@ func (b *Bridge) runWarm(ctx context.Context, cmd *Command) (*Result, string, er
 	if err != nil {
 		return nil, "", fmt.Errorf("buck2worker: listing inputs: %w", err)
 	}
-	spec := b.spec(cmd)
-	lease, err := b.pool.Acquire(ctx, spec)
+	lease, err := b.acquire(ctx, b.spec(cmd))
 	switch {
 	case ctx.Err() != nil:
 		return nil, "", fmt.Errorf("buck2worker: %w", context.Cause(ctx))
@@ -217,6 +216,32 @@ func (b *Bridge) runWarm(ctx context.Context, cmd *Command) (*Result, string, er
 		return nil, "", fmt.Errorf("buck2worker: %w", err)
 	}
 	return &Result{ExitCode: resp.GetExitCode(), Stderr: resp.GetOutput(), Warm: lease.Warm()}, "", nil
+}
+
+// capacityWait bounds how long a request waits for a worker of its key to
+// become available (typically: the one process of a multiplex worker is
+// still starting) before it runs one-shot.
+const capacityWait = time.Minute
+
+// acquire is Pool.Acquire, but a request that holds a slot waits for the
+// worker that is starting or busy instead of running one-shot at once, as
+// the pool's other users do: here a one-shot run costs a full start too, and
+// the slots bound the requests in flight, so capacity comes back soon.
+func (b *Bridge) acquire(ctx context.Context, spec *workerpool.Spec) (*workerpool.Lease, error) {
+	deadline := time.Now().Add(capacityWait)
+	delay := time.Millisecond
+	for {
+		lease, err := b.pool.Acquire(ctx, spec)
+		if !errors.Is(err, workerpool.ErrNoCapacity) || time.Now().After(deadline) {
+			return lease, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 20*time.Millisecond)
+	}
 }
 
 // spec is the pool spec for cmd's environment.

@@ -38,7 +38,9 @@
 // two should match). A multiplex worker gets them all on one process, since
 // Buck2's actions write distinct paths of one shared project root, exactly
 // like Bazel's local multiplex workers; otherwise up to Concurrency
-// processes run one request each.
+// processes run one request each. Unlike the executor's use of the pool, a
+// request whose worker is starting or busy waits for it (bounded) instead of
+// running one-shot: here a one-shot run costs a full start-up too.
 //
 // Crash of the underlying worker. The request is run again once, one-shot:
 // the worker argv plus the request's arguments, without --persistent_worker,
