@@ -296,9 +296,14 @@ type Command struct {
 	Env []string
 	// Timeout, when positive, stops the command after it.
 	Timeout time.Duration
+	// invalid is what decoding found wrong, if anything.
+	invalid error
 }
 
 func (c *Command) validate() error {
+	if c.invalid != nil {
+		return c.invalid
+	}
 	for i, a := range c.Args {
 		if err := checkText(a); err != nil {
 			return fmt.Errorf("%w: argument %d: %w", ErrInvalidCommand, i, err)

@@ -402,6 +402,7 @@ func TestBadInput(t *testing.T) {
 		"argument not UTF-8": {Argv: [][]byte{{0xff, 0xfe}}},
 		"NUL in argument":    {Argv: [][]byte{[]byte("a\x00b")}},
 		"env without name":   {Env: []*bpb.ExecuteCommand_EnvironmentEntry{{Value: []byte("v")}}},
+		"env name with =":    {Env: []*bpb.ExecuteCommand_EnvironmentEntry{{Key: []byte("A=B"), Value: []byte("v")}}},
 	} {
 		if _, err := h.worker.Execute(t.Context(), c); status.Code(err) != codes.InvalidArgument {
 			t.Errorf("%s: %v, want InvalidArgument", name, err)

@@ -1,6 +1,7 @@
 package buck2worker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -54,6 +55,9 @@ func decode(c *bpb.ExecuteCommand) *Command {
 		cmd.Args[i] = string(a)
 	}
 	for _, e := range c.GetEnv() {
+		if len(e.GetKey()) == 0 || bytes.IndexByte(e.GetKey(), '=') >= 0 {
+			cmd.invalid = fmt.Errorf("%w: environment variable name %q is empty or contains '='", ErrInvalidCommand, e.GetKey())
+		}
 		cmd.Env = append(cmd.Env, string(e.GetKey())+"="+string(e.GetValue()))
 	}
 	if c.TimeoutS != nil && c.GetTimeoutS() > 0 {
