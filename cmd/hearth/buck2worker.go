@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"runtime"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hearth-build/hearth/internal/buck2worker"
+	"github.com/hearth-build/hearth/internal/runner"
 	"github.com/hearth-build/hearth/internal/workerproto"
 )
 
@@ -119,7 +119,11 @@ func runBuck2Worker(args []string) error {
 // Buck2's local workers and remote ones. Nothing may be written to stdout
 // here: it is the worker protocol's channel.
 func execWorker(argv []string) error {
-	path, err := exec.LookPath(argv[0])
+	dir, err := os.Getwd()
+	if err != nil {
+		return err
+	}
+	path, err := runner.ResolveExecutable(argv[0], os.Environ(), dir)
 	if err != nil {
 		return fmt.Errorf("$%s is not set, so running the worker command directly: %w", buck2worker.SocketEnv, err)
 	}
