@@ -174,6 +174,9 @@ func TestRequestsMatchOneShotRuns(t *testing.T) {
 				{"--say=hello", "--getenv=BASE", "--out=o/a.txt", "--content=A"},
 				{"@args", "--exit=3"},
 				{"--getenv=OWN"},
+				// Outside the work dir: not expanded by the bridge, so
+				// the request runs one-shot, with the same answer.
+				{"@" + filepath.Join(h.workDir, "args")},
 			} {
 				env := []string{"OWN=mine"}
 				resp := h.execute(t, env, args...)
