@@ -143,11 +143,11 @@ func runBuck2Worker(ctx context.Context, b *bench) (*result, error) {
 	tr.Goal, tr.Met = fmt.Sprintf("≤ %.2f× (≥ %.0f× faster)", 1/buck2GoalSpeedup, buck2GoalSpeedup), metText(speedup >= buck2GoalSpeedup)
 	r.add(tr)
 	r.add(tscP50.row(scen, "p50 latency per compilation, warm", "tsc_wrapped worker driven directly", secondsFormat))
-	r.add(row{Scenario: scen, Measure: "bridge overhead, p50 (bridge − direct)", Hearth: secondsFormat(median(tscOverhead))})
+	r.add(row{Scenario: scen, Measure: "bridge overhead, p50 (bridge − direct)", Hearth: signedSeconds(median(tscOverhead))})
 	small := fmt.Sprintf("Buck2 bridge, %d trivial requests", o.buck2Small)
 	r.add(smallP50.row(small, "p50 latency per request", "test worker driven directly", secondsFormat))
 	ov := median(smallOverhead)
-	r.add(row{Scenario: small, Measure: "bridge overhead, p50 (bridge − direct)", Hearth: secondsFormat(ov),
+	r.add(row{Scenario: small, Measure: "bridge overhead, p50 (bridge − direct)", Hearth: signedSeconds(ov),
 		Goal: "≤ " + formatDuration(buck2GoalOverhead), Met: metText(ov <= buck2GoalOverhead.Seconds())})
 	r.note("speed-up of the bridge over one-shot runs: %.1f×; Buck2's side is a Go gRPC client on the Unix socket, sending one ExecuteCommand at a time", speedup)
 	r.note("tsc: each request compiles its own module (src/m<i>.ts, strict, declarations) with lib es2017 and skipLibCheck; the bridge lists src/ and TypeScript's lib/ as WorkRequest.inputs (tsc_wrapped reads only declared inputs)")
@@ -333,4 +333,13 @@ export class Shape%[1]d { constructor(readonly points: Point%[1]d[]) {} perimete
 		}
 	}
 	return nil
+}
+
+// signedSeconds formats a difference of latencies, which noise can make
+// negative.
+func signedSeconds(v float64) string {
+	if v < 0 {
+		return "−" + secondsFormat(-v)
+	}
+	return secondsFormat(v)
 }
