@@ -24,7 +24,14 @@ type session struct {
 
 	// Guarded by Scheduler.mu.
 	accepting bool
-	warmKeys  map[string]bool
+	// warm is the scheduler's view of the executor's idle warm workers per
+	// routing key: the last report, less the actions assigned since.
+	warm map[string]int32
+	// shapes are the shapes this executor can run; freeIdx is its place in
+	// the free set of each of them while it has a spare slot (free).
+	shapes  map[*shape]struct{}
+	freeIdx map[*shape]int
+	free    bool
 	// tasks holds every attempt assigned and not yet confirmed finished,
 	// including cancelled ones, so capacity stays honest.
 	tasks map[string]*Operation
@@ -72,6 +79,26 @@ func (e *session) cancel(taskID string) {
 	e.send(&workerapi.SchedulerMessage{Msg: &workerapi.SchedulerMessage_Cancel{Cancel: &workerapi.Cancel{TaskId: taskID}}})
 }
 
+// warmCounts reads an executor's warm report: the counts when it sends them,
+// else (an older executor) one idle worker for each key it lists.
+func warmCounts(counts []*workerapi.WarmWorkers, keys []string) map[string]int32 {
+	m := make(map[string]int32, max(len(counts), len(keys)))
+	if len(counts) > 0 {
+		for _, w := range counts {
+			if w.GetIdle() > 0 && w.GetKey() != "" {
+				m[w.GetKey()] += w.GetIdle()
+			}
+		}
+		return m
+	}
+	for _, k := range keys {
+		if k != "" {
+			m[k] = 1
+		}
+	}
+	return m
+}
+
 func setOf(keys []string) map[string]bool {
 	m := make(map[string]bool, len(keys))
 	for _, k := range keys {
@@ -101,7 +128,9 @@ func (s *Scheduler) Connect(stream workerapi.Scheduler_ConnectServer) error {
 		name:        reg.GetName(),
 		maxInflight: int(reg.GetMaxInflight()),
 		accepting:   true,
-		warmKeys:    setOf(reg.GetWarmKeys()),
+		warm:        map[string]int32{},
+		shapes:      map[*shape]struct{}{},
+		freeIdx:     map[*shape]int{},
 		tasks:       map[string]*Operation{},
 		out:         make(chan *workerapi.SchedulerMessage, 2*int(reg.GetMaxInflight())+64),
 		caps: capabilities{
@@ -117,7 +146,14 @@ func (s *Scheduler) Connect(stream workerapi.Scheduler_ConnectServer) error {
 
 	s.mu.Lock()
 	s.executors[e] = true
-	s.dispatchLocked()
+	s.reportWarmLocked(e, warmCounts(reg.GetWarmWorkers(), reg.GetWarmKeys()))
+	for _, sh := range s.shapes {
+		if sh.acceptedBy(&e.caps) {
+			s.linkLocked(e, sh)
+		}
+	}
+	s.updateFreeLocked(e)
+	s.pullLocked(e)
 	out := e.out
 	s.mu.Unlock()
 	defer s.disconnect(e)
@@ -187,7 +223,7 @@ func (s *Scheduler) handle(e *session, m *workerapi.ExecutorMessage) error {
 	defer s.mu.Unlock()
 	switch msg := m.GetMsg().(type) {
 	case *workerapi.ExecutorMessage_Heartbeat:
-		e.warmKeys = setOf(msg.Heartbeat.GetWarmKeys())
+		s.reportWarmLocked(e, warmCounts(msg.Heartbeat.GetWarmWorkers(), msg.Heartbeat.GetWarmKeys()))
 		e.accepting = msg.Heartbeat.GetAccepting()
 		e.status = msg.Heartbeat.GetStatusJson()
 	case *workerapi.ExecutorMessage_Started:
@@ -198,7 +234,7 @@ func (s *Scheduler) handle(e *session, m *workerapi.ExecutorMessage) error {
 		id := msg.Finished.GetTaskId()
 		o := e.tasks[id]
 		delete(e.tasks, id)
-		e.warmKeys = setOf(msg.Finished.GetWarmKeys())
+		s.reportWarmLocked(e, warmCounts(msg.Finished.GetWarmWorkers(), msg.Finished.GetWarmKeys()))
 		if o != nil && o.taskID == id {
 			resp := msg.Finished.GetResponse()
 			if resp == nil {
@@ -212,7 +248,8 @@ func (s *Scheduler) handle(e *session, m *workerapi.ExecutorMessage) error {
 	default:
 		return status.Error(codes.InvalidArgument, "unknown executor message")
 	}
-	s.dispatchLocked()
+	s.updateFreeLocked(e)
+	s.pullLocked(e)
 	return nil
 }
 
@@ -227,6 +264,11 @@ func (s *Scheduler) disconnect(e *session) {
 		e.dead = true
 		close(e.out)
 	}
+	s.updateFreeLocked(e)
+	for sh := range e.shapes {
+		s.unlinkLocked(e, sh)
+	}
+	s.reportWarmLocked(e, nil)
 	s.logger.Info("executor disconnected", "executor", e.name, "running", len(e.tasks))
 	for id, o := range e.tasks {
 		if o.taskID == id {
@@ -235,5 +277,4 @@ func (s *Scheduler) disconnect(e *session) {
 	}
 	e.tasks = nil
 	s.failUnschedulableLocked()
-	s.dispatchLocked()
 }
