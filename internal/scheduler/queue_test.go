@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -173,5 +174,20 @@ func TestCancelAndPriorityBumpInQueue(t *testing.T) {
 		if got[i] != request(tag, 0).ActionDigest.Hash {
 			t.Fatalf("position %d is not %s", i, tag)
 		}
+	}
+}
+
+// Joining an identical queued action still checks that some executor can
+// run it.
+func TestMergeChecksSchedulable(t *testing.T) {
+	s, conn := startScheduler(t, Config{})
+	r := request("x", 0, "gpu", "h100")
+	if _, err := s.Submit(r); err != nil {
+		t.Fatal(err) // no executor yet: it waits
+	}
+	connectExecutor(t, conn, linuxExecutor("e1", 1))
+	waitExecutors(t, s, 1)
+	if _, err := s.Submit(r); !errors.Is(err, ErrUnschedulable) {
+		t.Fatalf("err = %v", err)
 	}
 }

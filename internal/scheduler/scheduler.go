@@ -164,6 +164,10 @@ func (s *Scheduler) Submit(r Request) (*Operation, error) {
 	routeKey := workeraction.RoutingKeyOf(r.Platform.GetProperties(), r.Command)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	sh := s.shapeForLocked(r)
+	if sh.matching == 0 && len(s.executors) > 0 {
+		return nil, s.unschedulableLocked(r)
+	}
 	if key != "" {
 		if o, ok := s.inflight[key]; ok {
 			if r.Priority < o.req.Priority && o.heapIdx >= 0 {
@@ -172,10 +176,6 @@ func (s *Scheduler) Submit(r Request) (*Operation, error) {
 			}
 			return o, nil
 		}
-	}
-	sh := s.shapeForLocked(r)
-	if sh.matching == 0 && len(s.executors) > 0 {
-		return nil, s.unschedulableLocked(r)
 	}
 	sh.lastUsed = time.Now()
 	o := s.newOperation(r.Instance, r.ActionDigest)
