@@ -1,7 +1,7 @@
 package scheduler
 
 import (
-	"github.com/google/uuid"
+	"strconv"
 )
 
 // Dispatch keeps one invariant: no shape has both a queued action and a free
@@ -80,7 +80,9 @@ func (s *Scheduler) pullLocked(e *session) {
 
 func (s *Scheduler) assignLocked(o *Operation, e *session) {
 	o.attempts++
-	o.taskID = uuid.NewString()
+	// Unique per attempt, so a late result of an abandoned one is told
+	// apart; cheaper than another random UUID.
+	o.taskID = o.name + "/" + strconv.Itoa(o.attempts)
 	o.executor = e
 	if n := e.warm[o.routeKey]; o.routeKey != "" && n > 0 {
 		// The executor will use one of its idle warm workers; until it

@@ -22,7 +22,7 @@ import (
 // (Bazel's test sizes), so this adds few shapes.
 type shape struct {
 	key      string
-	required []*repb.Platform_Property // the matching properties, sorted
+	required []*repb.Platform_Property // the matching properties
 	timeout  time.Duration
 
 	queue opQueue
@@ -36,34 +36,41 @@ type shape struct {
 	lastUsed time.Time
 }
 
-// shapeKey canonicalises the matching part of a platform: properties sorted
-// by name and value, case-insensitive values folded, hints dropped.
-func shapeKey(props []*repb.Platform_Property, timeout time.Duration) (string, []*repb.Platform_Property) {
-	required := make([]*repb.Platform_Property, 0, len(props))
+// appendShapeKey appends the canonical form of the matching part of a
+// platform to dst: properties sorted by name and value, case-insensitive
+// values folded, hints dropped, then the timeout. Properties arrive sorted
+// (REAPI requires it), so the common case sorts nothing and, with a stack
+// buffer for dst, allocates nothing.
+func appendShapeKey(dst []byte, props []*repb.Platform_Property, timeout time.Duration) []byte {
+	if !slices.IsSortedFunc(props, compareProps) {
+		props = slices.SortedFunc(slices.Values(props), compareProps)
+	}
 	for _, p := range props {
-		if !IsWorkerHint(p.GetName()) {
-			required = append(required, p)
+		if IsWorkerHint(p.GetName()) {
+			continue
 		}
-	}
-	slices.SortFunc(required, func(a, b *repb.Platform_Property) int {
-		if c := strings.Compare(a.GetName(), b.GetName()); c != 0 {
-			return c
-		}
-		return strings.Compare(a.GetValue(), b.GetValue())
-	})
-	var b strings.Builder
-	for _, p := range required {
-		v := p.GetValue()
+		dst = strconv.AppendQuote(dst, p.GetName())
+		dst = append(dst, '=')
 		if caseInsensitive[p.GetName()] {
-			v = strings.ToLower(v)
+			dst = strconv.AppendQuote(dst, strings.ToLower(p.GetValue()))
+		} else {
+			dst = strconv.AppendQuote(dst, p.GetValue())
 		}
-		b.WriteString(strconv.Quote(p.GetName()))
-		b.WriteByte('=')
-		b.WriteString(strconv.Quote(v))
-		b.WriteByte(',')
+		dst = append(dst, ',')
 	}
-	b.WriteString(strconv.FormatInt(int64(timeout), 10))
-	return b.String(), required
+	return strconv.AppendInt(dst, int64(timeout), 10)
+}
+
+func compareProps(a, b *repb.Platform_Property) int {
+	if c := strings.Compare(a.GetName(), b.GetName()); c != 0 {
+		return c
+	}
+	return strings.Compare(a.GetValue(), b.GetValue())
+}
+
+// shapeKey is appendShapeKey as a string.
+func shapeKey(props []*repb.Platform_Property, timeout time.Duration) string {
+	return string(appendShapeKey(nil, props, timeout))
 }
 
 // accepts reports whether executor capabilities c can run actions of sh.
@@ -74,12 +81,19 @@ func (sh *shape) acceptedBy(c *capabilities) bool {
 // shapeForLocked returns the shape of r, creating it (and linking every
 // connected executor that matches it) on first use.
 func (s *Scheduler) shapeForLocked(r Request) *shape {
-	key, required := shapeKey(r.Platform.GetProperties(), actionTimeout(r))
-	if sh := s.shapes[key]; sh != nil {
+	var buf [256]byte
+	props, timeout := r.Platform.GetProperties(), actionTimeout(r)
+	key := appendShapeKey(buf[:0], props, timeout)
+	if sh := s.shapes[string(key)]; sh != nil {
 		return sh
 	}
-	sh := &shape{key: key, required: required, timeout: actionTimeout(r)}
-	s.shapes[key] = sh
+	sh := &shape{key: string(key), timeout: timeout}
+	for _, p := range props {
+		if !IsWorkerHint(p.GetName()) {
+			sh.required = append(sh.required, p)
+		}
+	}
+	s.shapes[sh.key] = sh
 	for e := range s.executors {
 		if sh.acceptedBy(&e.caps) {
 			s.linkLocked(e, sh)

@@ -16,8 +16,7 @@ import (
 
 func TestShapeKey(t *testing.T) {
 	key := func(timeout time.Duration, kv ...string) string {
-		k, _ := shapeKey(props(kv...), timeout)
-		return k
+		return shapeKey(props(kv...), timeout)
 	}
 	same := [][2]string{
 		{key(0, "OSFamily", "linux", "pool", "a"), key(0, "pool", "a", "OSFamily", "Linux")},
