@@ -285,7 +285,7 @@ func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient
 				defer wg.Done()
 				defer running.Done()
 				defer tcancel()
-				resp := e.runTask(tctx, a, send)
+				resp := e.runTask(tctx, a)
 				tasksMu.Lock()
 				delete(tasks, a.GetTaskId())
 				tasksMu.Unlock()
@@ -351,12 +351,11 @@ func (e *Executor) heartbeat(ctx context.Context, send func(*workerapi.ExecutorM
 	}
 }
 
-func (e *Executor) runTask(ctx context.Context, a *workerapi.Assign, send func(*workerapi.ExecutorMessage) error) *repb.ExecuteResponse {
+func (e *Executor) runTask(ctx context.Context, a *workerapi.Assign) *repb.ExecuteResponse {
 	actionDigest, err := digest.FromProto(a.GetDigestFunction(), a.GetActionDigest())
 	if err != nil {
 		return &repb.ExecuteResponse{Status: builder.StatusOf(err)}
 	}
-	send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Started{Started: &workerapi.Started{TaskId: a.GetTaskId()}}})
 	task := builder.Task{
 		Instance:     a.GetInstanceName(),
 		ActionDigest: actionDigest,

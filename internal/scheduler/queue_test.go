@@ -190,3 +190,21 @@ func TestMergeChecksSchedulable(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// An action is EXECUTING from its assignment, and QUEUED again when its
+// executor goes away.
+func TestStageFollowsAssignment(t *testing.T) {
+	s, conn := startScheduler(t, Config{})
+	e1 := connectExecutor(t, conn, linuxExecutor("e1", 1))
+	waitExecutors(t, s, 1)
+	o, _ := s.Submit(request("x", 0))
+	e1.nextAssign()
+	if st, _ := o.Watch(); st.Stage != repb.ExecutionStage_EXECUTING {
+		t.Fatalf("stage after assignment = %s", st.Stage)
+	}
+	e1.cancel()
+	waitExecutors(t, s, 0)
+	if st, _ := o.Watch(); st.Stage != repb.ExecutionStage_QUEUED {
+		t.Fatalf("stage after executor loss = %s", st.Stage)
+	}
+}

@@ -662,6 +662,9 @@ func (x *Cancel) GetTaskId() string {
 	return ""
 }
 
+// Started is optional: the scheduler reports EXECUTING as soon as it assigns
+// an action (an executor only gets actions it has a free slot for), so
+// current executors do not send it. Still accepted from older ones.
 type Started struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
