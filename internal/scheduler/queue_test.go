@@ -208,3 +208,21 @@ func TestStageFollowsAssignment(t *testing.T) {
 		t.Fatalf("stage after executor loss = %s", st.Stage)
 	}
 }
+
+// A silent executor is dropped after the heartbeat timeout, and one that
+// keeps talking is not.
+func TestHeartbeatTimeout(t *testing.T) {
+	s, conn := startScheduler(t, Config{HeartbeatTimeout: 300 * time.Millisecond})
+	silent := connectExecutor(t, conn, linuxExecutor("silent", 1))
+	talker := connectExecutor(t, conn, linuxExecutor("talker", 1))
+	_ = silent
+	waitExecutors(t, s, 2)
+	for range 8 {
+		time.Sleep(100 * time.Millisecond)
+		talker.send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Heartbeat{Heartbeat: &workerapi.Heartbeat{Accepting: true}}})
+	}
+	st := s.Status()
+	if len(st.Executors) != 1 || st.Executors[0].Name != "talker" {
+		t.Fatalf("executors = %+v", st.Executors)
+	}
+}

@@ -178,7 +178,16 @@ func (s *Scheduler) Connect(stream workerapi.Scheduler_ConnectServer) error {
 			}
 		}
 	}()
-	msgs := make(chan *workerapi.ExecutorMessage)
+	// The reader handles each message itself: a hop to another goroutine
+	// per message is a measurable part of a trivial action's cost.
+	timedOut := make(chan struct{}, 1)
+	timer := time.AfterFunc(s.cfg.HeartbeatTimeout, func() {
+		select {
+		case timedOut <- struct{}{}:
+		default:
+		}
+	})
+	defer timer.Stop()
 	readErr := make(chan error, 1)
 	go func() {
 		for {
@@ -187,40 +196,37 @@ func (s *Scheduler) Connect(stream workerapi.Scheduler_ConnectServer) error {
 				readErr <- err
 				return
 			}
-			select {
-			case msgs <- m:
-			case <-ctx.Done():
+			if !timer.Reset(s.cfg.HeartbeatTimeout) {
+				return // timed out already; the session is ending
+			}
+			if err := s.handle(e, m); err != nil {
+				readErr <- err
 				return
 			}
 		}
 	}()
-	timer := time.NewTimer(s.cfg.HeartbeatTimeout)
-	defer timer.Stop()
-	for {
-		select {
-		case m := <-msgs:
-			timer.Reset(s.cfg.HeartbeatTimeout)
-			if err := s.handle(e, m); err != nil {
-				return err
-			}
-		case err := <-readErr:
-			if errors.Is(err, context.Canceled) {
-				return nil
-			}
-			return err
-		case err := <-writeErr:
-			return err
-		case <-timer.C:
-			return status.Errorf(codes.DeadlineExceeded, "executor %s sent nothing for %s", e.name, s.cfg.HeartbeatTimeout)
-		case <-ctx.Done():
-			return ctx.Err()
+	select {
+	case err := <-readErr:
+		if errors.Is(err, context.Canceled) {
+			return nil
 		}
+		return err
+	case err := <-writeErr:
+		return err
+	case <-timedOut:
+		return status.Errorf(codes.DeadlineExceeded, "executor %s sent nothing for %s", e.name, s.cfg.HeartbeatTimeout)
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
 func (s *Scheduler) handle(e *session, m *workerapi.ExecutorMessage) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if e.tasks == nil {
+		// The session ended (disconnect ran) while this message was read.
+		return status.Error(codes.Aborted, "the worker session has ended")
+	}
 	switch msg := m.GetMsg().(type) {
 	case *workerapi.ExecutorMessage_Heartbeat:
 		s.reportWarmLocked(e, warmCounts(msg.Heartbeat.GetWarmWorkers(), msg.Heartbeat.GetWarmKeys()))
