@@ -108,5 +108,5 @@ func BenchmarkDispatchPath(b *testing.B) {
 		<-finished
 	}
 	b.StopTimer()
-	b.ReportMetric(float64((cpuTime() - cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
 }
