@@ -170,11 +170,13 @@ func request(pool, level int) scheduler.Request {
 // BenchmarkFarm queues n actions over 50 shapes while all 1,000 executors
 // are busy (enqueue), then lets the executors drain the queue, each finishing
 // its action at once and being given the next (dispatch: the scheduler's
-// work per action, plus two channel hops of the in-memory stream).
+// work per action, plus two channel hops of the in-memory stream). The cpu-
+// metrics are the process's CPU time (all goroutines, user + system), the
+// steadier figure on a shared machine.
 func BenchmarkFarm(b *testing.B) {
 	for _, n := range []int{1_000, 10_000, 100_000} {
 		b.Run(fmt.Sprintf("queued=%d", n), func(b *testing.B) {
-			var enqueue, dispatch time.Duration
+			var enqueue, dispatch, enqueueCPU, dispatchCPU time.Duration
 			for range b.N {
 				b.StopTimer()
 				f := newFarm(b, executors, 1)
@@ -195,27 +197,31 @@ func BenchmarkFarm(b *testing.B) {
 					reqs[i] = request(i%pools, (i/pools)%cpuLevels)
 				}
 				b.StartTimer()
-				start := time.Now()
+				start, cpu := time.Now(), cpuTime()
 				for _, r := range reqs {
 					if _, err := f.s.Submit(r); err != nil {
 						b.Fatal(err)
 					}
 				}
 				enqueue += time.Since(start)
+				enqueueCPU += cpuTime() - cpu
 				if q := f.s.Status().Queued; q != n {
 					b.Fatalf("queued %d, want %d", q, n)
 				}
-				start = time.Now()
+				start, cpu = time.Now(), cpuTime()
 				close(f.gate)
 				for f.assigned.Load() < int64(n) {
 					time.Sleep(50 * time.Microsecond)
 				}
 				dispatch += time.Since(start)
+				dispatchCPU += cpuTime() - cpu
 				b.StopTimer()
 				f.close()
 			}
 			b.ReportMetric(float64(enqueue.Nanoseconds())/float64(b.N*n), "ns/enqueue")
 			b.ReportMetric(float64(dispatch.Nanoseconds())/float64(b.N*n), "ns/dispatch")
+			b.ReportMetric(float64(enqueueCPU.Nanoseconds())/float64(b.N*n), "cpu-ns/enqueue")
+			b.ReportMetric(float64(dispatchCPU.Nanoseconds())/float64(b.N*n), "cpu-ns/dispatch")
 			b.ReportMetric(0, "ns/op")
 		})
 	}
