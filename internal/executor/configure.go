@@ -176,7 +176,7 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 		opts.Finished = deps.Metrics.ActionFinished
 	}
 	if workers != nil {
-		opts.WarmKeys = workers.WarmClientKeys
+		opts.WarmWorkers = workers.WarmWorkers
 		opts.Status = func() any { return workers.Status() }
 		opts.Close = func() {
 			if err := workers.Close(); err != nil {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sort"
 	"sync"
 	"time"
@@ -50,9 +51,11 @@ type Options struct {
 	// Accepting runs before work is taken (the precondition script); false
 	// pauses the executor. Nil means always accepting.
 	Accepting func(ctx context.Context) bool
-	// WarmKeys lists the pool keys with an idle warm persistent worker,
-	// reported so that the scheduler routes actions of those keys here.
-	WarmKeys func() []string
+	// WarmWorkers counts, per routing key (workeraction.RoutingKey), the
+	// actions that idle warm persistent workers can take now; reported so
+	// that the scheduler routes actions of those keys here, as many as
+	// there are warm workers.
+	WarmWorkers func() map[string]int
 	// Status returns the executor's persistent worker state, sent to the
 	// scheduler (as JSON) with each heartbeat for the server's /status.
 	Status func() any
@@ -160,17 +163,31 @@ func (e *Executor) statusJSON() string {
 	return string(data)
 }
 
-func (e *Executor) warmKeys() []string {
-	if e.opts.WarmKeys == nil {
-		return nil
+// warm reports the idle warm workers both as counts and, for schedulers
+// that predate the counts, as a sorted list of keys.
+func (e *Executor) warm() (keys []string, counts []*workerapi.WarmWorkers) {
+	if e.opts.WarmWorkers == nil {
+		return nil, nil
 	}
-	return e.opts.WarmKeys()
+	m := e.opts.WarmWorkers()
+	for k, n := range m {
+		if n > 0 {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		counts = append(counts, &workerapi.WarmWorkers{Key: k, Idle: int32(min(m[k], math.MaxInt32))})
+	}
+	return keys, counts
 }
 
 func (e *Executor) register() *workerapi.Register {
+	keys, counts := e.warm()
 	reg := &workerapi.Register{
 		Name:              e.opts.Name,
-		WarmKeys:          e.warmKeys(),
+		WarmKeys:          keys,
+		WarmWorkers:       counts,
 		MaxInflight:       int32(e.opts.MaxInflight),
 		MinimumProperties: e.opts.MinimumProperties,
 	}
@@ -268,7 +285,7 @@ func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient
 				defer wg.Done()
 				defer running.Done()
 				defer tcancel()
-				resp := e.runTask(tctx, a, send)
+				resp := e.runTask(tctx, a)
 				tasksMu.Lock()
 				delete(tasks, a.GetTaskId())
 				tasksMu.Unlock()
@@ -280,8 +297,9 @@ func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient
 				if e.opts.Finished != nil {
 					e.opts.Finished(resp)
 				}
+				keys, counts := e.warm()
 				if err := send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Finished{Finished: &workerapi.Finished{
-					TaskId: a.GetTaskId(), Response: resp, WarmKeys: e.warmKeys(),
+					TaskId: a.GetTaskId(), Response: resp, WarmKeys: keys, WarmWorkers: counts,
 				}}}); err != nil {
 					e.log.Warn("reporting a result failed; the scheduler will re-run the action", "task", a.GetTaskId(), "err", err)
 				}
@@ -305,8 +323,9 @@ func (e *Executor) waitDrain(ctx context.Context, send func(*workerapi.ExecutorM
 	case <-e.drain:
 	}
 	e.log.Info("draining: taking no new actions, finishing the running ones")
+	keys, counts := e.warm()
 	send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Heartbeat{Heartbeat: &workerapi.Heartbeat{
-		Accepting: false, WarmKeys: e.warmKeys(), StatusJson: e.statusJSON(),
+		Accepting: false, WarmKeys: keys, WarmWorkers: counts, StatusJson: e.statusJSON(),
 	}}})
 	return true
 }
@@ -314,8 +333,9 @@ func (e *Executor) waitDrain(ctx context.Context, send func(*workerapi.ExecutorM
 func (e *Executor) heartbeat(ctx context.Context, send func(*workerapi.ExecutorMessage) error) {
 	beat := func() {
 		accepting := !e.draining() && (e.opts.Accepting == nil || e.opts.Accepting(ctx))
+		keys, counts := e.warm()
 		send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Heartbeat{Heartbeat: &workerapi.Heartbeat{
-			Accepting: accepting, WarmKeys: e.warmKeys(), StatusJson: e.statusJSON(),
+			Accepting: accepting, WarmKeys: keys, WarmWorkers: counts, StatusJson: e.statusJSON(),
 		}}})
 	}
 	beat() // at once: a failing precondition pauses the executor from the start
@@ -331,12 +351,11 @@ func (e *Executor) heartbeat(ctx context.Context, send func(*workerapi.ExecutorM
 	}
 }
 
-func (e *Executor) runTask(ctx context.Context, a *workerapi.Assign, send func(*workerapi.ExecutorMessage) error) *repb.ExecuteResponse {
+func (e *Executor) runTask(ctx context.Context, a *workerapi.Assign) *repb.ExecuteResponse {
 	actionDigest, err := digest.FromProto(a.GetDigestFunction(), a.GetActionDigest())
 	if err != nil {
 		return &repb.ExecuteResponse{Status: builder.StatusOf(err)}
 	}
-	send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Started{Started: &workerapi.Started{TaskId: a.GetTaskId()}}})
 	task := builder.Task{
 		Instance:     a.GetInstanceName(),
 		ActionDigest: actionDigest,

@@ -164,7 +164,7 @@ func startClusterWithCAS(t *testing.T, o clusterOptions, blobs ...[]byte) *clust
 				t.Fatal(err)
 			}
 		}
-		opts.WarmKeys = b.Workers.WarmClientKeys
+		opts.WarmWorkers = b.Workers.WarmWorkers
 		opts.Close = func() {
 			if err := b.Workers.Close(); err != nil {
 				t.Errorf("closing the persistent workers: %v", err)

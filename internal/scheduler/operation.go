@@ -42,6 +42,12 @@ type Operation struct {
 	waiters     int
 	orphanTimer *time.Timer
 	mergeKey    string
+	// routeKey is the worker routing key (workeraction.RoutingKey), or "".
+	routeKey string
+	// shape is where the operation queues; heapIdx is its place in the
+	// shape's queue, -1 while it is not queued.
+	shape       *shape
+	heapIdx     int
 	queuedAt    time.Time
 	completedAt time.Time
 

@@ -1,16 +1,17 @@
-// Package scheduler owns operations and executors: the queue of actions
-// waiting to run (ordered by priority, then arrival), the merging of identical
-// in-flight actions, platform matching, the sessions of connected executors
-// (Hearth's worker API stream), re-queueing of actions whose executor
-// disappeared, cancellation of actions nobody waits for, and the expiry of
-// finished operations.
+// Package scheduler owns operations and executors: the queues of actions
+// waiting to run (one per platform shape, ordered by priority, then arrival),
+// the merging of identical in-flight actions, platform matching, the sessions
+// of connected executors (Hearth's worker API stream) and their warm-worker
+// capacity for affinity, re-queueing of actions whose executor disappeared,
+// cancellation of actions nobody waits for, and the expiry of finished
+// operations.
 package scheduler
 
 import (
+	"container/heap"
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"sync"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/status"
 
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/workeraction"
 	"github.com/hearth-build/hearth/internal/workerapi"
 )
 
@@ -30,6 +32,9 @@ var ErrUnschedulable = errors.New("action cannot be scheduled")
 // ErrTimeoutTooLong is wrapped when an action asks for a longer timeout than
 // any executor allows; the edge answers INVALID_ARGUMENT.
 var ErrTimeoutTooLong = errors.New("action timeout exceeds the maximum")
+
+// shapeIdleTTL is how long a shape with nothing queued is remembered.
+const shapeIdleTTL = 10 * time.Minute
 
 // ErrNotFound is wrapped when an operation is unknown or has expired.
 var ErrNotFound = errors.New("operation not found")
@@ -102,9 +107,13 @@ type Scheduler struct {
 	mu        sync.Mutex
 	ops       map[string]*Operation
 	inflight  map[string]*Operation // merge key → operation not yet done
-	queue     []*Operation          // sorted by (priority, seq)
+	shapes    map[string]*shape     // shape key → its queue and executors
+	queued    int                   // actions waiting in all shapes
 	seq       uint64
 	executors map[*session]bool
+	// warm indexes, per routing key, the executors whose view has idle
+	// warm workers left for it (session.warm[key] > 0).
+	warm map[string]map[*session]struct{}
 	// noExecutorsSince is when the last executor left (or the scheduler
 	// started without any).
 	noExecutorsSince time.Time
@@ -119,7 +128,9 @@ func New(cfg Config) *Scheduler {
 		logger:    cfg.Logger,
 		ops:       map[string]*Operation{},
 		inflight:  map[string]*Operation{},
+		shapes:    map[string]*shape{},
 		executors: map[*session]bool{},
+		warm:      map[string]map[*session]struct{}{},
 		stop:      make(chan struct{}),
 
 		noExecutorsSince: time.Now(),
@@ -136,7 +147,7 @@ func mergeKey(r Request) string {
 }
 
 func (s *Scheduler) newOperation(instance string, action digest.Digest) *Operation {
-	o := &Operation{s: s, name: uuid.NewString(), instance: instance, action: action, changed: make(chan struct{})}
+	o := &Operation{s: s, name: uuid.NewString(), instance: instance, action: action, changed: make(chan struct{}), heapIdx: -1}
 	o.state = State{Name: o.name, Instance: instance, ActionDigest: action, Stage: repb.ExecutionStage_QUEUED}
 	s.ops[o.name] = o
 	return o
@@ -146,31 +157,36 @@ func (s *Scheduler) newOperation(instance string, action digest.Digest) *Operati
 // (unless DoNotCache). It fails fast when no connected executor could ever
 // run the action.
 func (s *Scheduler) Submit(r Request) (*Operation, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.checkSchedulableLocked(r); err != nil {
-		return nil, err
-	}
 	key := ""
 	if !r.DoNotCache {
 		key = mergeKey(r)
+	}
+	routeKey := workeraction.RoutingKeyOf(r.Platform.GetProperties(), r.Command)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sh := s.shapeForLocked(r)
+	if sh.matching == 0 && len(s.executors) > 0 {
+		return nil, s.unschedulableLocked(r)
+	}
+	if key != "" {
 		if o, ok := s.inflight[key]; ok {
-			if r.Priority < o.req.Priority && o.executor == nil {
+			if r.Priority < o.req.Priority && o.heapIdx >= 0 {
 				o.req.Priority = r.Priority // a more urgent client speeds up the shared run
-				s.sortQueueLocked()
+				heap.Fix(&o.shape.queue, o.heapIdx)
 			}
 			return o, nil
 		}
 	}
+	sh.lastUsed = time.Now()
 	o := s.newOperation(r.Instance, r.ActionDigest)
 	o.req = r
 	o.mergeKey = key
-	o.queuedAt = time.Now()
+	o.routeKey = routeKey
+	o.queuedAt = sh.lastUsed
 	if key != "" {
 		s.inflight[key] = o
 	}
-	s.enqueueLocked(o)
-	s.dispatchLocked()
+	s.placeLocked(o, sh)
 	return o, nil
 }
 
@@ -237,48 +253,15 @@ func (s *Scheduler) finishLocked(o *Operation, resp *repb.ExecuteResponse) {
 	s.notify(Observer.Finished, o)
 }
 
-func (s *Scheduler) enqueueLocked(o *Operation) {
-	s.seq++
-	o.seq = s.seq
-	o.executor = nil
-	o.taskID = ""
-	s.queue = append(s.queue, o)
-	s.sortQueueLocked()
-	s.notify(Observer.Queued, o)
-}
-
-// sortQueueLocked orders by priority (lower runs sooner, as REAPI says), then
-// arrival.
-func (s *Scheduler) sortQueueLocked() {
-	sort.SliceStable(s.queue, func(i, j int) bool {
-		a, b := s.queue[i], s.queue[j]
-		if a.req.Priority != b.req.Priority {
-			return a.req.Priority < b.req.Priority
-		}
-		return a.seq < b.seq
-	})
-}
-
-func (s *Scheduler) removeFromQueueLocked(o *Operation) {
-	for i, q := range s.queue {
-		if q == o {
-			s.queue = append(s.queue[:i], s.queue[i+1:]...)
-			return
-		}
-	}
-}
-
 func actionTimeout(r Request) time.Duration {
 	return r.Action.GetTimeout().AsDuration()
 }
 
-// checkSchedulableLocked fails an action that none of the connected executors
-// can take. With no executor connected at all, actions wait: executors of a
-// split deployment may still be starting.
-func (s *Scheduler) checkSchedulableLocked(r Request) error {
-	if len(s.executors) == 0 {
-		return nil
-	}
+// unschedulableLocked explains why none of the connected executors can take
+// an action whose shape no executor matches. (With no executor connected at
+// all, actions wait instead: executors of a split deployment may still be
+// starting.) It scans every executor, which is fine on this error path.
+func (s *Scheduler) unschedulableLocked(r Request) error {
 	var caps []*capabilities
 	timeoutOK := false
 	var maxTimeout time.Duration
@@ -289,73 +272,12 @@ func (s *Scheduler) checkSchedulableLocked(r Request) error {
 		if e.caps.maxTimeout > maxTimeout {
 			maxTimeout = e.caps.maxTimeout
 		}
-		if e.caps.unmatched(r.Platform.GetProperties()) == nil {
-			if e.caps.acceptsTimeout(actionTimeout(r)) {
-				return nil
-			}
-		}
 		caps = append(caps, &e.caps)
 	}
 	if !timeoutOK {
 		return fmt.Errorf("%w: timeout %s is longer than the %s that executors allow", ErrTimeoutTooLong, actionTimeout(r), maxTimeout)
 	}
 	return fmt.Errorf("%w: %s", ErrUnschedulable, describeUnmatched(r.Platform.GetProperties(), caps))
-}
-
-// dispatchLocked hands queued actions to free executors that match them,
-// highest priority first. An action that only busy executors match stays
-// queued without blocking the actions behind it.
-func (s *Scheduler) dispatchLocked() {
-	for i := 0; i < len(s.queue); {
-		o := s.queue[i]
-		e := s.pickExecutorLocked(o)
-		if e == nil {
-			i++
-			continue
-		}
-		s.queue = append(s.queue[:i], s.queue[i+1:]...)
-		s.assignLocked(o, e)
-	}
-}
-
-// pickExecutorLocked chooses among free matching executors the least loaded
-// one, preferring an executor that reports an idle warm persistent worker for
-// the action's key. The preference only ranks free executors, so a busy warm
-// executor never makes an action wait while another one sits idle.
-func (s *Scheduler) pickExecutorLocked(o *Operation) *session {
-	key := workerKey(o.req.Platform)
-	var best *session
-	bestWarm := false
-	for e := range s.executors {
-		if !e.hasCapacity() || e.caps.unmatched(o.req.Platform.GetProperties()) != nil || !e.caps.acceptsTimeout(actionTimeout(o.req)) {
-			continue
-		}
-		warm := key != "" && e.warmKeys[key]
-		switch {
-		case best == nil,
-			warm && !bestWarm,
-			warm == bestWarm && e.load() < best.load():
-			best, bestWarm = e, warm
-		}
-	}
-	return best
-}
-
-func workerKey(p *repb.Platform) string {
-	for _, prop := range p.GetProperties() {
-		if prop.GetName() == "persistentWorkerKey" {
-			return prop.GetValue()
-		}
-	}
-	return ""
-}
-
-func (s *Scheduler) assignLocked(o *Operation, e *session) {
-	o.attempts++
-	o.taskID = uuid.NewString()
-	o.executor = e
-	e.assign(o)
-	s.notify(Observer.Started, o)
 }
 
 // requeueLocked puts back an action whose executor went away, or fails it
@@ -373,24 +295,28 @@ func (s *Scheduler) requeueLocked(o *Operation, why string) {
 	}
 	s.logger.Warn("re-queueing action", "operation", o.name, "action", o.action.String(), "attempt", o.attempts, "reason", why)
 	o.setStage(repb.ExecutionStage_QUEUED, nil)
-	s.enqueueLocked(o)
+	o.executor, o.taskID = nil, ""
+	// The shape may have been forgotten while the action ran.
+	s.placeLocked(o, s.shapeForLocked(o.req))
 }
 
 // failUnschedulableLocked fails queued actions that the remaining executors
-// can never take (after an executor left).
+// can never take (after an executor left): those of shapes that no
+// connected executor matches any more.
 func (s *Scheduler) failUnschedulableLocked() {
-	for i := 0; i < len(s.queue); {
-		o := s.queue[i]
-		if err := s.checkSchedulableLocked(o.req); err != nil {
-			s.queue = append(s.queue[:i], s.queue[i+1:]...)
+	if len(s.executors) == 0 {
+		return
+	}
+	for _, sh := range s.shapes {
+		for sh.matching == 0 && sh.queue.Len() > 0 {
+			o := s.popLocked(sh)
+			err := s.unschedulableLocked(o.req)
 			c := code.Code_FAILED_PRECONDITION
 			if errors.Is(err, ErrTimeoutTooLong) {
 				c = code.Code_INVALID_ARGUMENT
 			}
 			s.finishLocked(o, &repb.ExecuteResponse{Status: &status.Status{Code: int32(c), Message: err.Error()}})
-			continue
 		}
-		i++
 	}
 }
 
@@ -411,14 +337,16 @@ func (s *Scheduler) expire(now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.executors) == 0 && now.Sub(s.noExecutorsSince) > s.cfg.NoExecutorTimeout {
-		for _, o := range s.queue {
-			s.finishLocked(o, &repb.ExecuteResponse{Status: &status.Status{
-				Code:    int32(code.Code_UNAVAILABLE),
-				Message: fmt.Sprintf("no executor has been connected for %s", now.Sub(s.noExecutorsSince).Round(time.Second)),
-			}})
+		for _, sh := range s.shapes {
+			for sh.queue.Len() > 0 {
+				s.finishLocked(s.popLocked(sh), &repb.ExecuteResponse{Status: &status.Status{
+					Code:    int32(code.Code_UNAVAILABLE),
+					Message: fmt.Sprintf("no executor has been connected for %s", now.Sub(s.noExecutorsSince).Round(time.Second)),
+				}})
+			}
 		}
-		s.queue = nil
 	}
+	s.forgetIdleShapesLocked(now.Add(-shapeIdleTTL))
 	for name, o := range s.ops {
 		if o.completedAt != (time.Time{}) && now.Sub(o.completedAt) > s.cfg.OperationTTL {
 			delete(s.ops, name)

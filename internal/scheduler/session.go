@@ -24,7 +24,14 @@ type session struct {
 
 	// Guarded by Scheduler.mu.
 	accepting bool
-	warmKeys  map[string]bool
+	// warm is the scheduler's view of the executor's idle warm workers per
+	// routing key: the last report, less the actions assigned since.
+	warm map[string]int32
+	// shapes are the shapes this executor can run; freeIdx is its place in
+	// the free set of each of them while it has a spare slot (free).
+	shapes  map[*shape]struct{}
+	freeIdx map[*shape]int
+	free    bool
 	// tasks holds every attempt assigned and not yet confirmed finished,
 	// including cancelled ones, so capacity stays honest.
 	tasks map[string]*Operation
@@ -72,6 +79,26 @@ func (e *session) cancel(taskID string) {
 	e.send(&workerapi.SchedulerMessage{Msg: &workerapi.SchedulerMessage_Cancel{Cancel: &workerapi.Cancel{TaskId: taskID}}})
 }
 
+// warmCounts reads an executor's warm report: the counts when it sends them,
+// else (an older executor) one idle worker for each key it lists.
+func warmCounts(counts []*workerapi.WarmWorkers, keys []string) map[string]int32 {
+	m := make(map[string]int32, max(len(counts), len(keys)))
+	if len(counts) > 0 {
+		for _, w := range counts {
+			if w.GetIdle() > 0 && w.GetKey() != "" {
+				m[w.GetKey()] += w.GetIdle()
+			}
+		}
+		return m
+	}
+	for _, k := range keys {
+		if k != "" {
+			m[k] = 1
+		}
+	}
+	return m
+}
+
 func setOf(keys []string) map[string]bool {
 	m := make(map[string]bool, len(keys))
 	for _, k := range keys {
@@ -101,7 +128,9 @@ func (s *Scheduler) Connect(stream workerapi.Scheduler_ConnectServer) error {
 		name:        reg.GetName(),
 		maxInflight: int(reg.GetMaxInflight()),
 		accepting:   true,
-		warmKeys:    setOf(reg.GetWarmKeys()),
+		warm:        map[string]int32{},
+		shapes:      map[*shape]struct{}{},
+		freeIdx:     map[*shape]int{},
 		tasks:       map[string]*Operation{},
 		out:         make(chan *workerapi.SchedulerMessage, 2*int(reg.GetMaxInflight())+64),
 		caps: capabilities{
@@ -117,7 +146,14 @@ func (s *Scheduler) Connect(stream workerapi.Scheduler_ConnectServer) error {
 
 	s.mu.Lock()
 	s.executors[e] = true
-	s.dispatchLocked()
+	s.reportWarmLocked(e, warmCounts(reg.GetWarmWorkers(), reg.GetWarmKeys()))
+	for _, sh := range s.shapes {
+		if sh.acceptedBy(&e.caps) {
+			s.linkLocked(e, sh)
+		}
+	}
+	s.updateFreeLocked(e)
+	s.pullLocked(e)
 	out := e.out
 	s.mu.Unlock()
 	defer s.disconnect(e)
@@ -142,7 +178,16 @@ func (s *Scheduler) Connect(stream workerapi.Scheduler_ConnectServer) error {
 			}
 		}
 	}()
-	msgs := make(chan *workerapi.ExecutorMessage)
+	// The reader handles each message itself: a hop to another goroutine
+	// per message is a measurable part of a trivial action's cost.
+	timedOut := make(chan struct{}, 1)
+	timer := time.AfterFunc(s.cfg.HeartbeatTimeout, func() {
+		select {
+		case timedOut <- struct{}{}:
+		default:
+		}
+	})
+	defer timer.Stop()
 	readErr := make(chan error, 1)
 	go func() {
 		for {
@@ -151,43 +196,40 @@ func (s *Scheduler) Connect(stream workerapi.Scheduler_ConnectServer) error {
 				readErr <- err
 				return
 			}
-			select {
-			case msgs <- m:
-			case <-ctx.Done():
+			if !timer.Reset(s.cfg.HeartbeatTimeout) {
+				return // timed out already; the session is ending
+			}
+			if err := s.handle(e, m); err != nil {
+				readErr <- err
 				return
 			}
 		}
 	}()
-	timer := time.NewTimer(s.cfg.HeartbeatTimeout)
-	defer timer.Stop()
-	for {
-		select {
-		case m := <-msgs:
-			timer.Reset(s.cfg.HeartbeatTimeout)
-			if err := s.handle(e, m); err != nil {
-				return err
-			}
-		case err := <-readErr:
-			if errors.Is(err, context.Canceled) {
-				return nil
-			}
-			return err
-		case err := <-writeErr:
-			return err
-		case <-timer.C:
-			return status.Errorf(codes.DeadlineExceeded, "executor %s sent nothing for %s", e.name, s.cfg.HeartbeatTimeout)
-		case <-ctx.Done():
-			return ctx.Err()
+	select {
+	case err := <-readErr:
+		if errors.Is(err, context.Canceled) {
+			return nil
 		}
+		return err
+	case err := <-writeErr:
+		return err
+	case <-timedOut:
+		return status.Errorf(codes.DeadlineExceeded, "executor %s sent nothing for %s", e.name, s.cfg.HeartbeatTimeout)
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
 func (s *Scheduler) handle(e *session, m *workerapi.ExecutorMessage) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if e.tasks == nil {
+		// The session ended (disconnect ran) while this message was read.
+		return status.Error(codes.Aborted, "the worker session has ended")
+	}
 	switch msg := m.GetMsg().(type) {
 	case *workerapi.ExecutorMessage_Heartbeat:
-		e.warmKeys = setOf(msg.Heartbeat.GetWarmKeys())
+		s.reportWarmLocked(e, warmCounts(msg.Heartbeat.GetWarmWorkers(), msg.Heartbeat.GetWarmKeys()))
 		e.accepting = msg.Heartbeat.GetAccepting()
 		e.status = msg.Heartbeat.GetStatusJson()
 	case *workerapi.ExecutorMessage_Started:
@@ -198,7 +240,7 @@ func (s *Scheduler) handle(e *session, m *workerapi.ExecutorMessage) error {
 		id := msg.Finished.GetTaskId()
 		o := e.tasks[id]
 		delete(e.tasks, id)
-		e.warmKeys = setOf(msg.Finished.GetWarmKeys())
+		s.reportWarmLocked(e, warmCounts(msg.Finished.GetWarmWorkers(), msg.Finished.GetWarmKeys()))
 		if o != nil && o.taskID == id {
 			resp := msg.Finished.GetResponse()
 			if resp == nil {
@@ -212,7 +254,8 @@ func (s *Scheduler) handle(e *session, m *workerapi.ExecutorMessage) error {
 	default:
 		return status.Error(codes.InvalidArgument, "unknown executor message")
 	}
-	s.dispatchLocked()
+	s.updateFreeLocked(e)
+	s.pullLocked(e)
 	return nil
 }
 
@@ -227,6 +270,11 @@ func (s *Scheduler) disconnect(e *session) {
 		e.dead = true
 		close(e.out)
 	}
+	s.updateFreeLocked(e)
+	for sh := range e.shapes {
+		s.unlinkLocked(e, sh)
+	}
+	s.reportWarmLocked(e, nil)
 	s.logger.Info("executor disconnected", "executor", e.name, "running", len(e.tasks))
 	for id, o := range e.tasks {
 		if o.taskID == id {
@@ -235,5 +283,4 @@ func (s *Scheduler) disconnect(e *session) {
 	}
 	e.tasks = nil
 	s.failUnschedulableLocked()
-	s.dispatchLocked()
 }

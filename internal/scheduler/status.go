@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"encoding/json"
+	"maps"
 	"sort"
 )
 
@@ -13,6 +14,9 @@ type ExecutorStatus struct {
 	Running     int                 `json:"running"`
 	Accepting   bool                `json:"accepting"`
 	WarmKeys    []string            `json:"warm_keys"`
+	// WarmWorkers is the scheduler's view of idle warm workers per routing
+	// key (the executor's last report less what was assigned since).
+	WarmWorkers map[string]int32 `json:"warm_workers"`
 	// PersistentWorkers is the executor's own report, per pool key.
 	PersistentWorkers json.RawMessage `json:"persistent_workers,omitempty"`
 }
@@ -28,13 +32,14 @@ type Status struct {
 func (s *Scheduler) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := Status{Queued: len(s.queue), Operations: len(s.ops), Executors: []ExecutorStatus{}}
+	st := Status{Queued: s.queued, Operations: len(s.ops), Executors: []ExecutorStatus{}}
 	for e := range s.executors {
 		es := ExecutorStatus{
 			Name: e.name, Properties: e.caps.props, MaxInflight: e.maxInflight,
 			Running: len(e.tasks), Accepting: e.accepting, WarmKeys: []string{},
+			WarmWorkers: maps.Clone(e.warm),
 		}
-		for k := range e.warmKeys {
+		for k := range e.warm {
 			es.WarmKeys = append(es.WarmKeys, k)
 		}
 		sort.Strings(es.WarmKeys)

@@ -290,12 +290,16 @@ type Register struct {
 	MaxInflight int32 `protobuf:"varint,3,opt,name=max_inflight,json=maxInflight,proto3" json:"max_inflight,omitempty"`
 	// The longest Action.timeout the executor accepts (0: no limit).
 	MaxActionTimeout *durationpb.Duration `protobuf:"bytes,4,opt,name=max_action_timeout,json=maxActionTimeout,proto3" json:"max_action_timeout,omitempty"`
-	// Keys of idle warm persistent workers (for routing).
+	// Routing keys with idle warm persistent workers. Superseded by
+	// warm_workers, which a scheduler prefers when present; executors send
+	// both so that older schedulers still route by key.
 	WarmKeys []string `protobuf:"bytes,5,rep,name=warm_keys,json=warmKeys,proto3" json:"warm_keys,omitempty"`
 	// Names of properties whose values are numeric minimums (cpu_count, memory_kb...).
 	MinimumProperties []string `protobuf:"bytes,6,rep,name=minimum_properties,json=minimumProperties,proto3" json:"minimum_properties,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// How many idle warm persistent workers the executor has per routing key.
+	WarmWorkers   []*WarmWorkers `protobuf:"bytes,7,rep,name=warm_workers,json=warmWorkers,proto3" json:"warm_workers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Register) Reset() {
@@ -370,21 +374,89 @@ func (x *Register) GetMinimumProperties() []string {
 	return nil
 }
 
+func (x *Register) GetWarmWorkers() []*WarmWorkers {
+	if x != nil {
+		return x.WarmWorkers
+	}
+	return nil
+}
+
+// WarmWorkers counts the idle warm persistent workers of one routing key:
+// how many more actions of that key the executor can start without a cold
+// start. The routing key is the client's persistentWorkerKey when the action
+// has one, else a key derived from the Command (see
+// internal/workeraction.RoutingKey), so that the scheduler, which never sees
+// the input tree, can compute it too.
+type WarmWorkers struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Idle          int32                  `protobuf:"varint,2,opt,name=idle,proto3" json:"idle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WarmWorkers) Reset() {
+	*x = WarmWorkers{}
+	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WarmWorkers) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WarmWorkers) ProtoMessage() {}
+
+func (x *WarmWorkers) ProtoReflect() protoreflect.Message {
+	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WarmWorkers.ProtoReflect.Descriptor instead.
+func (*WarmWorkers) Descriptor() ([]byte, []int) {
+	return file_hearth_workerapi_v1_workerapi_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *WarmWorkers) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *WarmWorkers) GetIdle() int32 {
+	if x != nil {
+		return x.Idle
+	}
+	return 0
+}
+
 type Heartbeat struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	WarmKeys []string               `protobuf:"bytes,1,rep,name=warm_keys,json=warmKeys,proto3" json:"warm_keys,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As in Register.
+	WarmKeys []string `protobuf:"bytes,1,rep,name=warm_keys,json=warmKeys,proto3" json:"warm_keys,omitempty"`
 	// False while the executor refuses work (a failing precondition script).
 	Accepting bool `protobuf:"varint,2,opt,name=accepting,proto3" json:"accepting,omitempty"`
 	// The executor's persistent worker state (JSON), shown by the server's
 	// /status page.
-	StatusJson    string `protobuf:"bytes,3,opt,name=status_json,json=statusJson,proto3" json:"status_json,omitempty"`
+	StatusJson string `protobuf:"bytes,3,opt,name=status_json,json=statusJson,proto3" json:"status_json,omitempty"`
+	// As in Register; replaces the scheduler's view of this executor.
+	WarmWorkers   []*WarmWorkers `protobuf:"bytes,4,rep,name=warm_workers,json=warmWorkers,proto3" json:"warm_workers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[4]
+	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -396,7 +468,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[4]
+	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -409,7 +481,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_hearth_workerapi_v1_workerapi_proto_rawDescGZIP(), []int{4}
+	return file_hearth_workerapi_v1_workerapi_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Heartbeat) GetWarmKeys() []string {
@@ -431,6 +503,13 @@ func (x *Heartbeat) GetStatusJson() string {
 		return x.StatusJson
 	}
 	return ""
+}
+
+func (x *Heartbeat) GetWarmWorkers() []*WarmWorkers {
+	if x != nil {
+		return x.WarmWorkers
+	}
+	return nil
 }
 
 type Assign struct {
@@ -455,7 +534,7 @@ type Assign struct {
 
 func (x *Assign) Reset() {
 	*x = Assign{}
-	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[5]
+	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -467,7 +546,7 @@ func (x *Assign) String() string {
 func (*Assign) ProtoMessage() {}
 
 func (x *Assign) ProtoReflect() protoreflect.Message {
-	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[5]
+	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -480,7 +559,7 @@ func (x *Assign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assign.ProtoReflect.Descriptor instead.
 func (*Assign) Descriptor() ([]byte, []int) {
-	return file_hearth_workerapi_v1_workerapi_proto_rawDescGZIP(), []int{5}
+	return file_hearth_workerapi_v1_workerapi_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Assign) GetTaskId() string {
@@ -548,7 +627,7 @@ type Cancel struct {
 
 func (x *Cancel) Reset() {
 	*x = Cancel{}
-	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[6]
+	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -560,7 +639,7 @@ func (x *Cancel) String() string {
 func (*Cancel) ProtoMessage() {}
 
 func (x *Cancel) ProtoReflect() protoreflect.Message {
-	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[6]
+	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -573,7 +652,7 @@ func (x *Cancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancel.ProtoReflect.Descriptor instead.
 func (*Cancel) Descriptor() ([]byte, []int) {
-	return file_hearth_workerapi_v1_workerapi_proto_rawDescGZIP(), []int{6}
+	return file_hearth_workerapi_v1_workerapi_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Cancel) GetTaskId() string {
@@ -583,6 +662,9 @@ func (x *Cancel) GetTaskId() string {
 	return ""
 }
 
+// Started is optional: the scheduler reports EXECUTING as soon as it assigns
+// an action (an executor only gets actions it has a free slot for), so
+// current executors do not send it. Still accepted from older ones.
 type Started struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
@@ -592,7 +674,7 @@ type Started struct {
 
 func (x *Started) Reset() {
 	*x = Started{}
-	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[7]
+	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -604,7 +686,7 @@ func (x *Started) String() string {
 func (*Started) ProtoMessage() {}
 
 func (x *Started) ProtoReflect() protoreflect.Message {
-	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[7]
+	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -617,7 +699,7 @@ func (x *Started) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Started.ProtoReflect.Descriptor instead.
 func (*Started) Descriptor() ([]byte, []int) {
-	return file_hearth_workerapi_v1_workerapi_proto_rawDescGZIP(), []int{7}
+	return file_hearth_workerapi_v1_workerapi_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Started) GetTaskId() string {
@@ -632,15 +714,17 @@ type Finished struct {
 	TaskId string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
 	// The response the client receives (status, result, message, cached_result=false).
 	Response *v2.ExecuteResponse `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"`
-	// Keys of idle warm persistent workers after this action.
-	WarmKeys      []string `protobuf:"bytes,3,rep,name=warm_keys,json=warmKeys,proto3" json:"warm_keys,omitempty"`
+	// Routing keys with idle warm persistent workers after this action.
+	WarmKeys []string `protobuf:"bytes,3,rep,name=warm_keys,json=warmKeys,proto3" json:"warm_keys,omitempty"`
+	// As in Register, after this action.
+	WarmWorkers   []*WarmWorkers `protobuf:"bytes,4,rep,name=warm_workers,json=warmWorkers,proto3" json:"warm_workers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Finished) Reset() {
 	*x = Finished{}
-	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[8]
+	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -652,7 +736,7 @@ func (x *Finished) String() string {
 func (*Finished) ProtoMessage() {}
 
 func (x *Finished) ProtoReflect() protoreflect.Message {
-	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[8]
+	mi := &file_hearth_workerapi_v1_workerapi_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -665,7 +749,7 @@ func (x *Finished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finished.ProtoReflect.Descriptor instead.
 func (*Finished) Descriptor() ([]byte, []int) {
-	return file_hearth_workerapi_v1_workerapi_proto_rawDescGZIP(), []int{8}
+	return file_hearth_workerapi_v1_workerapi_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Finished) GetTaskId() string {
@@ -689,6 +773,13 @@ func (x *Finished) GetWarmKeys() []string {
 	return nil
 }
 
+func (x *Finished) GetWarmWorkers() []*WarmWorkers {
+	if x != nil {
+		return x.WarmWorkers
+	}
+	return nil
+}
+
 var File_hearth_workerapi_v1_workerapi_proto protoreflect.FileDescriptor
 
 const file_hearth_workerapi_v1_workerapi_proto_rawDesc = "" +
@@ -706,7 +797,7 @@ const file_hearth_workerapi_v1_workerapi_proto_rawDesc = "" +
 	"\x03msg\"4\n" +
 	"\bProperty\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\x95\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xda\x02\n" +
 	"\bRegister\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12=\n" +
 	"\n" +
@@ -715,12 +806,17 @@ const file_hearth_workerapi_v1_workerapi_proto_rawDesc = "" +
 	"\fmax_inflight\x18\x03 \x01(\x05R\vmaxInflight\x12G\n" +
 	"\x12max_action_timeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x10maxActionTimeout\x12\x1b\n" +
 	"\twarm_keys\x18\x05 \x03(\tR\bwarmKeys\x12-\n" +
-	"\x12minimum_properties\x18\x06 \x03(\tR\x11minimumProperties\"g\n" +
+	"\x12minimum_properties\x18\x06 \x03(\tR\x11minimumProperties\x12C\n" +
+	"\fwarm_workers\x18\a \x03(\v2 .hearth.workerapi.v1.WarmWorkersR\vwarmWorkers\"3\n" +
+	"\vWarmWorkers\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
+	"\x04idle\x18\x02 \x01(\x05R\x04idle\"\xac\x01\n" +
 	"\tHeartbeat\x12\x1b\n" +
 	"\twarm_keys\x18\x01 \x03(\tR\bwarmKeys\x12\x1c\n" +
 	"\taccepting\x18\x02 \x01(\bR\taccepting\x12\x1f\n" +
 	"\vstatus_json\x18\x03 \x01(\tR\n" +
-	"statusJson\"\xe2\x03\n" +
+	"statusJson\x12C\n" +
+	"\fwarm_workers\x18\x04 \x03(\v2 .hearth.workerapi.v1.WarmWorkersR\vwarmWorkers\"\xe2\x03\n" +
 	"\x06Assign\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12#\n" +
 	"\rinstance_name\x18\x02 \x01(\tR\finstanceName\x12^\n" +
@@ -734,11 +830,12 @@ const file_hearth_workerapi_v1_workerapi_proto_rawDesc = "" +
 	"\x06Cancel\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\"\n" +
 	"\aStarted\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\x8e\x01\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\xd3\x01\n" +
 	"\bFinished\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12L\n" +
 	"\bresponse\x18\x02 \x01(\v20.build.bazel.remote.execution.v2.ExecuteResponseR\bresponse\x12\x1b\n" +
-	"\twarm_keys\x18\x03 \x03(\tR\bwarmKeys2g\n" +
+	"\twarm_keys\x18\x03 \x03(\tR\bwarmKeys\x12C\n" +
+	"\fwarm_workers\x18\x04 \x03(\v2 .hearth.workerapi.v1.WarmWorkersR\vwarmWorkers2g\n" +
 	"\tScheduler\x12Z\n" +
 	"\aConnect\x12$.hearth.workerapi.v1.ExecutorMessage\x1a%.hearth.workerapi.v1.SchedulerMessage(\x010\x01B3Z1github.com/hearth-build/hearth/internal/workerapib\x06proto3"
 
@@ -754,47 +851,51 @@ func file_hearth_workerapi_v1_workerapi_proto_rawDescGZIP() []byte {
 	return file_hearth_workerapi_v1_workerapi_proto_rawDescData
 }
 
-var file_hearth_workerapi_v1_workerapi_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_hearth_workerapi_v1_workerapi_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_hearth_workerapi_v1_workerapi_proto_goTypes = []any{
 	(*ExecutorMessage)(nil),       // 0: hearth.workerapi.v1.ExecutorMessage
 	(*SchedulerMessage)(nil),      // 1: hearth.workerapi.v1.SchedulerMessage
 	(*Property)(nil),              // 2: hearth.workerapi.v1.Property
 	(*Register)(nil),              // 3: hearth.workerapi.v1.Register
-	(*Heartbeat)(nil),             // 4: hearth.workerapi.v1.Heartbeat
-	(*Assign)(nil),                // 5: hearth.workerapi.v1.Assign
-	(*Cancel)(nil),                // 6: hearth.workerapi.v1.Cancel
-	(*Started)(nil),               // 7: hearth.workerapi.v1.Started
-	(*Finished)(nil),              // 8: hearth.workerapi.v1.Finished
-	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
-	(v2.DigestFunction_Value)(0),  // 10: build.bazel.remote.execution.v2.DigestFunction.Value
-	(*v2.Digest)(nil),             // 11: build.bazel.remote.execution.v2.Digest
-	(*v2.Action)(nil),             // 12: build.bazel.remote.execution.v2.Action
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*v2.Command)(nil),            // 14: build.bazel.remote.execution.v2.Command
-	(*v2.ExecuteResponse)(nil),    // 15: build.bazel.remote.execution.v2.ExecuteResponse
+	(*WarmWorkers)(nil),           // 4: hearth.workerapi.v1.WarmWorkers
+	(*Heartbeat)(nil),             // 5: hearth.workerapi.v1.Heartbeat
+	(*Assign)(nil),                // 6: hearth.workerapi.v1.Assign
+	(*Cancel)(nil),                // 7: hearth.workerapi.v1.Cancel
+	(*Started)(nil),               // 8: hearth.workerapi.v1.Started
+	(*Finished)(nil),              // 9: hearth.workerapi.v1.Finished
+	(*durationpb.Duration)(nil),   // 10: google.protobuf.Duration
+	(v2.DigestFunction_Value)(0),  // 11: build.bazel.remote.execution.v2.DigestFunction.Value
+	(*v2.Digest)(nil),             // 12: build.bazel.remote.execution.v2.Digest
+	(*v2.Action)(nil),             // 13: build.bazel.remote.execution.v2.Action
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*v2.Command)(nil),            // 15: build.bazel.remote.execution.v2.Command
+	(*v2.ExecuteResponse)(nil),    // 16: build.bazel.remote.execution.v2.ExecuteResponse
 }
 var file_hearth_workerapi_v1_workerapi_proto_depIdxs = []int32{
 	3,  // 0: hearth.workerapi.v1.ExecutorMessage.register:type_name -> hearth.workerapi.v1.Register
-	4,  // 1: hearth.workerapi.v1.ExecutorMessage.heartbeat:type_name -> hearth.workerapi.v1.Heartbeat
-	7,  // 2: hearth.workerapi.v1.ExecutorMessage.started:type_name -> hearth.workerapi.v1.Started
-	8,  // 3: hearth.workerapi.v1.ExecutorMessage.finished:type_name -> hearth.workerapi.v1.Finished
-	5,  // 4: hearth.workerapi.v1.SchedulerMessage.assign:type_name -> hearth.workerapi.v1.Assign
-	6,  // 5: hearth.workerapi.v1.SchedulerMessage.cancel:type_name -> hearth.workerapi.v1.Cancel
+	5,  // 1: hearth.workerapi.v1.ExecutorMessage.heartbeat:type_name -> hearth.workerapi.v1.Heartbeat
+	8,  // 2: hearth.workerapi.v1.ExecutorMessage.started:type_name -> hearth.workerapi.v1.Started
+	9,  // 3: hearth.workerapi.v1.ExecutorMessage.finished:type_name -> hearth.workerapi.v1.Finished
+	6,  // 4: hearth.workerapi.v1.SchedulerMessage.assign:type_name -> hearth.workerapi.v1.Assign
+	7,  // 5: hearth.workerapi.v1.SchedulerMessage.cancel:type_name -> hearth.workerapi.v1.Cancel
 	2,  // 6: hearth.workerapi.v1.Register.properties:type_name -> hearth.workerapi.v1.Property
-	9,  // 7: hearth.workerapi.v1.Register.max_action_timeout:type_name -> google.protobuf.Duration
-	10, // 8: hearth.workerapi.v1.Assign.digest_function:type_name -> build.bazel.remote.execution.v2.DigestFunction.Value
-	11, // 9: hearth.workerapi.v1.Assign.action_digest:type_name -> build.bazel.remote.execution.v2.Digest
-	12, // 10: hearth.workerapi.v1.Assign.action:type_name -> build.bazel.remote.execution.v2.Action
-	13, // 11: hearth.workerapi.v1.Assign.queued_timestamp:type_name -> google.protobuf.Timestamp
-	14, // 12: hearth.workerapi.v1.Assign.command:type_name -> build.bazel.remote.execution.v2.Command
-	15, // 13: hearth.workerapi.v1.Finished.response:type_name -> build.bazel.remote.execution.v2.ExecuteResponse
-	0,  // 14: hearth.workerapi.v1.Scheduler.Connect:input_type -> hearth.workerapi.v1.ExecutorMessage
-	1,  // 15: hearth.workerapi.v1.Scheduler.Connect:output_type -> hearth.workerapi.v1.SchedulerMessage
-	15, // [15:16] is the sub-list for method output_type
-	14, // [14:15] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	10, // 7: hearth.workerapi.v1.Register.max_action_timeout:type_name -> google.protobuf.Duration
+	4,  // 8: hearth.workerapi.v1.Register.warm_workers:type_name -> hearth.workerapi.v1.WarmWorkers
+	4,  // 9: hearth.workerapi.v1.Heartbeat.warm_workers:type_name -> hearth.workerapi.v1.WarmWorkers
+	11, // 10: hearth.workerapi.v1.Assign.digest_function:type_name -> build.bazel.remote.execution.v2.DigestFunction.Value
+	12, // 11: hearth.workerapi.v1.Assign.action_digest:type_name -> build.bazel.remote.execution.v2.Digest
+	13, // 12: hearth.workerapi.v1.Assign.action:type_name -> build.bazel.remote.execution.v2.Action
+	14, // 13: hearth.workerapi.v1.Assign.queued_timestamp:type_name -> google.protobuf.Timestamp
+	15, // 14: hearth.workerapi.v1.Assign.command:type_name -> build.bazel.remote.execution.v2.Command
+	16, // 15: hearth.workerapi.v1.Finished.response:type_name -> build.bazel.remote.execution.v2.ExecuteResponse
+	4,  // 16: hearth.workerapi.v1.Finished.warm_workers:type_name -> hearth.workerapi.v1.WarmWorkers
+	0,  // 17: hearth.workerapi.v1.Scheduler.Connect:input_type -> hearth.workerapi.v1.ExecutorMessage
+	1,  // 18: hearth.workerapi.v1.Scheduler.Connect:output_type -> hearth.workerapi.v1.SchedulerMessage
+	18, // [18:19] is the sub-list for method output_type
+	17, // [17:18] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_hearth_workerapi_v1_workerapi_proto_init() }
@@ -818,7 +919,7 @@ func file_hearth_workerapi_v1_workerapi_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hearth_workerapi_v1_workerapi_proto_rawDesc), len(file_hearth_workerapi_v1_workerapi_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,9 +25,12 @@ const maxHistoryKeys = 16
 
 // historyEntry is one remembered key, as stored on disk.
 type historyEntry struct {
-	Key         string        `json:"key"`
-	Family      string        `json:"family,omitempty"`
-	ClientKey   string        `json:"client_key,omitempty"`
+	Key       string `json:"key"`
+	Family    string `json:"family,omitempty"`
+	ClientKey string `json:"client_key,omitempty"`
+	// RoutingKey is what the scheduler routes the key's actions by. Older
+	// files lack it; their client key (if any) is the same thing.
+	RoutingKey  string        `json:"routing_key,omitempty"`
 	Served      int64         `json:"served"`
 	Argv        []string      `json:"argv"`
 	Env         []string      `json:"env"`
@@ -52,7 +55,7 @@ func (w *Workers) servedLocked(spec *workerpool.Spec, clientKey string) {
 	e := w.history[spec.Key]
 	if e == nil {
 		e = &historyEntry{
-			Key: spec.Key, Family: spec.Family, ClientKey: clientKey, Argv: spec.Argv, Env: spec.Env,
+			Key: spec.Key, Family: spec.Family, ClientKey: clientKey, RoutingKey: w.record(spec.Key).routingKey, Argv: spec.Argv, Env: spec.Env,
 			Protocol: spec.Protocol.String(), Multiplex: spec.Multiplex, Sandboxing: spec.Sandboxing, Cancellable: spec.Cancellable,
 		}
 		for _, t := range spec.Tools {
@@ -133,7 +136,12 @@ func (w *Workers) Prewarm(ctx context.Context, history []byte, store cas.Store, 
 		// Remembered even when not prewarmed now (its tool may come back);
 		// keys served since replace it in the top list over time.
 		w.history[e.Key] = e
-		w.record(e.Key).clientKey = e.ClientKey
+		r := w.record(e.Key)
+		r.clientKey = e.ClientKey
+		r.routingKey = e.RoutingKey
+		if r.routingKey == "" {
+			r.routingKey = e.ClientKey
+		}
 	}
 	w.mu.Unlock()
 	for _, e := range entries {

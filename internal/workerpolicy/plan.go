@@ -96,6 +96,9 @@ func (w *Workers) Plan(a Action) *Plan {
 	w.mu.Lock()
 	r := w.record(key)
 	r.clientKey = hints.ClientKey
+	// From what the client sent, not argv/env: the scheduler never sees the
+	// entrypoint or the additional environment.
+	r.routingKey = workeraction.RoutingKeyOf(props, cmd)
 	quarantined := r.quarantined
 	w.mu.Unlock()
 	if quarantined != "" {

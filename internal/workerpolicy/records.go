@@ -11,7 +11,10 @@ import (
 
 // keyRecord is what the policy knows of one pool key.
 type keyRecord struct {
-	clientKey      string
+	clientKey string
+	// routingKey is what the scheduler routes the key's actions by
+	// (workeraction.RoutingKey of the client-visible Command).
+	routingKey     string
 	quarantined    string // why, or ""
 	fallbacks      map[string]int64
 	verified       int64

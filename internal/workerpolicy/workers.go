@@ -120,6 +120,21 @@ func (w *Workers) WarmClientKeys() []string {
 	return out
 }
 
+// WarmWorkers counts, per routing key (workeraction.RoutingKey), the
+// requests that started workers can take now, for the scheduler's routing.
+func (w *Workers) WarmWorkers() map[string]int {
+	capacity := w.pool.WarmCapacity()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make(map[string]int, len(capacity))
+	for k, n := range capacity {
+		if r := w.keys[k]; r != nil && r.routingKey != "" {
+			out[r.routingKey] += n
+		}
+	}
+	return out
+}
+
 // KeyStatus is one pool key in /status.
 type KeyStatus struct {
 	workerpool.KeyStats

@@ -207,8 +207,7 @@ func (p *Pool) availableLocked(kp *keyPool) *worker {
 	limit := kp.spec.maxInFlight(p.opts.MaxMultiplexRequests)
 	var best *worker
 	for _, w := range kp.workers {
-		if w.state != stateReady || w.inflight >= limit || w.proc.failure() != nil ||
-			(p.opts.MaxInvocations > 0 && w.invocations >= p.opts.MaxInvocations) {
+		if !p.takesRequestLocked(w, limit) {
 			continue
 		}
 		if best == nil || w.inflight > best.inflight ||
@@ -217,6 +216,12 @@ func (p *Pool) availableLocked(kp *keyPool) *worker {
 		}
 	}
 	return best
+}
+
+// takesRequestLocked reports whether w can take one more request now.
+func (p *Pool) takesRequestLocked(w *worker, limit int) bool {
+	return w.state == stateReady && w.inflight < limit && w.proc.failure() == nil &&
+		(p.opts.MaxInvocations <= 0 || w.invocations < p.opts.MaxInvocations)
 }
 
 // newWorkerLocked reserves a worker slot of kp in state starting. The caller

@@ -144,3 +144,25 @@ func (p *Pool) WarmKeys() []string {
 	slices.Sort(keys)
 	return keys
 }
+
+// WarmCapacity returns, per key, how many more requests started processes
+// can take now without a cold start (idle singleplex workers, plus the free
+// request slots of multiplex ones), for the scheduler's routing.
+func (p *Pool) WarmCapacity() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]int{}
+	for _, kp := range p.keys {
+		limit := kp.spec.maxInFlight(p.opts.MaxMultiplexRequests)
+		n := 0
+		for _, w := range kp.workers {
+			if p.takesRequestLocked(w, limit) {
+				n += limit - w.inflight
+			}
+		}
+		if n > 0 {
+			out[kp.key] = n
+		}
+	}
+	return out
+}
