@@ -151,7 +151,15 @@ func (s *executionServer) loadAction(ctx context.Context, instance string, d dig
 	return action, cmd, platform, nil
 }
 
+// maxMessageBytes bounds the Action and Command blobs read into memory, as
+// inputtree.MaxDirectoryBytes bounds a Directory: a digest naming a huge blob
+// must not make the server allocate it.
+const maxMessageBytes = inputtree.MaxDirectoryBytes
+
 func (s *executionServer) loadProto(ctx context.Context, d digest.Digest, m proto.Message, what string) error {
+	if d.Size > maxMessageBytes {
+		return invalidf("%s %s is %d bytes, more than the %d bytes this server reads for one %s", what, d, d.Size, maxMessageBytes, what)
+	}
 	return cas.GetProto(ctx, s.cfg.CAS, d, m, what)
 }
 

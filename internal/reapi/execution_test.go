@@ -121,6 +121,9 @@ func TestExecuteValidatesActionAndCommand(t *testing.T) {
 		{"negative input root size", func(s *spec) {
 			s.action.InputRootDigest = &repb.Digest{Hash: digest.Compute(digest.SHA256, nil).Hash, SizeBytes: -1}
 		}, "input_root_digest"},
+		{"oversized command", func(s *spec) {
+			s.action.CommandDigest = &repb.Digest{Hash: digest.Compute(digest.SHA256, []byte("big")).Hash, SizeBytes: maxMessageBytes + 1}
+		}, "more than the 67108864 bytes this server reads for one Command"},
 		// Action.platform
 		{"action platform unsorted names", func(s *spec) {
 			s.action.Platform = platform("b", "1", "a", "1")
@@ -195,6 +198,12 @@ func TestExecuteValidatesActionAndCommand(t *testing.T) {
 				t.Errorf("an operation was created and streamed stages %v before the error", stages)
 			}
 		})
+	}
+
+	// An Action digest naming a huge blob is refused before it is read.
+	big := digest.Digest{Function: digest.SHA256, Hash: digest.Compute(digest.SHA256, []byte("huge")).Hash, Size: maxMessageBytes + 1}
+	if _, err := e.execute(t, big); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "for one Action") {
+		t.Errorf("Execute of a %d-byte Action: %v, want INVALID_ARGUMENT", big.Size, err)
 	}
 
 	// The controls: what REAPI allows is let through to the scheduler.
