@@ -131,10 +131,9 @@ func (c *Checker) Check(ctx context.Context, store cas.Store, fn digest.Function
 		return fmt.Errorf("working_directory: %w", err)
 	}
 	w := &walk{c: c, store: store, fn: fn, known: map[digest.Digest]summary{}, memo: map[digest.Digest]summary{}}
+	// A remembered subtree is valid where it was found; as a root it must
+	// still pass the checks below (its symlinks may climb above it).
 	if s, ok := c.lookup(root); ok {
-		if workingDir == "" {
-			return nil
-		}
 		w.known[root] = s
 	} else if err := w.fetch(ctx, root); err != nil {
 		return err
@@ -279,13 +278,17 @@ func (w *walk) directory(ctx context.Context, d digest.Digest, path string) (*di
 }
 
 // escapeError names a symlink whose target leaves the root: it follows the
-// subtrees whose summaries say they hold one.
+// subtrees whose summaries say they hold one, fetching the remembered ones
+// on the way (this is the error path; it may cost what it needs).
 func (w *walk) escapeError(ctx context.Context, d digest.Digest) error {
 	path, depth := "", 0
+	vague := func() error {
+		return fmt.Errorf("%w: directory %q holds a symlink that leaves the input root", ErrInvalid, displayPath(path))
+	}
 	for {
 		dir, err := w.directory(ctx, d, path)
 		if err != nil {
-			return fmt.Errorf("%w: directory %q holds a symlink that leaves the input root", ErrInvalid, displayPath(path))
+			return vague()
 		}
 		for _, l := range dir.msg.Symlinks {
 			if err := checkTargetBeneath(l.Target, depth); err != nil {
@@ -294,16 +297,49 @@ func (w *walk) escapeError(ctx context.Context, d digest.Digest) error {
 		}
 		next := -1
 		for i, sub := range dir.subDigest {
+			if err := w.ensureSummary(ctx, sub, joinPath(path, dir.msg.Directories[i].Name)); err != nil {
+				return vague()
+			}
 			if w.summarize(sub).need > depth+1 {
 				next = i
 				break
 			}
 		}
 		if next < 0 {
-			return fmt.Errorf("%w: directory %q holds a symlink that leaves the input root", ErrInvalid, displayPath(path))
+			return vague()
 		}
 		d, path, depth = dir.subDigest[next], joinPath(path, dir.msg.Directories[next].Name), depth+1
 	}
+}
+
+// ensureSummary makes summarize(d) possible for a Directory below a
+// remembered one, which this walk neither fetched nor looked up: the
+// Checker may still remember it; otherwise its subtree is fetched.
+func (w *walk) ensureSummary(ctx context.Context, d digest.Digest, path string) error {
+	if _, ok := w.known[d]; ok {
+		return nil
+	}
+	if _, ok := w.memo[d]; ok {
+		return nil
+	}
+	if _, ok := w.dirs[d]; ok {
+		return nil
+	}
+	if s, ok := w.c.lookup(d); ok {
+		w.known[d] = s
+		return nil
+	}
+	dirs, err := fetchAll(ctx, w.store, w.fn, d)
+	if err != nil {
+		return fmt.Errorf("directory %q: %w", displayPath(path), err)
+	}
+	if w.dirs == nil {
+		w.dirs = map[digest.Digest]*directory{}
+	}
+	for k, v := range dirs {
+		w.dirs[k] = v
+	}
+	return nil
 }
 
 // findDir checks that the slash-separated path p names a directory of the

@@ -3,7 +3,9 @@ package inputtree
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -184,6 +186,34 @@ func TestCheckerRemembersPlacementRules(t *testing.T) {
 		t.Errorf("Load says %v, the Checker %v; want the same", lerr, err)
 	}
 
+	// The same with the escaping symlink one level further down, inside a
+	// Directory the second walk does not fetch on its way.
+	up3 := putDir(t, disk, &repb.Directory{
+		Files:    []*repb.FileNode{file("f", blob, false)},
+		Symlinks: []*repb.SymlinkNode{symlink("l", "../../../f")},
+	})
+	holder := putDir(t, disk, &repb.Directory{Directories: []*repb.DirectoryNode{subdir("c", up3)}})
+	if err := c.Check(ctx, disk, fn, putDir(t, disk, &repb.Directory{Directories: []*repb.DirectoryNode{subdir("a", putDir(t, disk, &repb.Directory{Directories: []*repb.DirectoryNode{subdir("b", holder)}}))}}), ""); err != nil {
+		t.Fatalf("Check with the symlink three levels down: %v", err)
+	}
+	for _, forget := range []bool{false, true} {
+		if forget {
+			// Neither the holder's child nor anything else remembered.
+			c = NewChecker(100, 0)
+			if err := c.Check(ctx, disk, fn, putDir(t, disk, &repb.Directory{Directories: []*repb.DirectoryNode{subdir("x", putDir(t, disk, &repb.Directory{Directories: []*repb.DirectoryNode{subdir("y", holder)}}))}}), ""); err != nil {
+				t.Fatal(err)
+			}
+			c.mu.Lock()
+			c.lru.Remove(c.entries[up3])
+			delete(c.entries, up3)
+			c.mu.Unlock()
+		}
+		err := c.Check(ctx, disk, fn, putDir(t, disk, &repb.Directory{Directories: []*repb.DirectoryNode{subdir("h", holder)}}), "")
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `symlink "h/c/l": the target "../../../f" leaves the input root`) {
+			t.Errorf("Check with the remembered holder one level down (child remembered: %v) = %v, want the escaping symlink named", !forget, err)
+		}
+	}
+
 	// A chain of MaxDepth-10 Directories is fine alone, and remembered;
 	// under 20 more levels it is too deep.
 	chain := putDir(t, disk, &repb.Directory{})
@@ -236,5 +266,63 @@ func TestCheckerIsBounded(t *testing.T) {
 	var me *cas.MissingError
 	if err := c.Check(ctx, disk, fn, roots[9], ""); !errors.As(err, &me) || !slices.Equal(me.Digests, []digest.Digest{blob}) {
 		t.Errorf("Check after the maximum age = %v, want the evicted blob missing", err)
+	}
+}
+
+// TestCheckerAgreesWithLoad builds random trees from a small pool of shared
+// subtrees, placed at random depths, and checks them with one long-lived
+// Checker: it must accept exactly the trees Load accepts, however much of
+// each it remembers from the trees before.
+func TestCheckerAgreesWithLoad(t *testing.T) {
+	for seed := range uint64(5) {
+		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) { checkAgreement(t, seed) })
+	}
+}
+
+func checkAgreement(t *testing.T, seed uint64) {
+	ctx := context.Background()
+	disk := newDisk(t)
+	rng := rand.New(rand.NewPCG(seed, 13))
+	blob := putBlob(t, disk, []byte("x"))
+	targets := []string{"f", "../f", "../../f", "../../../f", "a/../../f", "./../x/../..", ".."}
+	// Leaves: a file and a symlink with a random climb.
+	var pool []digest.Digest
+	for i := range 8 {
+		pool = append(pool, putDir(t, disk, &repb.Directory{
+			Files:    []*repb.FileNode{file("f", blob, false)},
+			Symlinks: []*repb.SymlinkNode{symlink(fmt.Sprintf("l%d", i), targets[rng.IntN(len(targets))])},
+		}))
+	}
+	// Higher levels reuse what exists, so the same Directory sits at
+	// several depths.
+	for range 24 {
+		n := 1 + rng.IntN(3)
+		d := &repb.Directory{}
+		for j := range n {
+			d.Directories = append(d.Directories, subdir(fmt.Sprintf("d%d", j), pool[rng.IntN(len(pool))]))
+		}
+		if rng.IntN(3) == 0 {
+			d.Symlinks = []*repb.SymlinkNode{symlink("s", targets[rng.IntN(len(targets))])}
+		}
+		pool = append(pool, putDir(t, disk, d))
+	}
+	c := NewChecker(16, 0) // small, so entries come and go
+	accepted := 0
+	for i := range 300 {
+		root := pool[rng.IntN(len(pool))]
+		if rng.IntN(2) == 0 { // sometimes a fresh root above it
+			root = putDir(t, disk, &repb.Directory{Directories: []*repb.DirectoryNode{subdir(fmt.Sprintf("r%d", i), root)}})
+		}
+		_, lerr := Load(ctx, disk, fn, root)
+		cerr := c.Check(ctx, disk, fn, root, "")
+		if (lerr == nil) != (cerr == nil) || (lerr != nil && !errors.Is(cerr, ErrInvalid)) {
+			t.Fatalf("tree %d (%s): Load says %v, the Checker %v", i, root, lerr, cerr)
+		}
+		if lerr == nil {
+			accepted++
+		}
+	}
+	if accepted == 0 || accepted == 300 {
+		t.Fatalf("%d of 300 random trees were accepted; the test needs both outcomes", accepted)
 	}
 }
