@@ -29,6 +29,10 @@ type actionSpec struct {
 	files       map[string]string // path → content
 	symlinks    map[string]string // path → target
 	timeout     time.Duration
+	// editCommand and editAction, when set, change the messages last, to
+	// build what a careless client might send.
+	editCommand func(*repb.Command)
+	editAction  func(*repb.Action)
 }
 
 // builtAction is an actionSpec serialized as REAPI messages: the Action and
@@ -47,12 +51,18 @@ func (s actionSpec) build(t *testing.T) builtAction {
 	for _, name := range sortedKeys(s.env) {
 		cmd.EnvironmentVariables = append(cmd.EnvironmentVariables, &repb.Command_EnvironmentVariable{Name: name, Value: s.env[name]})
 	}
+	if s.editCommand != nil {
+		s.editCommand(cmd)
+	}
 	b := builtAction{files: map[string]testBlob{}}
 	cmdBlob := marshalBlob(t, cmd)
 	root := b.directory(t, "", s.files, s.symlinks)
 	action := &repb.Action{CommandDigest: cmdBlob.digest, InputRootDigest: root.digest}
 	if s.timeout > 0 {
 		action.Timeout = durationpb.New(s.timeout)
+	}
+	if s.editAction != nil {
+		s.editAction(action)
 	}
 	b.action = marshalBlob(t, action)
 	b.blobs = append(b.blobs, cmdBlob, b.action)

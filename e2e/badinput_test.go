@@ -8,7 +8,10 @@ import (
 	"strings"
 	"testing"
 
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // TestExecutionBadInput sends `hearth serve` actions that try to reach
@@ -19,6 +22,7 @@ func TestExecutionBadInput(t *testing.T) {
 	const secret = "HEARTH_E2E_SECRET"
 	p := startServer(t, "serve", t.TempDir(), []string{secret + "=1"})
 	c := dial(t, p.GRPCAddr)
+	ac := repb.NewActionCacheClient(c.conn)
 	sentinels := t.TempDir()
 
 	tests := []struct {
@@ -51,6 +55,44 @@ func TestExecutionBadInput(t *testing.T) {
 			spec:     actionSpec{symlinks: map[string]string{"sub/up": "../../../../../../etc"}, files: map[string]string{"sub/f": "x"}, outputPaths: []string{"out"}},
 			wantText: "../../../../../../etc",
 		},
+		// Action.timeout: REAPI's Duration, which must be valid and, for a
+		// timeout, not negative.
+		{
+			name:     "negative timeout",
+			spec:     actionSpec{editAction: func(a *repb.Action) { a.Timeout = &durationpb.Duration{Seconds: -30} }},
+			wantText: "timeout -30s is negative",
+		},
+		{
+			name:     "malformed timeout",
+			spec:     actionSpec{editAction: func(a *repb.Action) { a.Timeout = &durationpb.Duration{Seconds: 5, Nanos: -1} }},
+			wantText: "not a valid google.protobuf.Duration",
+		},
+		// Canonical order, which REAPI says MUST hold so that equal actions
+		// hash equally.
+		{
+			name: "unsorted environment variables",
+			spec: actionSpec{editCommand: func(c *repb.Command) {
+				c.EnvironmentVariables = []*repb.Command_EnvironmentVariable{{Name: "Z", Value: "1"}, {Name: "A", Value: "2"}}
+			}},
+			wantText: `"A" comes after "Z"`,
+		},
+		{
+			name:     "unsorted output paths",
+			spec:     actionSpec{outputPaths: []string{"out", "a"}},
+			wantText: `"a" comes after "out"`,
+		},
+		{
+			name: "unsorted platform properties",
+			spec: actionSpec{editAction: func(a *repb.Action) {
+				a.Platform = &repb.Platform{Properties: []*repb.Platform_Property{{Name: "OSFamily", Value: "linux"}, {Name: "Arch", Value: "amd64"}}}
+			}},
+			wantText: "sorted by name, then value",
+		},
+		{
+			name:     "NUL byte in an argument",
+			spec:     actionSpec{editCommand: func(c *repb.Command) { c.Arguments = append(c.Arguments, "x\x00y") }},
+			wantText: "NUL",
+		},
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -66,6 +108,11 @@ func TestExecutionBadInput(t *testing.T) {
 			}
 			if _, err := os.Stat(sentinel); err == nil {
 				t.Errorf("the rejected action ran: it created %s", sentinel)
+			}
+			// Nor is any result stored for it.
+			_, err := ac.GetActionResult(t.Context(), &repb.GetActionResultRequest{ActionDigest: a.action.digest})
+			if status.Code(err) != codes.NotFound {
+				t.Errorf("GetActionResult of the rejected action: %v, want NOT_FOUND", err)
 			}
 		})
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func (c *conformanceClient) checkByteStreamRead(t *testing.T) {
@@ -61,6 +62,12 @@ func (c *conformanceClient) checkByteStreamRead(t *testing.T) {
 		{"compressed empty blob", &bspb.ReadRequest{ResourceName: "compressed-blobs/zstd/" + empty.String()}, codes.OK, nil},
 		{"not a resource name", &bspb.ReadRequest{ResourceName: "nonsense"}, codes.InvalidArgument, nil},
 		{"uppercase hash", &bspb.ReadRequest{ResourceName: fmt.Sprintf("blobs/%s/%d", strings.ToUpper(b.digest.Hash), size)}, codes.InvalidArgument, nil},
+		// Dot segments in the instance name: a path normaliser would make
+		// "a/../blobs/..." another instance's name, so it has no one meaning.
+		{"instance segment ..", &bspb.ReadRequest{ResourceName: "a/../" + name}, codes.InvalidArgument, nil},
+		{"instance segment .", &bspb.ReadRequest{ResourceName: "./" + name}, codes.InvalidArgument, nil},
+		{"instance of ..", &bspb.ReadRequest{ResourceName: "../" + name}, codes.InvalidArgument, nil},
+		{"compressed, instance segment ..", &bspb.ReadRequest{ResourceName: "x/../compressed-blobs/zstd/" + b.String()}, codes.InvalidArgument, nil},
 	}
 	dec, _ := zstd.NewReader(nil)
 	for _, tc := range tests {
@@ -258,6 +265,35 @@ func (c *conformanceClient) checkByteStreamWrite(t *testing.T) {
 		if err != nil || resp.GetCommittedSize() != 0 {
 			t.Errorf("Write of the empty blob: %v, %v", resp, err)
 		}
+	})
+
+	t.Run("dot segments", func(t *testing.T) {
+		// Instance-name and upload-id segments "." and ".." are refused by
+		// Write and QueryWriteStatus, and nothing is stored.
+		b := uniqueBlob("dot segment upload")
+		for _, name := range []string{
+			"../uploads/" + uuid.NewString() + "/blobs/" + b.String(),
+			"a/./uploads/" + uuid.NewString() + "/blobs/" + b.String(),
+			"a/../uploads/" + uuid.NewString() + "/compressed-blobs/zstd/" + b.String(),
+			"uploads/../blobs/" + b.String(),
+			"uploads/./blobs/" + b.String(),
+			"inst/uploads/../blobs/" + b.String(),
+		} {
+			_, err := c.write(ctx, &bspb.WriteRequest{ResourceName: name, Data: b.data, FinishWrite: true})
+			if codeOf(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), name) {
+				t.Errorf("Write %s: %v, want INVALID_ARGUMENT naming it", name, err)
+			}
+			_, err = c.bs.QueryWriteStatus(ctx, &bspb.QueryWriteStatusRequest{ResourceName: name})
+			wantCode(t, "QueryWriteStatus "+name, err, codes.InvalidArgument)
+		}
+		if m, _ := c.findMissing(ctx, []*repb.Digest{b.digest}); !m[b.digest.Hash] {
+			t.Errorf("a Write under a dot-segment name stored the blob")
+		}
+		// The instance-name rule is the same for every service.
+		_, err := c.cas.FindMissingBlobs(ctx, &repb.FindMissingBlobsRequest{InstanceName: "a/..", BlobDigests: []*repb.Digest{b.digest}})
+		wantCode(t, "FindMissingBlobs under instance a/..", err, codes.InvalidArgument)
+		_, err = c.caps.GetCapabilities(ctx, &repb.GetCapabilitiesRequest{InstanceName: "."})
+		wantCode(t, "GetCapabilities under instance .", err, codes.InvalidArgument)
 	})
 
 	t.Run("instance name", func(t *testing.T) {

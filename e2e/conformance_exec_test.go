@@ -469,5 +469,26 @@ func (c *conformanceClient) checkExecute(t *testing.T) {
 				t.Errorf("Command %v: %v, want INVALID_ARGUMENT", cmd, st)
 			}
 		}
+		// A Directory in canonical form: "The files, directories and
+		// symlinks in the directory must each be sorted in lexicographical
+		// order by path"; "The NodeProperties of files, directories, and
+		// symlinks must be sorted in lexicographical order by property name."
+		empty := newTestBlob(nil)
+		for what, root := range map[string]*repb.Directory{
+			"unsorted files": {Files: []*repb.FileNode{{Name: "b", Digest: empty.digest}, {Name: "a", Digest: empty.digest}}},
+			"unsorted node properties": {Files: []*repb.FileNode{{Name: "f", Digest: empty.digest, NodeProperties: &repb.NodeProperties{
+				Properties: []*repb.NodeProperty{{Name: "z"}, {Name: "a"}}}}}},
+			"a name with a slash": {Files: []*repb.FileNode{{Name: "a/b", Digest: empty.digest}}},
+		} {
+			rootB := c.putDirectory(t, root)
+			cmdB := marshalBlob(t, &repb.Command{Arguments: []string{"/bin/true", uuid.NewString()}})
+			actB := marshalBlob(t, &repb.Action{CommandDigest: cmdB.digest, InputRootDigest: rootB.digest})
+			if err := c.batchUpload(ctx, []testBlob{cmdB, actB}); err != nil {
+				t.Fatal(err)
+			}
+			if st := outcome(c.execute(ctx, actB.digest)); st.Code() != codes.InvalidArgument {
+				t.Errorf("input root with %s: %v, want INVALID_ARGUMENT", what, st)
+			}
+		}
 	})
 }

@@ -118,7 +118,7 @@ func runWorkerCase(t *testing.T, c *reapiClient, toolData []byte, tc workerCase)
 		}
 		a := workerAction{
 			args:    append(slices.Clone(startup), "@args/request.txt"),
-			outputs: []string{"out/result.txt", "out/pid.txt"},
+			outputs: []string{"out/pid.txt", "out/result.txt"}, // sorted, as REAPI requires
 			files: map[string]workerInputFile{
 				"tools/testworker": {data: toolData, executable: true},
 				"args/request.txt": {data: []byte(strings.Join(request, "\n") + "\n")},

@@ -1,11 +1,13 @@
 package executor_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -67,6 +69,10 @@ func (c *cluster) workerActionWith(tool []byte, key string, startupExtra, reques
 	for i := 0; i < len(extraProps); i += 2 {
 		props = append(props, &repb.Platform_Property{Name: extraProps[i], Value: extraProps[i+1]})
 	}
+	// REAPI: sorted by name, then value (the server refuses other orders).
+	slices.SortFunc(props, func(a, b *repb.Platform_Property) int {
+		return cmp.Or(strings.Compare(a.Name, b.Name), strings.Compare(a.Value, b.Value))
+	})
 	cmd := &repb.Command{
 		Arguments:   append(append([]string{"tools/testworker"}, startupExtra...), "@args.txt"),
 		OutputPaths: outputs,

@@ -1,8 +1,10 @@
-// Package inputtree owns an action's input root on the executor: loading the
+// Package inputtree owns an action's input root: on the executor, loading the
 // Merkle tree of Directory protos from CAS and validating it (Load), checking
 // that every input file is present (Tree.MissingFiles), and materializing it
-// in an action directory by hardlinks from the file cache (Stage). It also
-// validates the relative paths other packages take from clients (output
+// in an action directory by hardlinks from the file cache (Stage); in the
+// Execution service, checking that a root is valid and complete before the
+// action is queued, remembering the subtrees already found so (Checker). It
+// also validates the relative paths other packages take from clients (output
 // paths, working_directory) with ValidateRelativePath.
 //
 // Everything a client sends is checked here once, so that the code which

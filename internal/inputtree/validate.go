@@ -29,7 +29,8 @@ type directory struct {
 // so the digest a client computed for it differs from the one any other
 // party would compute for the same tree (cache misses that are hard to
 // debug). Strict order also finds duplicates within a kind for free. Node
-// properties are accepted in any order: nothing here depends on theirs.
+// properties must be sorted by name too, for the same reason (REAPI lists it
+// among the rules of canonical form); a name may repeat with other values.
 func validateDirectory(fn digest.Function, path string, msg *repb.Directory) (*directory, error) {
 	d := &directory{
 		msg:        msg,
@@ -160,20 +161,28 @@ func checkTargetForm(target string) error {
 // arbitrary code anyway, and resolution through other symlinks of the tree is
 // not modelled), and Stage never follows a symlink it creates.
 func checkTargetBeneath(target string, depth int) error {
-	level := depth
+	if climb(target) > depth {
+		return fmt.Errorf("the target %q leaves the input root", target)
+	}
+	return nil
+}
+
+// climb returns how many levels a relative target rises above the symlink's
+// directory at its highest point: the least depth at which it stays inside
+// the root.
+func climb(target string) int {
+	level, need := 0, 0
 	for c := range strings.SplitSeq(target, "/") {
 		switch c {
 		case "", ".":
 		case "..":
 			level--
-			if level < 0 {
-				return fmt.Errorf("the target %q leaves the input root", target)
-			}
+			need = max(need, -level)
 		default:
 			level++
 		}
 	}
-	return nil
+	return need
 }
 
 // parseProperties validates and converts node properties found at path.
@@ -188,6 +197,14 @@ func parseProperties(path string, np *repb.NodeProperties) (*NodeProperties, err
 	for i, p := range np.Properties {
 		if p.GetName() == "" {
 			return nil, fmt.Errorf("%w: %q: node property %d has an empty name", ErrInvalid, displayPath(path), i)
+		}
+		if i > 0 {
+			switch prev := np.Properties[i-1]; {
+			case prev.GetName() > p.GetName():
+				return nil, fmt.Errorf("%w: %q: node property %q comes after %q: node properties must be sorted by name", ErrInvalid, displayPath(path), p.GetName(), prev.GetName())
+			case prev.GetName() == p.GetName() && prev.GetValue() == p.GetValue():
+				return nil, fmt.Errorf("%w: %q: node property %s=%q is listed twice", ErrInvalid, displayPath(path), p.GetName(), p.GetValue())
+			}
 		}
 		out.Properties[i] = Property{Name: p.GetName(), Value: p.GetValue()}
 	}

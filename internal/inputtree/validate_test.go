@@ -67,14 +67,31 @@ func TestLoadRejectsInvalidTrees(t *testing.T) {
 			NodeProperties: &repb.NodeProperties{Mtime: &timestamppb.Timestamp{Nanos: 2e9}}}}}, `mtime`},
 		{"empty property name", &repb.Directory{Symlinks: []*repb.SymlinkNode{{Name: "l", Target: "x",
 			NodeProperties: &repb.NodeProperties{Properties: []*repb.NodeProperty{{Name: ""}}}}}}, `empty name`},
+		// REAPI: node properties "must be sorted in lexicographical order by
+		// property name".
+		{"unsorted node properties", inSub(&repb.Directory{Files: []*repb.FileNode{{Name: "f", Digest: blob.Proto(),
+			NodeProperties: &repb.NodeProperties{Properties: []*repb.NodeProperty{{Name: "b"}, {Name: "a"}}}}}}), `"sub/f": node property "a" comes after "b"`},
+		{"duplicate node property", &repb.Directory{Directories: []*repb.DirectoryNode{subdir("d", blob)},
+			NodeProperties: &repb.NodeProperties{Properties: []*repb.NodeProperty{{Name: "k", Value: "v"}, {Name: "k", Value: "v"}}}}, `listed twice`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Load(ctx, disk, fn, putDir(t, disk, tc.root))
+			root := putDir(t, disk, tc.root)
+			_, err := Load(ctx, disk, fn, root)
 			if !errors.Is(err, ErrInvalid) {
 				t.Fatalf("Load = %v, want ErrInvalid", err)
 			}
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q does not mention %s", err, tc.want)
+			}
+			// The Execution service's check refuses the same trees, with
+			// the same message, and remembers nothing of them.
+			c := NewChecker(100, 0)
+			cerr := c.Check(ctx, disk, fn, root, "")
+			if !errors.Is(cerr, ErrInvalid) || !strings.Contains(cerr.Error(), tc.want) {
+				t.Errorf("Checker.Check = %v, want ErrInvalid mentioning %s", cerr, tc.want)
+			}
+			if c.Len() != 0 {
+				t.Errorf("the Checker remembered %d subtrees of an invalid tree", c.Len())
 			}
 		})
 	}
@@ -96,13 +113,16 @@ func TestLoadAcceptsValidEdgeCases(t *testing.T) {
 		Files:       []*repb.FileNode{file("A", blob, false), file("a b", blob, false), file("ä", blob, true)},
 		Directories: []*repb.DirectoryNode{subdir("sub", sub)},
 		Symlinks: []*repb.SymlinkNode{{Name: "z", Target: "sub/x", NodeProperties: &repb.NodeProperties{
-			// Unsorted property names are tolerated; nothing depends on them.
-			Properties: []*repb.NodeProperty{{Name: "b"}, {Name: "a"}},
+			// Sorted by name; a name may repeat with another value.
+			Properties: []*repb.NodeProperty{{Name: "a"}, {Name: "b", Value: "2"}, {Name: "b", Value: "1"}},
 		}}},
 	})
 	tr, err := Load(context.Background(), disk, fn, root)
 	if err != nil {
 		t.Fatalf("Load: %v", err)
+	}
+	if err := NewChecker(10, 0).Check(context.Background(), disk, fn, root, "sub"); err != nil {
+		t.Errorf("Checker.Check: %v", err)
 	}
 	if len(tr.Files) != 4 || len(tr.Symlinks) != 4 || len(tr.Dirs) != 2 {
 		t.Errorf("loaded %d files, %d symlinks, %d dirs; want 4, 4, 2", len(tr.Files), len(tr.Symlinks), len(tr.Dirs))

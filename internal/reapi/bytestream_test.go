@@ -539,3 +539,47 @@ func TestByteStreamCompressed(t *testing.T) {
 		t.Errorf("%d temp files left by failed uploads", n)
 	}
 }
+
+// TestByteStreamDotSegments: resource names whose instance or upload uuid
+// segments are "." or ".." are refused by Read, Write and QueryWriteStatus,
+// even when the blob exists or the data is right, and a refused Write stores
+// nothing.
+func TestByteStreamDotSegments(t *testing.T) {
+	e := startByteStream(t, uploadOptions{})
+	ctx := bsCtx(t)
+	stored := []byte("a blob that exists")
+	ds := digest.Compute(digest.SHA256, stored)
+	if err := cas.Put(ctx, e.store, ds, stored); err != nil {
+		t.Fatal(err)
+	}
+	fresh := []byte("a blob nobody may store under a dot name")
+	df := digest.Compute(digest.SHA256, fresh)
+	for _, inst := range []string{".", "..", "a/.", "a/..", "../a", "a/./b"} {
+		name := ReadResourceName(inst, ds, repb.Compressor_IDENTITY)
+		data, _, err := e.read(ctx, name, 0, 0)
+		bsWantCode(t, err, codes.InvalidArgument, inst)
+		if len(data) > 0 {
+			t.Errorf("Read %q served %d bytes", name, len(data))
+		}
+		up := UploadResourceName(inst, rnUUID, df, repb.Compressor_IDENTITY)
+		_, err = e.write(ctx, up, fresh, 4)
+		bsWantCode(t, err, codes.InvalidArgument, inst)
+		_, err = e.client.QueryWriteStatus(ctx, &bspb.QueryWriteStatusRequest{ResourceName: up})
+		bsWantCode(t, err, codes.InvalidArgument, inst)
+	}
+	for _, id := range []string{".", ".."} {
+		for _, inst := range []string{"", "main"} {
+			up := UploadResourceName(inst, id, df, repb.Compressor_IDENTITY)
+			_, err := e.write(ctx, up, fresh, 4)
+			bsWantCode(t, err, codes.InvalidArgument, "uuid")
+			_, err = e.client.QueryWriteStatus(ctx, &bspb.QueryWriteStatusRequest{ResourceName: UploadResourceName(inst, id, ds, repb.Compressor_IDENTITY)})
+			bsWantCode(t, err, codes.InvalidArgument, "uuid")
+		}
+	}
+	if e.present(t, df) {
+		t.Errorf("a Write under a dot-segment name stored the blob")
+	}
+	if n := e.server.uploads.len(); n != 0 {
+		t.Errorf("%d upload sessions were opened for refused names", n)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"cloud.google.com/go/longrunning/autogen/longrunningpb"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -26,9 +27,24 @@ import (
 type executionServer struct {
 	repb.UnimplementedExecutionServer
 	cfg Config
+	// inputs remembers the input subtrees found valid and complete, so the
+	// check of an uncached action fetches only what earlier actions did not
+	// share with it (the executor fetches the whole tree anyway to stage it).
+	inputs *inputtree.Checker
 }
 
-func newExecutionServer(cfg Config) *executionServer { return &executionServer{cfg: cfg} }
+// Bounds of the remembered input subtrees: an entry costs about 150 bytes,
+// and one older than checkedInputsMaxAge is probed again, so that a blob
+// evicted from a bounded store meanwhile is reported at Execute time again
+// (until then the executor reports it, in ExecuteResponse.status).
+const (
+	checkedInputsMaxEntries = 1 << 16
+	checkedInputsMaxAge     = 2 * time.Minute
+)
+
+func newExecutionServer(cfg Config) *executionServer {
+	return &executionServer{cfg: cfg, inputs: inputtree.NewChecker(checkedInputsMaxEntries, checkedInputsMaxAge)}
+}
 
 func (s *executionServer) Execute(req *repb.ExecuteRequest, stream grpc.ServerStreamingServer[longrunningpb.Operation]) error {
 	ctx := stream.Context()
@@ -73,7 +89,8 @@ func isNotFound(err error) bool {
 }
 
 // loadAction fetches and checks everything the action needs: the Action, the
-// Command and the whole input tree, with every missing blob reported at once.
+// Command and the input tree (the parts not already known complete), with
+// every missing blob reported at once.
 func (s *executionServer) loadAction(ctx context.Context, instance string, d digest.Digest) (*repb.Action, *repb.Command, *repb.Platform, error) {
 	action := &repb.Action{}
 	if err := s.loadProto(ctx, d, action, "Action"); err != nil {
@@ -88,8 +105,14 @@ func (s *executionServer) loadAction(ctx context.Context, instance string, d dig
 	if err != nil {
 		return nil, nil, nil, invalidf("Action %s: input_root_digest: %v", d, err)
 	}
-	if t := action.GetTimeout(); t != nil && (t.CheckValid() != nil || t.AsDuration() < 0) {
-		return nil, nil, nil, invalidf("Action %s: timeout %v is not a valid non-negative duration", d, t)
+	if t := action.GetTimeout(); t != nil {
+		// A zero timeout is the server's default, like an absent one.
+		if err := t.CheckValid(); err != nil {
+			return nil, nil, nil, invalidf("Action %s: timeout (seconds %d, nanos %d) is not a valid google.protobuf.Duration: %v", d, t.GetSeconds(), t.GetNanos(), err)
+		}
+		if t.AsDuration() < 0 {
+			return nil, nil, nil, invalidf("Action %s: timeout %s is negative; leave it unset for the server's default or give a positive duration", d, t.AsDuration())
+		}
 	}
 	if err := validatePlatform(action.GetPlatform()); err != nil {
 		return nil, nil, nil, invalidf("Action %s: platform: %v", d, err)
@@ -99,31 +122,27 @@ func (s *executionServer) loadAction(ctx context.Context, instance string, d dig
 	var missing []digest.Digest
 	cmd := &repb.Command{}
 	cmdErr := s.loadProto(ctx, cmdDigest, cmd, "Command")
-	if me := asMissing(cmdErr); me != nil {
+	workingDir := ""
+	switch me := asMissing(cmdErr); {
+	case me != nil:
 		missing = append(missing, me.Digests...)
-	} else if cmdErr != nil {
+	case cmdErr != nil:
 		return nil, nil, nil, cmdErr
+	default:
+		if err := validateCommand(cmd); err != nil {
+			return nil, nil, nil, invalidf("Command %s: %v", cmdDigest, err)
+		}
+		// REAPI: "It must be a directory which exists in the input tree."
+		workingDir = cmd.GetWorkingDirectory()
 	}
-	tree, treeErr := inputtree.Load(ctx, s.cfg.CAS, fn, rootDigest)
+	treeErr := s.inputs.Check(ctx, s.cfg.CAS, fn, rootDigest, workingDir)
 	if me := asMissing(treeErr); me != nil {
 		missing = append(missing, me.Digests...)
 	} else if treeErr != nil {
 		return nil, nil, nil, fmt.Errorf("input root %s: %w", rootDigest, treeErr)
 	}
-	if tree != nil {
-		if me := asMissing(tree.MissingFiles(ctx, s.cfg.CAS)); me != nil {
-			missing = append(missing, me.Digests...)
-		}
-	}
 	if len(missing) > 0 {
 		return nil, nil, nil, &cas.MissingError{Digests: missing}
-	}
-	if err := validateCommand(cmd); err != nil {
-		return nil, nil, nil, invalidf("Command %s: %v", cmdDigest, err)
-	}
-	if wd := cmd.GetWorkingDirectory(); wd != "" && !tree.HasDir(wd) {
-		// REAPI: "It must be a directory which exists in the input tree."
-		return nil, nil, nil, invalidf("Command %s: working_directory %q is not a directory of the input root", cmdDigest, wd)
 	}
 	platform := action.GetPlatform()
 	if len(platform.GetProperties()) == 0 {
@@ -132,7 +151,15 @@ func (s *executionServer) loadAction(ctx context.Context, instance string, d dig
 	return action, cmd, platform, nil
 }
 
+// maxMessageBytes bounds the Action and Command blobs read into memory, as
+// inputtree.MaxDirectoryBytes bounds a Directory: a digest naming a huge blob
+// must not make the server allocate it.
+const maxMessageBytes = inputtree.MaxDirectoryBytes
+
 func (s *executionServer) loadProto(ctx context.Context, d digest.Digest, m proto.Message, what string) error {
+	if d.Size > maxMessageBytes {
+		return invalidf("%s %s is %d bytes, more than the %d bytes this server reads for one %s", what, d, d.Size, maxMessageBytes, what)
+	}
 	return cas.GetProto(ctx, s.cfg.CAS, d, m, what)
 }
 

@@ -25,9 +25,9 @@ import (
 //   - "compressed-blobs/identity/" is rejected (REAPI: the compressor is one
 //     other than identity); other compressor names parse, and the service
 //     decides which it supports;
-//   - read names carry no metadata; instance segments may not be empty or a
-//     reserved keyword;
-//   - the upload uuid is any segment that is not a keyword: REAPI asks
+//   - read names carry no metadata; instance segments may not be empty, "."
+//     or ".." or a reserved keyword;
+//   - the upload uuid is any segment that is not a keyword, "." or "..": REAPI asks
 //     clients for a version 4 UUID, but refusing other ids would only break
 //     clients, and the id's sole role is to keep concurrent uploads apart.
 type ResourceName struct {
@@ -139,11 +139,8 @@ func parseResourceName(name string) (ResourceName, error) {
 	segs := strings.Split(name, "/")
 	i := 0
 	for ; i < len(segs) && !nameTerminators[segs[i]]; i++ {
-		switch {
-		case segs[i] == "":
-			return ResourceName{}, nameErrorf("has an empty path segment")
-		case instanceKeywords[segs[i]]:
-			return ResourceName{}, nameErrorf("instance name contains the reserved segment %q", segs[i])
+		if why := instanceSegmentProblem(segs[i]); why != "" {
+			return ResourceName{}, nameErrorf("instance name %s", why)
 		}
 	}
 	if i == len(segs) {
@@ -158,6 +155,10 @@ func parseResourceName(name string) (ResourceName, error) {
 		}
 		if instanceKeywords[rest[1]] {
 			return ResourceName{}, nameErrorf("has the keyword %q where the upload uuid belongs", rest[1])
+		}
+		if rest[1] == "." || rest[1] == ".." {
+			// Normalising the path would drop the uuid (or the instance).
+			return ResourceName{}, nameErrorf("has %q where the upload uuid belongs; the uuid may not be \".\" or \"..\"", rest[1])
 		}
 		r.UploadID = rest[1]
 		rest = rest[2:]

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/hearth-build/hearth/internal/digest"
 )
@@ -110,6 +112,17 @@ func TestParseResourceNameInvalid(t *testing.T) {
 		{"main/" + h + "/1", `no "blobs"`},
 		{"main", `no "blobs"`},
 		{"actions/" + h + "/1", "reserved"},
+		// Dot segments: a path normaliser would turn them into another name.
+		{"./blobs/" + h + "/1", `"."`},
+		{"../blobs/" + h + "/1", `".."`},
+		{"a/./blobs/" + h + "/1", `"."`},
+		{"a/../blobs/" + h + "/1", `".."`},
+		{"a/b/../compressed-blobs/zstd/" + h + "/1", `".."`},
+		{"../uploads/u/blobs/" + h + "/1", `".."`},
+		{"a/./uploads/u/blobs/" + h + "/1", `"."`},
+		{"uploads/./blobs/" + h + "/1", "uuid"},
+		{"uploads/../blobs/" + h + "/1", "uuid"},
+		{"i/uploads/../compressed-blobs/zstd/" + h + "/1", "uuid"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -160,6 +173,8 @@ func FuzzParseResourceName(f *testing.F) {
 		"",
 		"/",
 		"blobs/" + rnHash + "/-0",
+		"a/../blobs/" + rnHash + "/1",
+		"uploads/./blobs/" + rnHash + "/1",
 	}
 	for _, s := range seeds {
 		f.Add(s)
@@ -179,8 +194,38 @@ func FuzzParseResourceName(f *testing.F) {
 		if err != nil || again != rn {
 			t.Fatalf("reparse of %q = %+v, %v; want %+v", rn.String(), again, err, rn)
 		}
+		for _, seg := range append(strings.Split(rn.Instance, "/"), rn.UploadID) {
+			if seg == "." || seg == ".." {
+				t.Fatalf("accepted the dot segment %q in the instance or uuid of %q", seg, name)
+			}
+		}
 		if _, err := digest.New(rn.Digest.Function, rn.Digest.Hash, rn.Digest.Size); err != nil {
 			t.Fatalf("accepted an invalid digest in %q: %v", name, err)
 		}
 	})
+}
+
+func TestValidateInstanceName(t *testing.T) {
+	for _, name := range []string{"", "main", "a/b/c", "blobsx", "my.instance", "a/.b/c..", "..."} {
+		if err := validateInstanceName(name); err != nil {
+			t.Errorf("validateInstanceName(%q) = %v, want nil", name, err)
+		}
+	}
+	for name, want := range map[string]string{
+		".":         `"."`,
+		"..":        `".."`,
+		"a/.":       `"."`,
+		"../a":      `".."`,
+		"a/../b":    `".."`,
+		"/a":        "empty path segment",
+		"a/":        "empty path segment",
+		"a//b":      "empty path segment",
+		"a/blobs":   "reserved",
+		"uploads/x": "reserved",
+	} {
+		err := validateInstanceName(name)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), strconv.Quote(name)) {
+			t.Errorf("validateInstanceName(%q) = %v, want INVALID_ARGUMENT naming it and mentioning %s", name, err, want)
+		}
+	}
 }
