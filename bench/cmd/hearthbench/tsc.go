@@ -126,7 +126,7 @@ func runTsc(ctx context.Context, b *bench) (*result, error) {
 		}
 		s := res.stages
 		rw := row{Scenario: name, Measure: fmt.Sprintf("warm hits, persistent build on %d `hearth worker`s", b.opts.tscExecutors),
-			Hearth: fmt.Sprintf("%.1f%% (%d warm, %d cold, %d one-shot; per executor %s)", 100*s.warmFraction(), s.warm, s.cold, s.oneShot, s.perExecutor()),
+			Hearth:   fmt.Sprintf("%.1f%% (%d warm, %d cold, %d one-shot; per executor %s)", 100*s.warmFraction(), s.warm, s.cold, s.oneShot, s.perExecutor()),
 			Baseline: "wall " + secondsFormat(res.wall.Seconds()) + ", critical path " + secondsFormat(res.criticalPath.Seconds()),
 			Goal:     "≥ 95%", Met: metText(s.warmFraction() >= 0.95)}
 		r.add(rw)
