@@ -77,6 +77,7 @@ type options struct {
 	tscInflight  int
 	tscExecutors int
 	tscWorkerDir string
+	tscModes     string
 }
 
 // scenario is one measurement; run returns its rows and notes.
@@ -142,6 +143,7 @@ func parseOptions(args []string) (options, error) {
 	fs.IntVar(&o.tscRounds, "tsc-rounds", 2, "tsc: rounds of the three builds (local worker, Hearth persistent, Hearth one-shot); overrides -rounds")
 	fs.IntVar(&o.tscInflight, "tsc-inflight", 2, "tsc: --max-inflight of hearth serve (and max_inflight_tasks of each hearth worker)")
 	fs.IntVar(&o.tscExecutors, "tsc-executors", 2, "tsc: `hearth worker`s of the extra persistent build on `hearth server` that measures warm hits across executors (0 or 1: skip it)")
+	fs.StringVar(&o.tscModes, "tsc-modes", "local,persistent,oneshot", "tsc: the modes to build, for a quick look at one (ratios need local and persistent; one-shot/persistent needs both)")
 	fs.StringVar(&o.tscWorkerDir, "tsc-worker-dir", "", "tsc: cache directory of the npm install of tsc_wrapped (default: scripts/install-tsc-worker.sh's)")
 	if err := fs.Parse(args); err != nil {
 		return o, err

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -25,7 +26,8 @@ import (
 //
 // Every mode has its own Bazel server and output base. An untimed warm-up
 // build brings the Bazel server (and, remotely, hearth's CAS) up to date;
-// then `bazel clean` and the timed clean build. Bazel's clean stops its
+// then `bazel clean`, a new version string in every index.ts (so that every
+// action and output of the timed build is new), and the timed clean build. Bazel's clean stops its
 // local workers, so for the remote modes the hearth process is restarted on
 // the same data directory before the timed build: both sides start their
 // workers cold, and only the CAS (the tool files, uploaded once) is kept.
@@ -76,6 +78,9 @@ func runTsc(ctx context.Context, b *bench) (*result, error) {
 		b.logger.Info("tsc: round", "round", round+1, "libraries", n)
 		builds := map[string]tscBuild{}
 		for _, mode := range []string{"local", "persistent", "oneshot"} {
+			if !slices.Contains(strings.Split(b.opts.tscModes, ","), mode) {
+				continue
+			}
 			name := fmt.Sprintf("%s%d", mode, round)
 			var res tscBuild
 			if mode == "local" {
@@ -96,7 +101,9 @@ func runTsc(ctx context.Context, b *bench) (*result, error) {
 		persistentVsLocal.add(persistent.wall.Seconds(), local.wall.Seconds())
 		oneshotVsPersistent.add(oneshot.wall.Seconds(), persistent.wall.Seconds())
 		cpVsLocal.add(persistent.criticalPath.Seconds(), local.criticalPath.Seconds())
-		overheads = append(overheads, persistent.stages.overheadP50().Seconds())
+		if persistent.stages != nil {
+			overheads = append(overheads, persistent.stages.overheadP50().Seconds())
+		}
 		last = builds
 	}
 
@@ -134,7 +141,7 @@ func runTsc(ctx context.Context, b *bench) (*result, error) {
 	r.note("Bazel %s, Bazel's default --jobs, %d round(s); last builds: local %q, persistent %q, one-shot %q",
 		bazelVersion(ctx, env), b.opts.tscRounds, last["local"].processes, last["persistent"].processes, last["oneshot"].processes)
 	r.note("each library: types.ts and index.ts (interfaces, a generic class, 9 functions) importing the previous library; tsc_wrapped from npm @bazel/concatjs 5.8.1 with TypeScript 4.9.5 (scripts/install-tsc-worker.sh: npm ci from scripts/tsc-worker/package-lock.json), proto worker protocol, `node tsc_wrapped.js @@tsconfig` as rules_nodejs's ts_library; node_modules (%s) are tool inputs of every action", npmSummary(npmDir))
-	r.note("per mode: own Bazel server and output base, an untimed warm-up build, `bazel clean`, then the timed clean build; remote modes restart hearth serve (--max-inflight=%d) on the warm-up's data directory first, so workers start cold on both sides and only the CAS is warm", b.opts.tscInflight)
+	r.note("per mode: own Bazel server and output base, an untimed warm-up build, `bazel clean`, a new version constant in every index.ts (every action and output new), then the timed clean build; remote modes restart hearth serve (--max-inflight=%d) on the warm-up's data directory first, so workers start cold on both sides and only the CAS is warm", b.opts.tscInflight)
 	r.note("per-stage breakdown from each action's ExecutedActionMetadata in hearth's action cache (entries written during the timed build): queued→worker start, input fetch, execution (the WorkRequest round trip on a warm worker, the process for one-shot), output upload; overhead = worker start→completed minus execution")
 	return r, nil
 }
@@ -218,6 +225,9 @@ func tscBuildLocal(ctx context.Context, b *bench, dir, ws string, env []string, 
 	if _, err := z.run("clean"); err != nil {
 		return tscBuild{}, err
 	}
+	if err := setTscSources(ws, b.opts.tscLibs, name); err != nil {
+		return tscBuild{}, err
+	}
 	res, out, err := z.build(flags...)
 	os.WriteFile(filepath.Join(dir, name+"-build.log"), []byte(out), 0o644)
 	return res, err
@@ -252,6 +262,9 @@ func tscBuildRemote(ctx context.Context, b *bench, dir, ws string, env []string,
 	if _, err := z.run("clean"); err != nil {
 		return tscBuild{}, err
 	}
+	if err := setTscSources(ws, b.opts.tscLibs, name); err != nil {
+		return tscBuild{}, err
+	}
 	if srv, err = b.startHearth(ctx, dataDir, filepath.Join(dir, name+"-hearth.log"), serveArgs...); err != nil {
 		return tscBuild{}, err
 	}
@@ -270,7 +283,7 @@ func tscBuildRemote(ctx context.Context, b *bench, dir, ws string, env []string,
 	if res.stages, err = readStageStats(filepath.Join(dataDir, "ac"), start); err != nil {
 		return res, err
 	}
-	return res, nil
+	return res, res.stages.writeActions(filepath.Join(dir, name+"-actions.txt"))
 }
 
 // npmSummary describes the installed node_modules: files and bytes.

@@ -124,6 +124,9 @@ func tscBuildCluster(ctx context.Context, b *bench, dir, ws string, env []string
 	if _, err := z.run("clean"); err != nil {
 		return tscBuild{}, err
 	}
+	if err := setTscSources(ws, b.opts.tscLibs, "cluster"); err != nil {
+		return tscBuild{}, err
+	}
 	if c, err = b.startCluster(ctx, dir, "cluster", k, b.opts.tscInflight); err != nil {
 		return tscBuild{}, err
 	}
@@ -138,6 +141,9 @@ func tscBuildCluster(ctx context.Context, b *bench, dir, ws string, env []string
 		return res, err
 	}
 	if res.stages, err = readStageStats(filepath.Join(c.server.DataDir, "ac"), start); err != nil {
+		return res, err
+	}
+	if err := res.stages.writeActions(filepath.Join(dir, "cluster-actions.txt")); err != nil {
 		return res, err
 	}
 	return res, checkTscProcesses("persistent", res.processes, b.opts.tscLibs)

@@ -27,6 +27,31 @@ type stageStats struct {
 	warm, cold         int             // persistent-worker actions by the worker's state
 	oneShot            int             // actions that ran one-shot (no key, or a fallback)
 	byExecutor         map[string][2]int
+	lines              []actionLine // one per action, for writeActions
+}
+
+// actionLine is one action's stages, in the order they ran.
+type actionLine struct {
+	queued, completed time.Time
+	text              string
+}
+
+// writeActions writes one line per action, by queue time: the gap since the
+// previous action completed (the client's share on a dependency chain) and
+// each stage in milliseconds.
+func (s *stageStats) writeActions(path string) error {
+	lines := slices.Clone(s.lines)
+	sort.Slice(lines, func(i, j int) bool { return lines[i].queued.Before(lines[j].queued) })
+	var b strings.Builder
+	b.WriteString("# queued, then milliseconds: since the previous action completed, queued→start, input fetch, execution, output upload, start→completed; executor, worker state\n")
+	for i, l := range lines {
+		gap := "      -"
+		if i > 0 {
+			gap = fmt.Sprintf("%7.1f", float64(l.queued.Sub(lines[i-1].completed).Microseconds())/1000)
+		}
+		fmt.Fprintf(&b, "%s %s %s\n", l.queued.Format("15:04:05.000"), gap, l.text)
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
 
 // readStageStats reads every action result under acDir whose worker
@@ -91,6 +116,14 @@ func (s *stageStats) add(md *repb.ExecutedActionMetadata) {
 			info = pw
 		}
 	}
+	ms := func(d time.Duration) string { return fmt.Sprintf("%7.1f", float64(d.Microseconds())/1000) }
+	state := "one-shot"
+	if info != nil && !info.GetFellBack() {
+		state = fmt.Sprintf("warm=%v invocation=%d", info.GetWarm(), info.GetInvocation())
+	}
+	s.lines = append(s.lines, actionLine{queued: md.GetQueuedTimestamp().AsTime(), completed: md.GetWorkerCompletedTimestamp().AsTime(), text: fmt.Sprintf("%s %s %s %s %s %s %s",
+		ms(s.queue[len(s.queue)-1]), ms(s.fetch[len(s.fetch)-1]), ms(exec),
+		ms(s.upload[len(s.upload)-1]), ms(span(md.GetWorkerStartTimestamp(), md.GetWorkerCompletedTimestamp())), md.GetWorker(), state)})
 	counts := s.byExecutor[md.GetWorker()]
 	switch {
 	case info == nil || info.GetFellBack():
