@@ -89,9 +89,6 @@ func writeTscWorkspace(moduleRoot, dir, npmDir string, n int) (string, error) {
 		files[pkg+"/BUILD"] = fmt.Sprintf("load(\"//tools:ts.bzl\", \"ts_lib\")\n\nts_lib(\n    name = %q,\n    srcs = [\"types.ts\", \"index.ts\"]%s,\n    visibility = [\"//visibility:public\"],\n)\n", pkg, deps)
 		files[pkg+"/types.ts"] = tscTypes(i)
 	}
-	if err := setTscSources(ws, n, "setup"); err != nil {
-		return "", err
-	}
 	for name, content := range files {
 		p := filepath.Join(ws, name)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -103,6 +100,9 @@ func writeTscWorkspace(moduleRoot, dir, npmDir string, n int) (string, error) {
 	}
 	// Bazel digests the binary behind the link (a tool input like any other).
 	if err := os.Symlink(node, filepath.Join(ws, "tools", "node")); err != nil {
+		return "", err
+	}
+	if err := setTscSources(ws, n, "setup"); err != nil {
 		return "", err
 	}
 	return ws, setTscMode(ws, "")
