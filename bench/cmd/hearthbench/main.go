@@ -76,7 +76,6 @@ type options struct {
 	tscRounds    int
 	tscInflight  int
 	tscExecutors int
-	tscWorkerDir string
 	tscModes     string
 }
 
@@ -144,7 +143,6 @@ func parseOptions(args []string) (options, error) {
 	fs.IntVar(&o.tscInflight, "tsc-inflight", 2, "tsc: --max-inflight of hearth serve (and max_inflight_tasks of each hearth worker)")
 	fs.IntVar(&o.tscExecutors, "tsc-executors", 2, "tsc: `hearth worker`s of the extra persistent build on `hearth server` that measures warm hits across executors (0 or 1: skip it)")
 	fs.StringVar(&o.tscModes, "tsc-modes", "local,persistent,oneshot", "tsc: the modes to build, for a quick look at one (ratios need local and persistent; one-shot/persistent needs both)")
-	fs.StringVar(&o.tscWorkerDir, "tsc-worker-dir", "", "tsc: cache directory of the npm install of tsc_wrapped (default: scripts/install-tsc-worker.sh's)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

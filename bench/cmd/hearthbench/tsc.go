@@ -57,7 +57,7 @@ func runTsc(ctx context.Context, b *bench) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	npmDir, err := installTscWorker(ctx, b.moduleRoot, b.opts.tscWorkerDir)
+	npmDir, err := installTscWorker(ctx, b.moduleRoot)
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +152,7 @@ func runTsc(ctx context.Context, b *bench) (*result, error) {
 	}
 	r.note("Bazel %s, Bazel's default --jobs, %d round(s); last builds: local %q, persistent %q, one-shot %q",
 		bazelVersion(ctx, env), b.opts.tscRounds, last["local"].processes, last["persistent"].processes, last["oneshot"].processes)
-	r.note("each library: types.ts and index.ts (interfaces, a generic class, 9 functions) importing the previous library; tsc_wrapped from npm @bazel/concatjs 5.8.1 with TypeScript 4.9.5 (scripts/install-tsc-worker.sh: npm ci from scripts/tsc-worker/package-lock.json), proto worker protocol, `node tsc_wrapped.js @@tsconfig` as rules_nodejs's ts_library; node_modules (%s) are tool inputs of every action", npmSummary(npmDir))
+	r.note("each library: types.ts and index.ts (interfaces, a generic class, 9 functions) importing the previous library; tsc_wrapped from npm @bazel/concatjs 5.8.1 with TypeScript 4.9.5 (scripts/npm-install.sh: npm ci from e2e/testdata/tsc/package-lock.json), proto worker protocol, `node tsc_wrapped.js @@tsconfig` as rules_nodejs's ts_library; node_modules (%s) are tool inputs of every action", npmSummary(npmDir))
 	r.note("per mode: own Bazel server and output base, an untimed warm-up build, `bazel clean`, a new version constant in every index.ts (every action and output new), then the timed clean build; remote modes restart hearth serve (--max-inflight=%d) on the warm-up's data directory first, so workers start cold on both sides and only the CAS is warm", b.opts.tscInflight)
 	r.note("per-stage breakdown from each action's ExecutedActionMetadata in hearth's action cache (entries written during the timed build): queued→worker start, input fetch, execution (the WorkRequest round trip on a warm worker, the process for one-shot), output upload; overhead = worker start→completed minus execution")
 	return r, nil

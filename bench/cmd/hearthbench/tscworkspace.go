@@ -19,23 +19,24 @@ import (
 //go:embed tscws/ts.bzl tscws/tsc_worker.BUILD
 var tscWorkspaceFiles embed.FS
 
-// installTscWorker runs scripts/install-tsc-worker.sh (npm ci from the
-// committed lock file, into a cache directory reused while the lock is
-// unchanged) and returns the directory holding node_modules.
-func installTscWorker(ctx context.Context, moduleRoot, cacheDir string) (string, error) {
-	args := []string{filepath.Join(moduleRoot, "scripts", "install-tsc-worker.sh")}
-	if cacheDir != "" {
-		args = append(args, cacheDir)
+// tscWorkerDir is the committed package.json and package-lock.json of the
+// tsc_wrapped worker (@bazel/concatjs 5.8.1, TypeScript 4.9.5), shared with
+// the e2e tests of the Buck2 bridge.
+const tscWorkerDir = "e2e/testdata/tsc"
+
+// installTscWorker runs scripts/npm-install.sh on tscWorkerDir (npm ci from
+// the committed lock file, with a download cache shared by every such
+// directory; a directory installed from the same lock is left alone) and
+// returns the directory holding node_modules.
+func installTscWorker(ctx context.Context, moduleRoot string) (string, error) {
+	dir := filepath.Join(moduleRoot, filepath.FromSlash(tscWorkerDir))
+	cmd := exec.CommandContext(ctx, "bash", filepath.Join(moduleRoot, "scripts", "npm-install.sh"), dir)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("scripts/npm-install.sh %s: %w", tscWorkerDir, err)
 	}
-	cmd := exec.CommandContext(ctx, "bash", args...)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("scripts/install-tsc-worker.sh: %w", err)
-	}
-	dir := strings.TrimSpace(tail(string(out), 1))
 	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@bazel", "concatjs", "internal", "tsc_wrapped", "tsc_wrapped.js")); err != nil {
-		return "", fmt.Errorf("install-tsc-worker.sh printed %q, which holds no tsc_wrapped: %w", dir, err)
+		return "", fmt.Errorf("scripts/npm-install.sh installed no tsc_wrapped in %s: %w", tscWorkerDir, err)
 	}
 	return dir, nil
 }
