@@ -68,7 +68,7 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 	release := func() {
 		released = true
 		if lease.SandboxDir() == "" {
-			if err := workerpolicy.CleanWorkspace(lease.Dir(), plan); err != nil {
+			if err := w.CleanWorkspace(lease.Dir(), plan); err != nil {
 				b.logger().Warn("persistent worker discarded", "key", plan.Spec.Key, "err", err)
 				lease.Discard()
 				return

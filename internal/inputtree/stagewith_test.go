@@ -62,3 +62,71 @@ func TestStageWithReuseAndSkip(t *testing.T) {
 		t.Errorf("StageWith wrote %d entries through a symlink", len(ents))
 	}
 }
+
+// With Reuse and Skip, a directory holding only skipped (present) files is
+// not entered again, while everything a request needs is still made: a
+// non-skipped file beside skipped ones, an empty directory (also one below a
+// directory of skipped files), and the rest of the tree.
+func TestStageWithSkipsPresentSubtrees(t *testing.T) {
+	ctx := context.Background()
+	disk := newDisk(t)
+	cache, _ := newCache(t, disk, 0)
+	tool := putBlob(t, disk, []byte("tool"))
+	src := putBlob(t, disk, []byte("source"))
+	empty := putDir(t, disk, &repb.Directory{})
+	lib := putDir(t, disk, &repb.Directory{Files: []*repb.FileNode{file("a.js", tool, false)}})
+	mixed := putDir(t, disk, &repb.Directory{Files: []*repb.FileNode{file("a.js", tool, false), file("x.ts", src, false)}})
+	deep := putDir(t, disk, &repb.Directory{
+		Files:       []*repb.FileNode{file("a.js", tool, false)},
+		Directories: []*repb.DirectoryNode{subdir("empty", empty)},
+	})
+	tools := putDir(t, disk, &repb.Directory{Directories: []*repb.DirectoryNode{
+		subdir("deep", deep), subdir("empty", empty), subdir("lib", lib), subdir("mixed", mixed),
+	}})
+	srcDir := putDir(t, disk, &repb.Directory{Files: []*repb.FileNode{file("x.ts", src, false)}})
+	root := putDir(t, disk, &repb.Directory{Directories: []*repb.DirectoryNode{subdir("src", srcDir), subdir("tools", tools)}})
+	tr, err := Load(ctx, disk, fn, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := scratch(t)
+	if err := Stage(ctx, tr, cache, ws); err != nil {
+		t.Fatal(err)
+	}
+	// What a persistent worker's workspace looks like between requests: the
+	// tool files and their directories, nothing else.
+	for _, p := range []string{"src", "tools/empty", "tools/deep/empty", "tools/mixed/x.ts"} {
+		if err := os.RemoveAll(filepath.Join(ws, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A mode only staging changes tells whether a directory was entered.
+	for _, p := range []string{"tools", "tools/lib", "tools/deep", "tools/mixed"} {
+		if err := os.Chmod(filepath.Join(ws, p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	skip := func(f *File) bool { return filepath.Base(f.Path) == "a.js" }
+	if err := StageWith(ctx, tr, cache, ws, StageOptions{Skip: skip, Reuse: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"src/x.ts", "tools/mixed/x.ts"} {
+		if got, err := os.ReadFile(filepath.Join(ws, p)); err != nil || string(got) != "source" {
+			t.Errorf("%s = %q, %v; want it staged", p, got, err)
+		}
+	}
+	for _, p := range []string{"tools/empty", "tools/deep/empty"} {
+		if fi, err := os.Stat(filepath.Join(ws, p)); err != nil || !fi.IsDir() {
+			t.Errorf("empty directory %s not recreated: %v", p, err)
+		}
+	}
+	for p, want := range map[string]os.FileMode{"tools": 0o755, "tools/deep": 0o755, "tools/mixed": 0o755, "tools/lib": 0o700} {
+		fi, err := os.Stat(filepath.Join(ws, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fi.Mode().Perm(); got != want {
+			t.Errorf("mode of %s = %v, want %v (entered: 0755; left alone: 0700)", p, got, want)
+		}
+	}
+}

@@ -183,8 +183,13 @@ func lines(text string) []string {
 // ToolFiles returns the tool files of an action: the inputs marked with the
 // bazel_tool_input node property, or, when the client marks none (older
 // Bazel, Buck2), the input files that the startup arguments name (relative to
-// the working directory). Their digests are part of the pool key, so a
-// changed tool is never served by a stale process.
+// the working directory), and with each named file that lies in a Bazel
+// external repository (external/NAME/...), every input of that repository:
+// a tool's runtime (node_modules beside a .js entry point, jars beside a
+// launcher) lives there, and the process needs it from its start on, not only
+// while a request is staged. Their digests are part of the pool key, so a
+// changed tool is never served by a stale process; a source file that happens
+// to share the tool's repository only costs a key of its own.
 func ToolFiles(t *inputtree.Tree, startup []string, workingDir string) []inputtree.File {
 	var marked []inputtree.File
 	for _, f := range t.Files {
@@ -211,13 +216,36 @@ func ToolFiles(t *inputtree.Tree, startup []string, workingDir string) []inputtr
 			named[v] = true
 		}
 	}
-	var tools []inputtree.File
+	repos := map[string]bool{}
 	for _, f := range t.Files {
 		if named[f.Path] {
+			if repo, ok := externalRepo(f.Path); ok {
+				repos[repo] = true
+			}
+		}
+	}
+	var tools []inputtree.File
+	for _, f := range t.Files {
+		repo, ok := externalRepo(f.Path)
+		if named[f.Path] || (ok && repos[repo]) {
 			tools = append(tools, f)
 		}
 	}
 	return tools
+}
+
+// externalRepo returns "external/NAME/" for a path inside a Bazel external
+// repository.
+func externalRepo(path string) (string, bool) {
+	rest, ok := strings.CutPrefix(path, "external/")
+	if !ok {
+		return "", false
+	}
+	name, _, ok := strings.Cut(rest, "/")
+	if !ok || name == "" {
+		return "", false
+	}
+	return "external/" + name + "/", true
 }
 
 // KeyInput is everything that decides whether two actions may share a worker

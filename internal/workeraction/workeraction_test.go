@@ -139,6 +139,28 @@ func TestToolFilesAndPoolKey(t *testing.T) {
 	if len(named) != 2 || named[0].Path != "tools/javac" || named[1].Path != "tools/lib.jar" {
 		t.Fatalf("tools named by argv = %+v", named)
 	}
+	// A named tool in an external repository brings that repository's other
+	// inputs (its runtime), not those of other repositories or the main one.
+	ext := &inputtree.Tree{Files: []inputtree.File{
+		{Path: "external/npm/node_modules/typescript/lib/typescript.js", Digest: d("ts")},
+		{Path: "external/npm/node_modules/tsc_wrapped/main.js", Digest: d("main")},
+		{Path: "external/npmother/x.js", Digest: d("x")},
+		{Path: "external/other/y.js", Digest: d("y")},
+		{Path: "external/npm", Digest: d("file named like the repository")},
+		{Path: "src/a.ts", Digest: d("a")},
+	}}
+	got := ToolFiles(ext, []string{"/usr/bin/node", "external/npm/node_modules/tsc_wrapped/main.js"}, "")
+	var paths []string
+	for _, f := range got {
+		paths = append(paths, f.Path)
+	}
+	if want := []string{"external/npm/node_modules/typescript/lib/typescript.js", "external/npm/node_modules/tsc_wrapped/main.js"}; !slices.Equal(paths, want) {
+		t.Fatalf("tools of a named external-repository entry point = %q, want %q", paths, want)
+	}
+	if got := ToolFiles(ext, []string{"node", "src/a.ts"}, ""); len(got) != 1 || got[0].Path != "src/a.ts" {
+		t.Fatalf("a named main-repository file brought others: %+v", got)
+	}
+
 	tree.Files[1].ToolInput = true
 	if marked := ToolFiles(tree, []string{"tools/javac"}, ""); len(marked) != 1 || marked[0].Path != "tools/lib.jar" {
 		t.Fatalf("marked tools = %+v", marked)

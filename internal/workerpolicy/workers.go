@@ -24,6 +24,7 @@ import (
 
 	"github.com/hearth-build/hearth/internal/workerpool"
 	"github.com/hearth-build/hearth/internal/workerproto"
+	"github.com/hearth-build/hearth/internal/wsclean"
 )
 
 // Options configure Workers.
@@ -53,6 +54,10 @@ type Workers struct {
 	// saves are the history writes in flight; Close waits for them.
 	saves  sync.WaitGroup
 	saveMu sync.Mutex // one history write at a time
+
+	// cleaned remembers the workspaces' unchanged tool directories, so
+	// emptying a workspace after a request does not list each one again.
+	cleaned wsclean.Index
 
 	mu      sync.Mutex
 	keys    map[string]*keyRecord

@@ -3,13 +3,13 @@ package workerpolicy
 import (
 	"context"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 
 	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/fsutil"
 	"github.com/hearth-build/hearth/internal/workerpool"
+	"github.com/hearth-build/hearth/internal/wsclean"
 )
 
 // Linker puts a cached file at a path (filecache.Cache does).
@@ -40,48 +40,32 @@ func PrepareWorkspace(files Linker) func(ctx context.Context, workspace string, 
 // to the pool. Directories an action made read-only are removed too, and
 // those kept are made writable again for the next action's outputs.
 func CleanWorkspace(dir string, plan *Plan) error {
+	var fresh wsclean.Index
+	return cleanWorkspace(&fresh, dir, plan)
+}
+
+// CleanWorkspace is the package's CleanWorkspace for the workspaces of w's
+// pool: it remembers their tool directories, so that one that provably did
+// not change since the last request is checked with an lstat instead of
+// being listed again (see package wsclean).
+func (w *Workers) CleanWorkspace(dir string, plan *Plan) error {
+	return cleanWorkspace(&w.cleaned, dir, plan)
+}
+
+func cleanWorkspace(x *wsclean.Index, dir string, plan *Plan) error {
 	keepDirs := map[string]bool{}
 	for p := range plan.tools {
 		for d := filepath.Dir(p); d != "." && d != "/"; d = filepath.Dir(d) {
 			keepDirs[d] = true
 		}
 	}
-	var remove []string
-	walkErr := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if p == dir {
-				return err
-			}
-			remove = append(remove, p) // unreadable: it goes
-			return nil
-		}
-		if p == dir {
-			return nil
-		}
-		rel, _ := filepath.Rel(dir, p)
-		rel = filepath.ToSlash(rel)
-		if rel == workerpool.SandboxRoot {
-			return filepath.SkipDir
-		}
-		if d.IsDir() {
-			if keepDirs[rel] {
-				return os.Chmod(p, 0o755)
-			}
-			remove = append(remove, p)
-			return filepath.SkipDir
-		}
-		if !plan.tools[rel] {
-			remove = append(remove, p)
-		}
-		return nil
-	})
-	if walkErr != nil {
-		return fmt.Errorf("cleaning worker workspace %s: %w", dir, walkErr)
-	}
-	for _, p := range remove {
-		if err := fsutil.RemoveAll(p); err != nil {
-			return fmt.Errorf("cleaning worker workspace: %w", err)
-		}
+	_, err := x.Clean(dir, wsclean.Keep{
+		File: func(rel string) bool { return plan.tools[rel] },
+		Dir:  func(rel string) bool { return keepDirs[rel] },
+		Skip: workerpool.SandboxRoot,
+	}, fsutil.RemoveAll)
+	if err != nil {
+		return fmt.Errorf("cleaning worker workspace %s: %w", dir, err)
 	}
 	return nil
 }

@@ -123,6 +123,7 @@ type hearthServer struct {
 	started  time.Time
 	ready    time.Time // when the serving line was seen
 	GRPCAddr string
+	HTTPAddr string
 	DataDir  string
 	// scheme and dialOpts are how clients reach it: "grpc" without options
 	// unless startHearthWith says otherwise.
@@ -139,11 +140,27 @@ func (b *bench) startHearth(ctx context.Context, dataDir, logPath string, extraA
 // startHearthWith is startHearth for a server that clients reach with
 // scheme (grpc or grpcs) and dialOpts (TLS settings, a token).
 func (b *bench) startHearthWith(ctx context.Context, dataDir, logPath, scheme string, dialOpts casclient.DialOptions, extraArgs ...string) (*hearthServer, error) {
+	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", dataDir}, extraArgs...)
+	s, err := b.startHearthProcess(logPath, args)
+	if err != nil {
+		return nil, err
+	}
+	s.DataDir, s.scheme, s.dialOpts = dataDir, scheme, dialOpts
+	if err := s.waitReady(ctx); err != nil {
+		s.kill()
+		return nil, fmt.Errorf("hearth %s did not become ready: %w (log: %s)", args[0], err, logPath)
+	}
+	return s, nil
+}
+
+// startHearthProcess starts `hearth ARGS...` with its output in logPath,
+// without waiting for it to serve (waitReady does that for a server, which
+// clients reach with plain grpc unless the caller says otherwise).
+func (b *bench) startHearthProcess(logPath string, args []string) (*hearthServer, error) {
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", dataDir}, extraArgs...)
 	cmd := exec.Command(b.hearthBin, args...)
 	if b.opts.profileDir != "" {
 		cmd.Env = append(os.Environ(), "HEARTHBENCH_PROFILE_ADDR=127.0.0.1:0")
@@ -153,7 +170,7 @@ func (b *bench) startHearthWith(ctx context.Context, dataDir, logPath, scheme st
 	// Its own process group, so that a kill takes its actions with it;
 	// Pdeathsig, so that a crashed hearthbench leaves no server behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	s := &hearthServer{cmd: cmd, log: log, done: make(chan struct{}), started: time.Now(), DataDir: dataDir, scheme: scheme, dialOpts: dialOpts}
+	s := &hearthServer{cmd: cmd, log: log, done: make(chan struct{}), started: time.Now(), scheme: "grpc"}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return nil, fmt.Errorf("starting %s: %w", b.hearthBin, err)
@@ -163,10 +180,6 @@ func (b *bench) startHearthWith(ctx context.Context, dataDir, logPath, scheme st
 		logFile.Close()
 		close(s.done)
 	}()
-	if err := s.waitReady(ctx); err != nil {
-		s.kill()
-		return nil, fmt.Errorf("hearth serve did not become ready: %w (log: %s)", err, logPath)
-	}
 	return s, nil
 }
 
@@ -182,7 +195,7 @@ func (s *hearthServer) waitReady(ctx context.Context) error {
 		return ctx.Err()
 	}
 	s.ready = time.Now()
-	s.GRPCAddr = logValue(line, "grpc")
+	s.GRPCAddr, s.HTTPAddr = logValue(line, "grpc"), logValue(line, "http")
 	if s.GRPCAddr == "" {
 		return fmt.Errorf("serving line without grpc=: %s", line)
 	}

@@ -14,7 +14,8 @@
 //	go run ./bench/cmd/hearthbench -run bytestream,execute -size 256MiB
 //
 // Scenarios: bytestream, findmissing, batchupdate, restart, execute, bazel,
-// access, buck2worker.
+// access, buck2worker, tsc (a chain of TypeScript libraries on the real tsc_wrapped persistent
+// worker: Bazel's local worker vs Hearth persistent vs Hearth one-shot).
 // There are no tests here: benchmarks are not timed unit tests.
 package main
 
@@ -70,6 +71,12 @@ type options struct {
 	buck2Requests int // buck2worker
 	buck2Small    int
 	buck2Rounds   int
+
+	tscLibs      int // tsc
+	tscRounds    int
+	tscInflight  int
+	tscExecutors int
+	tscModes     string
 }
 
 // scenario is one measurement; run returns its rows and notes.
@@ -87,6 +94,7 @@ var scenarios = []scenario{
 	{"bazel", runBazel},
 	{"access", runAccess},
 	{"buck2worker", runBuck2Worker},
+	{"tsc", runTsc},
 }
 
 func main() {
@@ -130,6 +138,11 @@ func parseOptions(args []string) (options, error) {
 	fs.IntVar(&o.buck2Requests, "buck2-requests", 200, "buck2worker: TypeScript compilations through the bridge and one-shot")
 	fs.IntVar(&o.buck2Small, "buck2-small-requests", 1000, "buck2worker: trivial requests for the bridge's overhead")
 	fs.IntVar(&o.buck2Rounds, "buck2-rounds", 1, "buck2worker: rounds (each compiles -buck2-requests modules one-shot, ~0.7 s each); overrides -rounds")
+	fs.IntVar(&o.tscLibs, "tsc-libs", 40, "tsc: TypeScript libraries in the dependency chain")
+	fs.IntVar(&o.tscRounds, "tsc-rounds", 2, "tsc: rounds of the three builds (local worker, Hearth persistent, Hearth one-shot); overrides -rounds")
+	fs.IntVar(&o.tscInflight, "tsc-inflight", 2, "tsc: --max-inflight of hearth serve (and max_inflight_tasks of each hearth worker)")
+	fs.IntVar(&o.tscExecutors, "tsc-executors", 2, "tsc: `hearth worker`s of the extra persistent build on `hearth server` that measures warm hits across executors (0 or 1: skip it)")
+	fs.StringVar(&o.tscModes, "tsc-modes", "local,persistent,oneshot", "tsc: the modes to build, for a quick look at one (ratios need local and persistent; one-shot/persistent needs both)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -143,6 +156,7 @@ func parseOptions(args []string) (options, error) {
 		"-exec-throughput-actions": o.execThroughput, "-exec-concurrency": o.execConcurrency, "-genrules": o.genrules,
 		"-rounds": o.rounds, "-bazel-rounds": o.bazelRounds, "-buck2-requests": o.buck2Requests,
 		"-buck2-small-requests": o.buck2Small, "-buck2-rounds": o.buck2Rounds,
+		"-tsc-libs": o.tscLibs, "-tsc-rounds": o.tscRounds, "-tsc-inflight": o.tscInflight,
 	} {
 		if v <= 0 {
 			return o, fmt.Errorf("%s must be positive, got %d", name, v)
@@ -153,6 +167,9 @@ func parseOptions(args []string) (options, error) {
 	}
 	if o.fmDuration <= 0 {
 		return o, fmt.Errorf("-findmissing-duration must be positive, got %s", o.fmDuration)
+	}
+	if o.tscExecutors < 0 {
+		return o, fmt.Errorf("-tsc-executors must be ≥ 0, got %d", o.tscExecutors)
 	}
 	if o.bazelJobs < 0 {
 		return o, fmt.Errorf("-bazel-jobs must be ≥ 0, got %d", o.bazelJobs)
