@@ -8,6 +8,8 @@
 #   - Debian's libnetty-tcnative-jni, with which Debian's Bazel 4.2.3 can
 #     speak TLS (its bundled Netty cannot use Java 17's own ALPN), for the
 #     e2e tests of TLS and mTLS (see e2e/auth_test.go, enableTLS);
+#   - redis-server (Debian's), the real Redis behind the tests of the Redis
+#     action cache, CAS presence index and scheduler state (internal/redistest);
 #   - chromium (Debian's), for the e2e test that drives the status page in a
 #     headless browser (chromedp);
 #   - staticcheck, pinned so CI does not change under us;
@@ -25,6 +27,7 @@ if command -v dpkg >/dev/null 2>&1 && ! dpkg -s libnetty-tcnative-jni >/dev/null
   apt_packages+=(libnetty-tcnative-jni)
 fi
 command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
+command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
 if ((${#apt_packages[@]})); then
   sudo=()
   [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)
