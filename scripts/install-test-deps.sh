@@ -46,3 +46,7 @@ fi
 # The real Bazel persistent worker of the Buck2 bridge tests (tsc_wrapped from
 # @bazel/concatjs with TypeScript), from the committed lock file.
 bash "$(dirname "$0")/npm-install.sh" "$(dirname "$0")/../e2e/testdata/tsc"
+
+# The real buildbox tools (Debian sid's buildbox, unpacked into a private
+# prefix) for the LocalCAS and Remote Workers API interop tests.
+bash "$(dirname "$0")/install-buildbox.sh"
