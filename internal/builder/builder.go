@@ -9,15 +9,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-	"github.com/google/uuid"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -26,7 +23,6 @@ import (
 	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/errcode"
 	"github.com/hearth-build/hearth/internal/filecache"
-	"github.com/hearth-build/hearth/internal/fsutil"
 	"github.com/hearth-build/hearth/internal/inputtree"
 	"github.com/hearth-build/hearth/internal/metadatapb"
 	"github.com/hearth-build/hearth/internal/outputs"
@@ -40,7 +36,8 @@ import (
 type Builder struct {
 	CAS   cas.Store
 	Files *filecache.Cache
-	// WorkDir holds one directory per running action, removed after it.
+	// WorkDir holds one directory per running action, emptied after it (and
+	// reused, see actionDirs) or removed.
 	WorkDir string
 	// WorkerName goes in ExecutedActionMetadata.worker.
 	WorkerName string
@@ -61,6 +58,8 @@ type Builder struct {
 	// instead of this builder: the executor's external runner
 	// (runner_command). Hooks do not apply to it.
 	OneShot Runner
+
+	dirs actionDirs // emptied one-shot action directories for reuse
 }
 
 // Runner runs one action to its response, as Builder does.
@@ -181,23 +180,11 @@ func (b *Builder) build(ctx context.Context, t Task, md *repb.ExecutedActionMeta
 // runOneShot runs the Command as a child process in a fresh directory.
 func (b *Builder) runOneShot(ctx context.Context, t Task, cmd *repb.Command, tree *inputtree.Tree, md *repb.ExecutedActionMetadata) (*repb.ActionResult, error) {
 	fn := t.ActionDigest.Function
-	actionDir := filepath.Join(b.WorkDir, uuid.NewString())
-	inputRoot := filepath.Join(actionDir, "root")
-	// Two plain mkdirs: MkdirAll would first stat every level, and
-	// directory operations are a large share of a small action's cost.
-	if err := os.Mkdir(actionDir, 0o755); err != nil {
-		if !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("creating action directory: %w", err)
-		}
-		// The work directory itself is gone (removed behind our back).
-		if err := os.MkdirAll(actionDir, 0o755); err != nil {
-			return nil, fmt.Errorf("creating action directory: %w", err)
-		}
-	}
-	defer b.removeAll(actionDir)
-	if err := os.Mkdir(inputRoot, 0o755); err != nil {
+	actionDir, inputRoot, err := b.dirs.get(b.WorkDir)
+	if err != nil {
 		return nil, fmt.Errorf("creating action directory: %w", err)
 	}
+	defer b.recycle(actionDir)
 	// An empty input root (common for tool-less actions) needs no staging.
 	if len(tree.Files) > 0 || len(tree.Symlinks) > 0 || len(tree.Dirs) > 1 {
 		if err := inputtree.Stage(ctx, tree, b.Files, inputRoot); err != nil {
@@ -345,10 +332,10 @@ func (b *Builder) loadCommand(ctx context.Context, fn digest.Function, action *r
 	return cmd, nil
 }
 
-func (b *Builder) removeAll(dir string) {
-	// Nothing of one action may survive into the next, read-only
-	// directories it left included.
-	if err := fsutil.RemoveAll(dir); err != nil {
+// recycle empties a one-shot action directory for the next action (or
+// removes it).
+func (b *Builder) recycle(dir string) {
+	if err := b.dirs.put(dir); err != nil {
 		b.logger().Warn("removing action directory", "dir", dir, "err", err)
 	}
 }

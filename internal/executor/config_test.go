@@ -166,8 +166,14 @@ echo "$DIR" > "$OUT"`
 	if !strings.HasPrefix(actionDir, filepath.Join(c.dir, "work", "actions")+"/") {
 		t.Errorf("action_directory %q is not inside the work directory's actions", actionDir)
 	}
+	// The directory may be kept for the next action, but emptied: nothing
+	// but its empty input root.
 	if fileExists(actionDir) {
-		t.Errorf("action directory %s outlived the action", actionDir)
+		top, _ := os.ReadDir(actionDir)
+		root, _ := os.ReadDir(filepath.Join(actionDir, "root"))
+		if len(top) != 1 || top[0].Name() != "root" || len(root) != 0 {
+			t.Errorf("action directory %s outlived the action with contents %v, root %v", actionDir, top, root)
+		}
 	}
 
 	// Without its own timeout an action gets max_action_timeout.

@@ -170,8 +170,8 @@ func (l *Lease) finish(discard bool) {
 	var rss uint64
 	measured := false
 	if !discard && limit > 0 && w.proc.failure() == nil {
-		if sums, err := measureTrees([]int{w.proc.pid}); err == nil {
-			rss, measured = sums[w.proc.pid], true
+		if sum, err := measureTree(w.proc.pid); err == nil {
+			rss, measured = sum, true
 		}
 	}
 

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -212,4 +215,94 @@ func TestAcquireRejectsBadSpecAndCancelledContext(t *testing.T) {
 	if _, err := p.Acquire(ctx, spec); !errors.Is(err, context.Canceled) {
 		t.Errorf("Acquire(cancelled ctx) = %v, want context.Canceled", err)
 	}
+}
+
+// TestMeasureTreeCountsDescendantsOnly: the per-release measurement walks
+// only the worker's tree and must give what a pass over all of /proc gives:
+// a grandchild counted, an unrelated process not.
+func TestMeasureTreeCountsDescendantsOnly(t *testing.T) {
+	// sh → (sh → sleep) + sleep: a child and a grandchild.
+	cmd := exec.Command("sh", "-c", "sh -c 'sleep 30 & wait' & sleep 30 & wait")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() }()
+	unrelated := exec.Command("sleep", "30")
+	if err := unrelated.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = unrelated.Process.Kill(); _ = unrelated.Wait() }()
+
+	root := cmd.Process.Pid
+	var members int
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		table, err := readProcTable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		members = 0
+		for pid := range table {
+			for p := pid; p > 1; p = table[p].ppid {
+				if p == root {
+					members++
+					break
+				}
+			}
+		}
+		if members == 4 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if members != 4 {
+		t.Fatalf("process tree has %d members, want 4", members)
+	}
+	got, err := measureTree(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sums, err := measureTrees([]int{root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootOnly, _ := parseStat(mustRead(t, "/proc/"+strconv.Itoa(root)+"/stat"))
+	if got != sums[root] {
+		t.Errorf("measureTree = %d, full /proc pass = %d", got, sums[root])
+	}
+	if got <= rootOnly.rss {
+		t.Errorf("measureTree = %d, not above the root's own %d: descendants not counted", got, rootOnly.rss)
+	}
+	if gone, err := measureTree(1 << 30); err != nil || gone != 0 {
+		t.Errorf("measureTree(absent pid) = %d, %v; want 0, nil", gone, err)
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// BenchmarkMeasure compares the per-release tree walk with the pass over all
+// of /proc it replaced (go test -bench Measure ./internal/workerpool).
+func BenchmarkMeasure(b *testing.B) {
+	pid := os.Getpid()
+	b.Run("tree", func(b *testing.B) {
+		for range b.N {
+			if _, err := measureTree(pid); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("allproc", func(b *testing.B) {
+		for range b.N {
+			if _, err := measureTrees([]int{pid}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
