@@ -158,6 +158,7 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 			unlock()
 			return nil, err
 		}
+		logger.Info("action cache in Redis", "url_host", s.rdbAC.Options().Addr, "db", s.rdbAC.Options().DB, "ttl", f.acRedis.TTL)
 	}
 	// Listening now, before anything uses the address: with --listen on
 	// port 0 the embedded executor's runner_command needs the real port.
