@@ -15,7 +15,7 @@ import (
 
 // replica is one State with its own Redis client, as one `hearth server`
 // replica would have.
-func replica(t *testing.T, srv *redistest.Server, opts Options) *State {
+func replica(t testing.TB, srv *redistest.Server, opts Options) *State {
 	t.Helper()
 	opt, err := redis.ParseURL(srv.URL(0))
 	if err != nil {
