@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,5 +74,22 @@ func TestRedisActionCacheSharedByReplicas(t *testing.T) {
 	}
 	if _, err := get(acA); err != nil {
 		t.Fatalf("GetActionResult at A after a Redis restart: %v", err)
+	}
+}
+
+// TestRedisActionCacheUnreachableFailsStart: a configured Redis that does not
+// answer stops the start with a message naming the setting, instead of a
+// server whose every cache lookup fails.
+func TestRedisActionCacheUnreachableFailsStart(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "server.json5")
+	// A port that was free a moment ago: nothing answers there.
+	url := "redis://" + freeLoopbackAddr(t) + "/0"
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`{action_cache: {redis: {url: %q}}}`, url)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := launchHearth(t, t.TempDir(), nil, "server", "--listen", "127.0.0.1:0", "--http", "", "--data", t.TempDir(), "--config-server", cfg)
+	p.waitExit(1)
+	if out := p.log.String(); !strings.Contains(out, "action_cache.redis.url") || !strings.Contains(out, "does not answer") {
+		t.Errorf("the refusal does not name the setting:\n%s", out)
 	}
 }
