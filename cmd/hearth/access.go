@@ -72,6 +72,9 @@ func resolveServerFlags(fs *flag.FlagSet, f *serverFlags) (*serverconfig.File, e
 	if file.Storage.CASMaxBytes != nil && !given["cas-max-bytes"] {
 		f.casMaxBytes = *file.Storage.CASMaxBytes
 	}
+	if file.ActionCache != nil && file.ActionCache.Redis != nil {
+		f.acRedis = file.ActionCache.Redis
+	}
 	if file.Insecure != nil && !given["insecure"] {
 		f.access.insecure = *file.Insecure
 	}

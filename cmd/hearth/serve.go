@@ -150,7 +150,7 @@ func serve(ctx context.Context, f serveFlags, logger *slog.Logger) error {
 	execMetrics := metrics.NewExecutor(srv.reg)
 	for i := range workers {
 		exec, err := executor.FromConfig(ctx, &workers[i], executor.Deps{
-			CAS: srv.store, ActionCache: srv.acDisk.Relaxed(), FileSource: srv.disk,
+			CAS: srv.store, ActionCache: srv.embeddedActionCache(), FileSource: srv.disk,
 			RunnerRemote: "grpc://" + srv.lis.Addr().String(), Logger: logger, Metrics: execMetrics,
 		})
 		if err != nil {

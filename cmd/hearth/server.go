@@ -16,6 +16,7 @@ import (
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
@@ -25,7 +26,9 @@ import (
 	"github.com/hearth-build/hearth/internal/drain"
 	"github.com/hearth-build/hearth/internal/metrics"
 	"github.com/hearth-build/hearth/internal/reapi"
+	"github.com/hearth-build/hearth/internal/redisac"
 	"github.com/hearth-build/hearth/internal/scheduler"
+	"github.com/hearth-build/hearth/internal/serverconfig"
 	"github.com/hearth-build/hearth/internal/statuspage"
 	"github.com/hearth-build/hearth/internal/workerapi"
 )
@@ -57,6 +60,9 @@ type serverFlags struct {
 	casMaxBytes int64
 	access      accessFlags
 	drainGrace  time.Duration
+	// acRedis, from the config file's action_cache.redis, moves the action
+	// cache into Redis (shared by replicas).
+	acRedis *serverconfig.RedisActionCache
 }
 
 func (f *serverFlags) register(fs *flag.FlagSet) {
@@ -99,10 +105,14 @@ type server struct {
 	disk   *cas.Disk
 	store  cas.Store
 	acDisk *actioncache.Disk
-	sched  *scheduler.Scheduler
-	grpc   *grpc.Server
-	lis    net.Listener
-	access *access
+	// acRedis is the Redis action cache when configured (it replaces acDisk
+	// for every reader and writer); rdbAC is its client.
+	acRedis *redisac.Store
+	rdbAC   *redis.Client
+	sched   *scheduler.Scheduler
+	grpc    *grpc.Server
+	lis     net.Listener
+	access  *access
 
 	journal     *statuspage.Journal
 	calls       *drain.Tracker
@@ -143,6 +153,13 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 		unlock()
 		return nil, fmt.Errorf("opening action cache: %w", err)
 	}
+	if f.acRedis != nil {
+		if err := s.openRedisActionCache(f.acRedis); err != nil {
+			unlock()
+			return nil, err
+		}
+		logger.Info("action cache in Redis", "url_host", s.rdbAC.Options().Addr, "db", s.rdbAC.Options().DB, "ttl", f.acRedis.TTL)
+	}
 	// Listening now, before anything uses the address: with --listen on
 	// port 0 the embedded executor's runner_command needs the real port.
 	if s.lis, err = net.Listen("tcp", f.listen); err != nil {
@@ -176,7 +193,7 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 	)...)
 	reapi.Register(s.grpc, reapi.Config{
 		CAS:                 s.store,
-		ActionCache:         actioncache.NewMetrics(actioncache.NewCompletenessChecking(s.acDisk, s.store), s.reg),
+		ActionCache:         actioncache.NewMetrics(actioncache.NewCompletenessChecking(s.actionCache(), s.store), s.reg),
 		ExecEnabled:         true,
 		Scheduler:           s.sched,
 		MaxCASBlobSizeBytes: f.casMaxBytes,
@@ -201,7 +218,48 @@ func (s *server) close() {
 	s.access.stop()
 	s.lis.Close()
 	s.sched.Close()
+	if s.rdbAC != nil {
+		s.rdbAC.Close()
+	}
 	s.unlock()
+}
+
+// openRedisActionCache connects to the configured Redis and checks it answers,
+// so a wrong URL fails the start naming the setting rather than every lookup.
+func (s *server) openRedisActionCache(c *serverconfig.RedisActionCache) error {
+	opt, err := redis.ParseURL(c.URL)
+	if err != nil {
+		return fmt.Errorf("action_cache.redis.url: %w", err)
+	}
+	s.rdbAC = redis.NewClient(opt)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.rdbAC.Ping(ctx).Err(); err != nil {
+		s.rdbAC.Close()
+		return fmt.Errorf("action_cache.redis.url: Redis at %s does not answer: %w", opt.Addr, err)
+	}
+	if s.acRedis, err = redisac.New(s.rdbAC, redisac.Options{TTL: c.TTL}); err != nil {
+		s.rdbAC.Close()
+		return fmt.Errorf("action_cache.redis: %w", err)
+	}
+	return nil
+}
+
+// actionCache is the store behind the ActionCache service.
+func (s *server) actionCache() actioncache.Store {
+	if s.acRedis != nil {
+		return s.acRedis
+	}
+	return s.acDisk
+}
+
+// embeddedActionCache is what in-process executors write results to: the
+// disk store without per-write fsync (see actioncache.Disk.Relaxed), or Redis.
+func (s *server) embeddedActionCache() actioncache.Store {
+	if s.acRedis != nil {
+		return s.acRedis
+	}
+	return s.acDisk.Relaxed()
 }
 
 // run serves until ctx ends, then drains (see drainAndStop). extra is an

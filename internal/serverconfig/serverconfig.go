@@ -36,6 +36,8 @@ type File struct {
 	// Auth, when set, requires credentials on every API.
 	Auth    *Auth
 	Storage Storage
+	// ActionCache, when set, moves the action cache off local disk.
+	ActionCache *ActionCache
 	// Warnings are for the caller to log.
 	Warnings []string
 }
@@ -114,6 +116,9 @@ func Parse(data []byte) (*File, error) {
 	}
 	if v, p, ok := o.Get("storage"); ok {
 		f.Storage = decodeStorage(d, p, v)
+	}
+	if v, p, ok := o.Get("action_cache"); ok {
+		f.ActionCache = decodeActionCache(d, p, v)
 	}
 	for _, key := range slices.Sorted(maps.Keys(notYet)) {
 		if o.Has(key) {

@@ -1,0 +1,199 @@
+// Package redissched owns the Redis-backed scheduler state shared by several
+// `hearth server` replicas: operations, the queue of each platform shape,
+// in-flight merging, leases on assigned actions, the reaper that re-queues
+// lapsed leases, and completion notification. Every state change is one Lua
+// script, so replicas never interleave half-changes; matching and affinity
+// stay in internal/scheduler, above this state. The design (key layout,
+// script contracts, lease timing, what a client gets) is in the branch notes
+// (notes/redis.md).
+package redissched
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/proto"
+)
+
+// ErrNotFound is wrapped when an operation is unknown or has expired.
+var ErrNotFound = errors.New("operation not found")
+
+// Options configure a State.
+type Options struct {
+	// Prefix starts every key; it must contain a hash tag ("{...}") so a
+	// Redis Cluster keeps all keys in one slot. Empty means "{hearth}:s:".
+	Prefix string
+	// Lease is how long an assignment lives without a renewal.
+	Lease time.Duration
+	// OperationTTL is how long a completed operation stays readable.
+	OperationTTL time.Duration
+	// MaxAttempts bounds how often a lease may lapse before the operation
+	// fails with UNAVAILABLE.
+	MaxAttempts int
+}
+
+// State is the shared scheduler state in one Redis.
+type State struct {
+	rdb  redis.UniversalClient
+	opts Options
+}
+
+// New returns a State on rdb (owned by the caller).
+func New(rdb redis.UniversalClient, opts Options) *State {
+	if opts.Prefix == "" {
+		opts.Prefix = "{hearth}:s:"
+	}
+	if opts.Lease <= 0 {
+		opts.Lease = 30 * time.Second
+	}
+	if opts.OperationTTL <= 0 {
+		opts.OperationTTL = 15 * time.Minute
+	}
+	if opts.MaxAttempts <= 0 {
+		opts.MaxAttempts = 3
+	}
+	return &State{rdb: rdb, opts: opts}
+}
+
+// Submit creates and queues an operation for req under shape, or joins the
+// uncompleted operation with the same merge key (mergeKey "" never merges).
+// It returns the operation's name and whether it joined an existing one.
+func (s *State) Submit(ctx context.Context, mergeKey, shape string, priority int32, req []byte) (name string, joined bool, err error) {
+	fresh := uuid.NewString()
+	got, err := submitScript.Run(ctx, s.rdb, nil, s.opts.Prefix, fresh, mergeKey, req, shape, priority).Text()
+	if err != nil {
+		return "", false, fmt.Errorf("submitting to redis scheduler state: %w", err)
+	}
+	return got, got != fresh, nil
+}
+
+// Lease is an assignment of one operation to one attempt.
+type Lease struct {
+	Name     string
+	Token    string
+	Request  []byte
+	Attempts int
+}
+
+// Claim takes the first queued operation of shape and leases it; nil if
+// the queue is empty.
+func (s *State) Claim(ctx context.Context, shape string) (*Lease, error) {
+	token := uuid.NewString()
+	deadline := time.Now().Add(s.opts.Lease).UnixMilli()
+	v, err := claimScript.Run(ctx, s.rdb, nil, s.opts.Prefix, shape, token, deadline).Slice()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("claiming from redis scheduler state: %w", err)
+	}
+	n, _ := v[2].(int64)
+	req, _ := v[1].(string)
+	name, _ := v[0].(string)
+	return &Lease{Name: name, Token: token, Request: []byte(req), Attempts: int(n)}, nil
+}
+
+// Renew extends l; false means the lease is lost and the attempt must stop.
+func (s *State) Renew(ctx context.Context, l *Lease) (bool, error) {
+	deadline := time.Now().Add(s.opts.Lease).UnixMilli()
+	n, err := renewScript.Run(ctx, s.rdb, nil, s.opts.Prefix, l.Name, l.Token, deadline).Int()
+	if err != nil {
+		return false, fmt.Errorf("renewing lease in redis scheduler state: %w", err)
+	}
+	return n == 1, nil
+}
+
+// Complete records resp as the result of the attempt holding token ("" for
+// any: a cancel). It returns false if the operation was already completed
+// or token lost its lease (the result is then ignored).
+func (s *State) Complete(ctx context.Context, name, token string, resp *repb.ExecuteResponse) (bool, error) {
+	data, err := proto.Marshal(resp)
+	if err != nil {
+		return false, fmt.Errorf("encoding execute response: %w", err)
+	}
+	n, err := completeScript.Run(ctx, s.rdb, nil, s.opts.Prefix, name, token, data, s.opts.OperationTTL.Milliseconds()).Int()
+	if err != nil {
+		return false, fmt.Errorf("completing in redis scheduler state: %w", err)
+	}
+	return n == 1, nil
+}
+
+// Reap re-queues (or, out of attempts, fails) operations whose lease lapsed
+// by now. Any replica may run it at any time.
+func (s *State) Reap(ctx context.Context, now time.Time) (requeued, failed int, err error) {
+	fail, err := proto.Marshal(&repb.ExecuteResponse{Status: unavailable(s.opts.MaxAttempts)})
+	if err != nil {
+		return 0, 0, err
+	}
+	v, err := reapScript.Run(ctx, s.rdb, nil, s.opts.Prefix, now.UnixMilli(), 1000, s.opts.MaxAttempts, fail, s.opts.OperationTTL.Milliseconds()).Int64Slice()
+	if err != nil {
+		return 0, 0, fmt.Errorf("reaping leases in redis scheduler state: %w", err)
+	}
+	return int(v[0]), int(v[1]), nil
+}
+
+// Snapshot is an operation's state.
+type Snapshot struct {
+	Stage    repb.ExecutionStage_Value
+	Attempts int
+	Response *repb.ExecuteResponse // set once Stage is COMPLETED
+}
+
+// Get reads an operation; ErrNotFound if unknown or expired.
+func (s *State) Get(ctx context.Context, name string) (Snapshot, error) {
+	v, err := s.rdb.HMGet(ctx, s.opts.Prefix+"op:"+name, "stage", "attempts", "resp").Result()
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("reading operation from redis scheduler state: %w", err)
+	}
+	st, _ := v[0].(string)
+	if st == "" {
+		return Snapshot{}, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	stage, _ := strconv.Atoi(st)
+	att, _ := v[1].(string)
+	n, _ := strconv.Atoi(att)
+	snap := Snapshot{Stage: repb.ExecutionStage_Value(stage), Attempts: n}
+	if snap.Stage == repb.ExecutionStage_COMPLETED {
+		raw, _ := v[2].(string)
+		snap.Response = &repb.ExecuteResponse{}
+		if err := proto.Unmarshal([]byte(raw), snap.Response); err != nil {
+			return Snapshot{}, fmt.Errorf("operation %s has a damaged response: %w", name, err)
+		}
+	}
+	return snap, nil
+}
+
+// Wait returns the operation's state once it is completed, or ctx's error.
+// It subscribes to the operation's channel first and then reads the state,
+// so a completion between the two is not missed; and it re-reads every
+// poll interval, so a message lost across a reconnect is not fatal.
+func (s *State) Wait(ctx context.Context, name string, poll time.Duration) (Snapshot, error) {
+	sub := s.rdb.Subscribe(ctx, s.opts.Prefix+"done:"+name)
+	defer sub.Close()
+	// Receive returns once the subscription is confirmed: only then is a
+	// read guaranteed not to race a completion we would not hear of.
+	if _, err := sub.Receive(ctx); err != nil {
+		return Snapshot{}, fmt.Errorf("subscribing to operation %s: %w", name, err)
+	}
+	ch := sub.Channel()
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		snap, err := s.Get(ctx, name)
+		if err != nil || snap.Stage == repb.ExecutionStage_COMPLETED {
+			return snap, err
+		}
+		select {
+		case <-ctx.Done():
+			return Snapshot{}, ctx.Err()
+		case <-ch:
+		case <-t.C:
+		}
+	}
+}

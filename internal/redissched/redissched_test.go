@@ -1,0 +1,236 @@
+package redissched
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/genproto/googleapis/rpc/code"
+
+	"github.com/hearth-build/hearth/internal/redistest"
+)
+
+// replica is one State with its own Redis client, as one `hearth server`
+// replica would have.
+func replica(t testing.TB, srv *redistest.Server, opts Options) *State {
+	t.Helper()
+	opt, err := redis.ParseURL(srv.URL(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opt)
+	t.Cleanup(func() { rdb.Close() })
+	return New(rdb, opts)
+}
+
+func resp(exit int32) *repb.ExecuteResponse {
+	return &repb.ExecuteResponse{Result: &repb.ActionResult{ExitCode: exit}}
+}
+
+func TestSubmitAtAWaitAtBClaimAtB(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv := redistest.Start(t)
+	a, b := replica(t, srv, Options{}), replica(t, srv, Options{})
+	name, joined, err := a.Submit(ctx, "m1", "linux", 0, []byte("req1"))
+	if err != nil || joined {
+		t.Fatalf("Submit: %v joined=%v", err, joined)
+	}
+	// Merge across replicas: the same merge key at B joins A's operation.
+	name2, joined, err := b.Submit(ctx, "m1", "linux", 0, []byte("req1"))
+	if err != nil || !joined || name2 != name {
+		t.Fatalf("Submit at B: %q joined=%v %v, want to join %q", name2, joined, err, name)
+	}
+	waited := make(chan Snapshot, 1)
+	go func() {
+		s, err := b.Wait(ctx, name, 10*time.Second) // long poll: pub/sub must deliver
+		if err != nil {
+			t.Error(err)
+		}
+		waited <- s
+	}()
+	l, err := b.Claim(ctx, "linux")
+	if err != nil || l == nil || l.Name != name || string(l.Request) != "req1" || l.Attempts != 1 {
+		t.Fatalf("Claim at B: %+v %v", l, err)
+	}
+	if l2, err := a.Claim(ctx, "linux"); err != nil || l2 != nil {
+		t.Fatalf("second Claim: %+v %v, want an empty queue", l2, err)
+	}
+	if s, _ := a.Get(ctx, name); s.Stage != repb.ExecutionStage_EXECUTING {
+		t.Fatalf("stage at A after the claim: %v", s.Stage)
+	}
+	ok, err := b.Complete(ctx, name, l.Token, resp(7))
+	if err != nil || !ok {
+		t.Fatalf("Complete: %v %v", ok, err)
+	}
+	if ok, _ := a.Complete(ctx, name, l.Token, resp(8)); ok {
+		t.Fatal("completed twice")
+	}
+	select {
+	case s := <-waited:
+		if s.Response.GetResult().GetExitCode() != 7 {
+			t.Fatalf("waiter got %v", s.Response)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiter at B did not hear of the completion within 5s (pub/sub)")
+	}
+	// Completed: the merge key is free again, a new submission is new.
+	if n3, joined, _ := a.Submit(ctx, "m1", "linux", 0, []byte("req1")); joined || n3 == name {
+		t.Fatalf("Submit after completion joined %q", n3)
+	}
+}
+
+func TestPriorityThenArrival(t *testing.T) {
+	ctx := context.Background()
+	s := replica(t, redistest.Start(t), Options{})
+	var names []string
+	for _, p := range []int32{5, 0, 5, -1} {
+		n, _, err := s.Submit(ctx, "", "x", p, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, n)
+	}
+	want := []string{names[3], names[1], names[0], names[2]}
+	for i, w := range want {
+		l, err := s.Claim(ctx, "x")
+		if err != nil || l == nil || l.Name != w {
+			t.Fatalf("claim %d: %+v %v, want %s", i, l, err, w)
+		}
+	}
+}
+
+func TestLeaseExpiryRequeuesAndLateResultIgnored(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	opts := Options{Lease: 200 * time.Millisecond, MaxAttempts: 2}
+	a, b := replica(t, srv, opts), replica(t, srv, opts)
+	name, _, _ := a.Submit(ctx, "m", "x", 0, []byte("r"))
+	l1, err := a.Claim(ctx, "x")
+	if err != nil || l1 == nil {
+		t.Fatal(l1, err)
+	}
+	// Renewal keeps it.
+	if ok, err := a.Renew(ctx, l1); !ok || err != nil {
+		t.Fatalf("Renew: %v %v", ok, err)
+	}
+	if rq, _, _ := b.Reap(ctx, time.Now()); rq != 0 {
+		t.Fatalf("reaped a live lease")
+	}
+	// Replica A dies: no renewal; B's reaper re-queues after the deadline.
+	rq, _, err := b.Reap(ctx, time.Now().Add(time.Second))
+	if err != nil || rq != 1 {
+		t.Fatalf("Reap: %d %v, want 1 re-queued", rq, err)
+	}
+	if rq, _, _ := a.Reap(ctx, time.Now().Add(time.Second)); rq != 0 {
+		t.Fatal("reaping twice re-queued twice")
+	}
+	if ok, _ := a.Renew(ctx, l1); ok {
+		t.Fatal("the lapsed lease renewed")
+	}
+	l2, err := b.Claim(ctx, "x")
+	if err != nil || l2 == nil || l2.Name != name || l2.Attempts != 2 {
+		t.Fatalf("re-claim: %+v %v", l2, err)
+	}
+	if ok, _ := a.Complete(ctx, name, l1.Token, resp(1)); ok {
+		t.Fatal("the abandoned attempt's late result was accepted")
+	}
+	// Out of attempts: the next lapse fails the operation with UNAVAILABLE.
+	if _, failed, _ := b.Reap(ctx, time.Now().Add(time.Second)); failed != 1 {
+		t.Fatalf("failed = %d, want 1", failed)
+	}
+	s, err := a.Get(ctx, name)
+	if err != nil || s.Stage != repb.ExecutionStage_COMPLETED || s.Response.GetStatus().GetCode() != int32(code.Code_UNAVAILABLE) {
+		t.Fatalf("after the last lapse: %+v %v", s, err)
+	}
+	if ok, _ := b.Complete(ctx, name, l2.Token, resp(0)); ok {
+		t.Fatal("completed twice")
+	}
+}
+
+func TestConcurrentClaimsTakeEachOnce(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	a, b := replica(t, srv, Options{}), replica(t, srv, Options{})
+	const n = 200
+	for i := 0; i < n; i++ {
+		if _, _, err := a.Submit(ctx, "", "x", 0, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	var wg sync.WaitGroup
+	for _, s := range []*State{a, b, a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				l, err := s.Claim(ctx, "x")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if l == nil {
+					return
+				}
+				mu.Lock()
+				seen[l.Name]++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(seen) != n {
+		t.Fatalf("claimed %d distinct operations, want %d", len(seen), n)
+	}
+	for name, c := range seen {
+		if c != 1 {
+			t.Fatalf("%s claimed %d times", name, c)
+		}
+	}
+}
+
+func TestRedisRestartOperationsResume(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv := redistest.Start(t)
+	a := replica(t, srv, Options{})
+	queued, _, _ := a.Submit(ctx, "q", "x", 0, []byte("q"))
+	running, _, _ := a.Submit(ctx, "r", "y", 0, []byte("r"))
+	l, err := a.Claim(ctx, "y")
+	if err != nil || l == nil {
+		t.Fatal(l, err)
+	}
+	srv.Restart()
+	var got *Lease
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		got, err = a.Claim(ctx, "x")
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil || got == nil || got.Name != queued {
+		t.Fatalf("queued operation after restart: %+v %v", got, err)
+	}
+	if ok, err := a.Renew(ctx, l); !ok || err != nil {
+		t.Fatalf("lease after restart: %v %v", ok, err)
+	}
+	if ok, err := a.Complete(ctx, running, l.Token, resp(0)); !ok || err != nil {
+		t.Fatalf("Complete after restart: %v %v", ok, err)
+	}
+}
+
+func TestUnknownOperation(t *testing.T) {
+	s := replica(t, redistest.Start(t), Options{})
+	if _, err := s.Get(context.Background(), "nope"); err == nil {
+		t.Fatal("Get of an unknown operation succeeded")
+	}
+	if ok, err := s.Complete(context.Background(), "nope", "", resp(0)); ok || err != nil {
+		t.Fatalf("Complete of an unknown operation: %v %v", ok, err)
+	}
+}
