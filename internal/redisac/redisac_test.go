@@ -8,7 +8,6 @@ import (
 	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/hearth-build/hearth/internal/actioncache"
@@ -23,13 +22,7 @@ func result(code int32, out digest.Digest) *repb.ActionResult {
 
 func newStore(t *testing.T, srv *redistest.Server, opts Options) *Store {
 	t.Helper()
-	opt, err := redis.ParseURL(srv.URL(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opt)
-	t.Cleanup(func() { rdb.Close() })
-	s, err := New(rdb, opts)
+	s, err := New(srv.Client(t), opts)
 	if err != nil {
 		t.Fatal(err)
 	}

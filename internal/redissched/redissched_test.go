@@ -7,7 +7,6 @@ import (
 	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-	"github.com/redis/go-redis/v9"
 	"google.golang.org/genproto/googleapis/rpc/code"
 
 	"github.com/hearth-build/hearth/internal/redistest"
@@ -17,13 +16,7 @@ import (
 // replica would have.
 func replica(t testing.TB, srv *redistest.Server, opts Options) *State {
 	t.Helper()
-	opt, err := redis.ParseURL(srv.URL(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opt)
-	t.Cleanup(func() { rdb.Close() })
-	return New(rdb, opts)
+	return New(srv.Client(t), opts)
 }
 
 func resp(exit int32) *repb.ExecuteResponse {
