@@ -132,6 +132,9 @@ func runAction(ctx context.Context, f runFlags) (*repb.ActionResult, *spb.Status
 	}
 	b := &builder.Builder{CAS: store, Files: files, WorkDir: workspace, WorkerName: hostname() + "/hearth-run"}
 	resp := b.Build(ctx, builder.Task{Instance: f.instance, ActionDigest: digest.Compute(fn, data), Action: action})
+	if err := b.Close(); err != nil {
+		return fail(code.Code_INTERNAL, "clean the workspace %s: %v", workspace, err)
+	}
 	result := resp.GetResult()
 	if err := finishStats(ctx, store, fn, result, f.collectStats); err != nil {
 		return result, errcode.Proto(err)

@@ -75,6 +75,20 @@ func (a *actionDirs) put(actionDir string) error {
 	return nil
 }
 
+// removeSpare removes the directories kept for reuse, so that a work
+// directory the builder is done with is left as it was found.
+func (a *actionDirs) removeSpare() error {
+	a.mu.Lock()
+	spare := a.spare
+	a.spare = nil
+	a.mu.Unlock()
+	var errs []error
+	for _, d := range spare {
+		errs = append(errs, fsutil.RemoveAll(d))
+	}
+	return errors.Join(errs...)
+}
+
 // emptyActionDir removes everything in actionDir but its input root and
 // everything in the root, and checks that both are then empty directories
 // of mode 0755 (an action may chmod its own directories).

@@ -62,6 +62,11 @@ type Builder struct {
 	dirs actionDirs // emptied one-shot action directories for reuse
 }
 
+// Close removes the emptied action directories kept for reuse: after it,
+// WorkDir holds nothing the builder made (`hearth run --workspace-path`
+// promises the caller an empty workspace). Build must not run meanwhile.
+func (b *Builder) Close() error { return b.dirs.removeSpare() }
+
 // Runner runs one action to its response, as Builder does.
 type Runner interface {
 	Build(ctx context.Context, t Task) *repb.ExecuteResponse
