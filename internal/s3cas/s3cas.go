@@ -55,8 +55,8 @@ type Options struct {
 	// MaxConcurrentRequests bounds the requests one call issues at once
 	// (FindMissing's HEADs, a read's ranged GETs). 0 means 64.
 	MaxConcurrentRequests int
-	// Retries is how many times a failed request is retried, with backoff,
-	// before its error is returned. 0 means 3.
+	// Retries is how many times a request that failed transiently is
+	// retried, with backoff, before its error is returned (0: none).
 	Retries int
 	// PartSize is the multipart part size (≥ 5 MiB); blobs smaller than it
 	// are one PUT. 0 means 16 MiB.
@@ -80,7 +80,6 @@ var _ cas.Store = (*Store)(nil)
 
 const (
 	defaultMaxConcurrent = 64
-	defaultRetries       = 3
 	defaultPartSize      = 16 << 20
 	minPartSize          = 5 << 20
 	// readChunk is the size of one ranged GET of a large read; up to
@@ -98,9 +97,7 @@ func New(ctx context.Context, o Options) (*Store, error) {
 	if o.MaxConcurrentRequests <= 0 {
 		o.MaxConcurrentRequests = defaultMaxConcurrent
 	}
-	if o.Retries <= 0 {
-		o.Retries = defaultRetries
-	}
+	o.Retries = max(o.Retries, 0)
 	if o.PartSize == 0 {
 		o.PartSize = defaultPartSize
 	}
