@@ -7,7 +7,8 @@
 //   - Writes go to both; the slow tier is committed first, so a blob is
 //     acknowledged to the client only once the shared store holds it (a
 //     second server on the same bucket can then read it, whatever happens to
-//     this one). Then the index entry is written, then the fast copy.
+//     this one). Then the index entry is written; the fast copy is
+//     committed in the background, as is a read's fill (both are caches).
 //   - FindMissing answers from the fast tier, then the index, and HEADs the
 //     slow tier only for what neither knows (recording what it finds).
 //
@@ -152,11 +153,17 @@ func (f *fillReader) Read(p []byte) (int, error) {
 		f.read += int64(n)
 	}
 	if err == io.EOF && f.w != nil && f.read == f.d.Size {
-		if cerr := f.w.Commit(); cerr != nil {
-			f.s.logger.Warn("fast tier: fill commit", "digest", f.d.String(), "err", cerr)
-		}
-		f.w.Close()
+		// The fill's Commit (an fsync of the whole blob) is off the
+		// client's path: the fast tier is a cache, and the client already
+		// has every byte.
+		w, d, logger := f.w, f.d, f.s.logger
 		f.w = nil
+		go func() {
+			if cerr := w.Commit(); cerr != nil {
+				logger.Warn("fast tier: fill commit", "digest", d.String(), "err", cerr)
+			}
+			w.Close()
+		}()
 	}
 	return n, err
 }
@@ -213,8 +220,8 @@ func (w *writer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// Commit: slow tier, then the index, then the fast tier. Only the slow
-// tier's failure fails the write.
+// Commit: slow tier, then the index, then (in the background) the fast
+// tier. Only the slow tier's failure fails the write.
 func (w *writer) Commit() error {
 	if err := w.slow.Commit(); err != nil {
 		return err
@@ -225,9 +232,16 @@ func (w *writer) Commit() error {
 		}
 	}
 	if w.fast != nil {
-		if err := w.fast.Commit(); err != nil {
-			w.s.logger.Warn("fast tier: commit failed; the blob is in the slow tier only", "digest", w.d.String(), "err", err)
-		}
+		// The fast copy is a cache of a blob the slow tier now holds
+		// durably: its Commit (an fsync) is off the client's path.
+		fast, d, logger := w.fast, w.d, w.s.logger
+		w.fast = nil
+		go func() {
+			if err := fast.Commit(); err != nil {
+				logger.Warn("fast tier: commit failed; the blob is in the slow tier only", "digest", d.String(), "err", err)
+			}
+			fast.Close()
+		}()
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 	"google.golang.org/grpc/codes"
@@ -95,9 +96,10 @@ func TestTiers(t *testing.T) {
 	if err := cas.Put(ctx, r.store, d, data); err != nil {
 		t.Fatal(err)
 	}
-	if !has(t, r.fast, d) || !has(t, r.slow, d) {
-		t.Fatal("written blob not in both tiers")
+	if !has(t, r.slow, d) {
+		t.Fatal("written blob not in the slow tier when Commit returned")
 	}
+	waitFast(t, r.fast, d, "a written blob is not in the fast tier")
 	if h, _ := r.index.Has(ctx, []digest.Digest{d}); !h[0] {
 		t.Fatal("written blob not in the index")
 	}
@@ -116,9 +118,7 @@ func TestTiers(t *testing.T) {
 	if got := readAll(t, r.store, d2); !bytes.Equal(got, data2) {
 		t.Fatal("slow read returned different bytes")
 	}
-	if !has(t, r.fast, d2) {
-		t.Fatal("a whole read did not fill the fast tier")
-	}
+	waitFast(t, r.fast, d2, "a whole read did not fill the fast tier")
 
 	// A blob larger than the whole fast tier goes to the slow tier only.
 	big, dbig := blob(t, 2<<20)
@@ -192,5 +192,16 @@ func TestIndexDisagreement(t *testing.T) {
 	}
 	if has(t, r.store, d) {
 		t.Fatal("after the failed read the blob is still reported present")
+	}
+}
+
+// waitFast waits for d to reach the fast tier, which commits in the
+// background.
+func waitFast(t *testing.T, fast cas.Store, d digest.Digest, msg string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !has(t, fast, d); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
 	}
 }
