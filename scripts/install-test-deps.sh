@@ -12,6 +12,8 @@
 #     action cache, CAS presence index and scheduler state (internal/redistest);
 #   - chromium (Debian's), for the e2e test that drives the status page in a
 #     headless browser (chromedp);
+#   - SeaweedFS's weed (scripts/install-s3-server.sh), the S3 server of the
+#     S3 CAS tests (internal/s3test);
 #   - staticcheck, pinned so CI does not change under us;
 #   - the npm packages of e2e/testdata/tsc (scripts/npm-install.sh).
 # Tools already on PATH are left alone, so a developer's own versions are used.
@@ -50,3 +52,7 @@ bash "$(dirname "$0")/npm-install.sh" "$(dirname "$0")/../e2e/testdata/tsc"
 # The real buildbox tools (Debian sid's buildbox, unpacked into a private
 # prefix) for the LocalCAS and Remote Workers API interop tests.
 bash "$(dirname "$0")/install-buildbox.sh"
+
+# The S3-compatible server (SeaweedFS, built from the Go module proxy into a
+# cached tools dir) for the S3 CAS tests (internal/s3test).
+bash "$(dirname "$0")/install-s3-server.sh"

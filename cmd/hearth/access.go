@@ -88,6 +88,7 @@ func resolveServerFlags(fs *flag.FlagSet, f *serverFlags) (*serverconfig.File, e
 	if file.Auth != nil {
 		f.access.principals = file.Auth.Principals
 	}
+	f.stores = file.Stores
 	return file, nil
 }
 

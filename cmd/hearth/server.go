@@ -63,6 +63,8 @@ type serverFlags struct {
 	// acRedis, from the config file's action_cache.redis, moves the action
 	// cache into Redis (shared by replicas).
 	acRedis *serverconfig.RedisActionCache
+	// stores is the config file's stores block (nil: the CAS is the disk).
+	stores *serverconfig.Stores
 }
 
 func (f *serverFlags) register(fs *flag.FlagSet) {
@@ -113,6 +115,8 @@ type server struct {
 	grpc    *grpc.Server
 	lis     net.Listener
 	access  *access
+	// closeStores releases the CAS's remote stores (stores.go).
+	closeStores func()
 
 	journal     *statuspage.Journal
 	calls       *drain.Tracker
@@ -138,15 +142,26 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 		unlock()
 		return nil, fmt.Errorf("--drain-grace must be positive, got %s", f.drainGrace)
 	}
+	diskMax, err := casDiskMaxBytes(f)
+	if err != nil {
+		unlock()
+		return nil, err
+	}
 	s := &server{f: f, unlock: unlock, reg: metrics.NewRegistry(), journal: statuspage.NewJournal(100, 30)}
 	start := time.Now()
-	s.disk, err = cas.NewDisk(filepath.Join(f.data, "cas"), cas.DiskOptions{MaxBytes: f.casMaxBytes, Logger: logger})
+	s.disk, err = cas.NewDisk(filepath.Join(f.data, "cas"), cas.DiskOptions{MaxBytes: diskMax, Logger: logger})
 	if err != nil {
 		unlock()
 		return nil, fmt.Errorf("opening CAS: %w", err)
 	}
 	logger.Info("CAS index loaded", "blobs", s.disk.Count(), "bytes", s.disk.SizeBytes(), "took", time.Since(start).Round(time.Millisecond))
-	s.store = cas.NewMetrics(cas.NewVerifying(cas.NewSmallBlobCache(s.disk, smallBlobMax, smallBlobCacheBytes)), s.reg)
+	base, closeStores, err := openCASStores(f, s.disk, logger)
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	s.closeStores = closeStores
+	s.store = cas.NewMetrics(cas.NewVerifying(cas.NewSmallBlobCache(base, smallBlobMax, smallBlobCacheBytes)), s.reg)
 	metrics.RegisterDisk(s.reg, s.disk)
 	s.acDisk, err = actioncache.NewDisk(filepath.Join(f.data, "ac"))
 	if err != nil {
@@ -196,7 +211,7 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 		ActionCache:         actioncache.NewMetrics(actioncache.NewCompletenessChecking(s.actionCache(), s.store), s.reg),
 		ExecEnabled:         true,
 		Scheduler:           s.sched,
-		MaxCASBlobSizeBytes: f.casMaxBytes,
+		MaxCASBlobSizeBytes: maxCASBlobSize(f),
 	})
 	workerapi.RegisterSchedulerServer(s.grpc, s.sched)
 	s.grpcMetrics.InitializeMetrics(s.grpc)
@@ -221,6 +236,7 @@ func (s *server) close() {
 	if s.rdbAC != nil {
 		s.rdbAC.Close()
 	}
+	s.closeStores()
 	s.unlock()
 }
 

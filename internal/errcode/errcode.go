@@ -48,6 +48,8 @@ var table = []rule{
 	}},
 	{codes.NotFound, []error{scheduler.ErrNotFound, cas.ErrNotFound, actioncache.ErrNotFound}},
 	{codes.OutOfRange, []error{cas.ErrOutOfRange}},
+	// A store's backing service (S3) is unreachable: a retry may succeed.
+	{codes.Unavailable, []error{cas.ErrUnavailable}},
 	{codes.DeadlineExceeded, []error{context.DeadlineExceeded}},
 	{codes.Canceled, []error{context.Canceled}},
 }

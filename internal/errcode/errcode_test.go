@@ -49,6 +49,7 @@ func TestCode(t *testing.T) {
 		{cas.ErrNotFound, codes.NotFound},
 		{actioncache.ErrNotFound, codes.NotFound},
 		{cas.ErrOutOfRange, codes.OutOfRange},
+		{fmt.Errorf("s3 store \"cas\": %w", cas.ErrUnavailable), codes.Unavailable},
 		{wrap(context.DeadlineExceeded), codes.DeadlineExceeded},
 		{context.Canceled, codes.Canceled},
 		{status.Error(codes.Unavailable, "kept"), codes.Unavailable},

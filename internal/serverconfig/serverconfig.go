@@ -38,6 +38,8 @@ type File struct {
 	Storage Storage
 	// ActionCache, when set, moves the action cache off local disk.
 	ActionCache *ActionCache
+	// Stores, when set, puts the CAS on a fast/slow pair (stores.go).
+	Stores *Stores
 	// Warnings are for the caller to log.
 	Warnings []string
 }
@@ -80,7 +82,6 @@ func Load(path string) (*File, error) {
 // that Hearth does not implement yet; they are errors with a reason rather
 // than settings silently ignored.
 var notYet = map[string]string{
-	"stores":     "not supported yet: the CAS and action cache are on local disk under storage.data_dir (other stores are planned)",
 	"schedulers": "not supported: the scheduler is built in and needs no configuration",
 	"servers":    "Hearth's listeners are configured with listen, http and tls",
 }
@@ -119,6 +120,12 @@ func Parse(data []byte) (*File, error) {
 	}
 	if v, p, ok := o.Get("action_cache"); ok {
 		f.ActionCache = decodeActionCache(d, p, v)
+	}
+	if v, p, ok := o.Get("stores"); ok {
+		f.Stores = decodeStores(d, p, v)
+		if f.Stores != nil && f.Stores.CAS != nil && f.Storage.CASMaxBytes != nil {
+			d.Errorf("storage.cas_max_bytes", "conflicts with stores.cas: bound the local tier with stores.cas.fast_slow.fast.filesystem.max_bytes")
+		}
 	}
 	for _, key := range slices.Sorted(maps.Keys(notYet)) {
 		if o.Has(key) {

@@ -73,7 +73,6 @@ func TestParseErrors(t *testing.T) {
 	}{
 		{"syntax", `{listen: }`, "JSON5 syntax error at line 1"},
 		{"unknown top-level", `{listn: "x:1"}`, `listn: unknown field; did you mean "listen"?`},
-		{"stores not yet", `{stores: {}}`, "stores: not supported yet"},
 		{"bad listen", `{listen: "8980"}`, `listen: "8980" is not host:port`},
 		{"empty listen", `{listen: ""}`, "listen: is empty"},
 		{"listen not a string", `{listen: 8980}`, "listen: want a string, got number 8980"},
