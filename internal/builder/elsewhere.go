@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/hearth-build/hearth/internal/platform"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc/codes"
@@ -32,11 +33,7 @@ func (b *Builder) optsIn(t Task, cmd *repb.Command) bool {
 	if b.Workers == nil {
 		return false
 	}
-	props := t.Action.GetPlatform().GetProperties()
-	if len(props) == 0 {
-		props = cmd.GetPlatform().GetProperties()
-	}
-	hints, err := workeraction.ParseHints(props)
+	hints, err := workeraction.ParseHints(platform.Properties(t.Action, cmd))
 	return err == nil && hints.OptIn
 }
 

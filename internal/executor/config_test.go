@@ -107,6 +107,31 @@ func lines(s string) map[string]string {
 	return m
 }
 
+// A client before REAPI v2.2 (Bazel 4) puts the platform only in the
+// Command: a property source must read it there too.
+func TestConfigAdditionalEnvironmentFromCommandPlatform(t *testing.T) {
+	c := startConfigured(t, `
+    platform_properties: {pool: {values: ["gpu"]}},
+    persistent_workers: {enabled: false},
+    additional_environment: {P: {property: "pool"}},`, configuredOptions{})
+	cmd := &repb.Command{
+		Arguments:            []string{"/bin/sh", "-c", `echo P=${P-unset}`},
+		EnvironmentVariables: env("PATH", "/usr/bin:/bin"),
+		Platform:             &repb.Platform{Properties: []*repb.Platform_Property{{Name: "pool", Value: "gpu"}}},
+	}
+	ad := c.action(cmd, nil, func(a *repb.Action) { a.Platform = nil })
+	_, resp, err := c.execute(&repb.ExecuteRequest{ActionDigest: ad})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetStatus().GetCode() != 0 || resp.GetResult().GetExitCode() != 0 {
+		t.Fatalf("resp %v", resp)
+	}
+	if got := lines(c.read(resp.GetResult().GetStdoutDigest()))["P"]; got != "gpu" {
+		t.Errorf("P = %q, want %q (the Command's platform property)", got, "gpu")
+	}
+}
+
 func TestConfigAdditionalEnvironment(t *testing.T) {
 	t.Setenv("HEARTH_TEST_FROM_ENV", "from-the-worker")
 	t.Setenv("HEARTH_TEST_RENAMED_SOURCE", "renamed-value")

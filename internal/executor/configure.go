@@ -3,6 +3,7 @@ package executor
 import (
 	"context"
 	"fmt"
+	"github.com/hearth-build/hearth/internal/platform"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -196,9 +197,11 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 // may serve it (checkCombinations rejects the sources a worker cannot get).
 func hooksFor(w *config.LocalWorker, staticEnv map[string]string, a *workerapi.Assign) builder.Hooks {
 	h := builder.Hooks{Entrypoint: w.Entrypoint, TimeoutHandledExternally: w.TimeoutHandledExternally}
-	platform := map[string]string{}
-	for _, p := range a.GetAction().GetPlatform().GetProperties() {
-		platform[p.GetName()] = p.GetValue()
+	// The Command's platform counts too: Bazel 4 (REAPI before v2.2) sets
+	// only that one.
+	props := map[string]string{}
+	for _, p := range platform.Properties(a.GetAction(), a.GetCommand()) {
+		props[p.GetName()] = p.GetValue()
 	}
 	for _, src := range w.AdditionalEnvironment {
 		if src.Kind == config.EnvSideChannelFile {
@@ -210,11 +213,11 @@ func hooksFor(w *config.LocalWorker, staticEnv map[string]string, a *workerapi.A
 	}
 	if w.PersistentWorkers.Enabled {
 		h.WorkerEnvironment = func(timeout time.Duration) ([]string, error) {
-			return additionalEnv(w, staticEnv, platform, "", timeout), nil
+			return additionalEnv(w, staticEnv, props, "", timeout), nil
 		}
 	}
 	h.Environment = func(actionDir string, timeout time.Duration) ([]string, error) {
-		return additionalEnv(w, staticEnv, platform, actionDir, timeout), nil
+		return additionalEnv(w, staticEnv, props, actionDir, timeout), nil
 	}
 	return h
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	actionplatform "github.com/hearth-build/hearth/internal/platform"
 	"time"
 
 	"cloud.google.com/go/longrunning/autogen/longrunningpb"
@@ -144,11 +145,7 @@ func (s *executionServer) loadAction(ctx context.Context, instance string, d dig
 	if len(missing) > 0 {
 		return nil, nil, nil, &cas.MissingError{Digests: missing}
 	}
-	platform := action.GetPlatform()
-	if len(platform.GetProperties()) == 0 {
-		platform = cmd.GetPlatform() // clients older than REAPI v2.2 set it only here
-	}
-	return action, cmd, platform, nil
+	return action, cmd, actionplatform.Of(action, cmd), nil
 }
 
 // maxMessageBytes bounds the Action and Command blobs read into memory, as

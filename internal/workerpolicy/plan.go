@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"github.com/hearth-build/hearth/internal/platform"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 
@@ -54,10 +55,7 @@ func (w *Workers) Plan(a Action) *Plan {
 	if cmd.GetWorkingDirectory() != "" {
 		return nil
 	}
-	props := a.Action.GetPlatform().GetProperties()
-	if len(props) == 0 {
-		props = cmd.GetPlatform().GetProperties()
-	}
+	props := platform.Properties(a.Action, cmd)
 	hints, err := workeraction.ParseHints(props)
 	if err != nil || !hints.OptIn {
 		return nil
