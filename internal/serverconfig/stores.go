@@ -74,7 +74,7 @@ func decodeStores(d *config.Decoder, path string, v any) *Stores {
 		d.Errorf(path, "needs cas (the only store configurable so far)")
 	}
 	if o.Has("ac") || o.Has("action_cache") {
-		d.Errorf(path, "the action cache is not configurable here yet: it stays on local disk")
+		d.Errorf(path, "the action cache is configured by the top-level action_cache block (action_cache.redis), not under stores")
 	}
 	o.RejectUnknown()
 	return s
@@ -145,17 +145,7 @@ func decodeFast(d *config.Decoder, path string, v any) int64 {
 
 func decodeSlow(d *config.Decoder, path string, v any) S3 {
 	s := S3{Region: DefaultS3Region, MaxConcurrentRequests: DefaultS3MaxConcurrentRequests, Retries: DefaultS3Retries}
-	o, ok := d.Object(path, v)
-	if !ok {
-		return s
-	}
-	defer o.RejectUnknown()
-	v, p, ok := o.Get("s3")
-	if !ok {
-		d.Errorf(path, "needs s3 (the only slow store so far)")
-		return s
-	}
-	so, ok := d.Object(p, v)
+	so, p, ok := soleVariant(d, path, v, "s3", "needs s3 (the only slow store so far)")
 	if !ok {
 		return s
 	}
@@ -217,17 +207,7 @@ func checkEndpoint(d *config.Decoder, path, s string) (string, bool) {
 }
 
 func decodeIndex(d *config.Decoder, path string, v any) *RedisIndex {
-	o, ok := d.Object(path, v)
-	if !ok {
-		return nil
-	}
-	defer o.RejectUnknown()
-	v, p, ok := o.Get("redis")
-	if !ok {
-		d.Errorf(path, "needs redis (the only presence index so far)")
-		return nil
-	}
-	ro, ok := d.Object(p, v)
+	ro, p, ok := soleVariant(d, path, v, "redis", "needs redis (the only presence index so far)")
 	if !ok {
 		return nil
 	}
@@ -258,4 +238,23 @@ func decodeIndex(d *config.Decoder, path string, v any) *RedisIndex {
 		}
 	}
 	return ix
+}
+
+// soleVariant decodes an object that names one kind of store, {kind: {...}},
+// where kind is the only one Hearth has so far: it returns the inner object
+// and its path, for the caller to decode and then RejectUnknown. Anything
+// beside kind is reported as unknown.
+func soleVariant(d *config.Decoder, path string, v any, kind, missing string) (*config.Object, string, bool) {
+	o, ok := d.Object(path, v)
+	if !ok {
+		return nil, "", false
+	}
+	defer o.RejectUnknown()
+	v, p, ok := o.Get(kind)
+	if !ok {
+		d.Errorf(path, "%s", missing)
+		return nil, "", false
+	}
+	inner, ok := d.Object(p, v)
+	return inner, p, ok
 }
