@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -63,4 +65,43 @@ func BenchmarkFindMissing(b *testing.B) {
 		})
 		b.ReportMetric(float64(b.N*perRequest)/b.Elapsed().Seconds(), "digests/s")
 	})
+}
+
+// BenchmarkPutSmall measures storing new 4 KiB blobs (an action's outputs:
+// the write, the file's fsync, the rename and the directory's fsync), from 1
+// and from 8 writers at once (output upload uses 8).
+func BenchmarkPutSmall(b *testing.B) {
+	for _, writers := range []int{1, 8} {
+		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
+			d, err := NewDisk(b.TempDir(), DiskOptions{Logger: quietLogger()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			b.ResetTimer()
+			for range writers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
+						data := []byte(fmt.Sprintf("%04096d", i))
+						w, err := d.Create(ctx, digest.Compute(digest.SHA256, data))
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						if _, err := w.Write(data); err != nil {
+							b.Error(err)
+						} else if err := w.Commit(); err != nil {
+							b.Error(err)
+						}
+						w.Close()
+					}
+				}()
+			}
+			wg.Wait()
+		})
+	}
 }
