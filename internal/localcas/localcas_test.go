@@ -32,6 +32,7 @@ const sha = repb.DigestFunction_SHA256
 // server on a real Unix socket backed by a file cache fed from it.
 type env struct {
 	remote cas.Store // the storage server's own store
+	sock   string
 	client localcaspb.LocalContentAddressableStorageClient
 	stage  string
 }
@@ -67,7 +68,7 @@ func start(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Options{CAS: store, Files: files, StageDir: filepath.Join(dir, "stage")})
+	s, err := New(Options{CAS: store, ActionCache: casclient.NewActionCache(conn), Files: files, StageDir: filepath.Join(dir, "stage")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +90,7 @@ func start(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lc.Close() })
-	return &env{remote: blobs, client: localcaspb.NewLocalContentAddressableStorageClient(lc), stage: filepath.Join(dir, "stage")}
+	return &env{sock: sock, remote: blobs, client: localcaspb.NewLocalContentAddressableStorageClient(lc), stage: filepath.Join(dir, "stage")}
 }
 
 func (e *env) put(t *testing.T, data []byte) *repb.Digest {

@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hearth-build/hearth/internal/actioncache"
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/errcode"
@@ -36,6 +37,7 @@ import (
 	"github.com/hearth-build/hearth/internal/inputtree"
 	"github.com/hearth-build/hearth/internal/localcas/localcaspb"
 	"github.com/hearth-build/hearth/internal/outputs"
+	"github.com/hearth-build/hearth/internal/reapi"
 )
 
 // MaxSocketPath is the longest Unix socket path Linux accepts (sun_path is
@@ -50,6 +52,11 @@ type Options struct {
 	// CAS is the server's CAS: where missing blobs come from and captured
 	// ones go.
 	CAS cas.Store
+	// ActionCache is the server's action cache. The socket also serves
+	// REAPI's CAS, ByteStream, ActionCache and Capabilities, proxied to the
+	// server, as buildbox-casd does: a runner reads the Action's Command
+	// and input blobs through the same --remote.
+	ActionCache actioncache.Store
 	// Files is the executor's file cache, fed from CAS.
 	Files *filecache.Cache
 	// StageDir holds the directories the server picks for StageTree
@@ -72,8 +79,8 @@ type Server struct {
 
 // New returns a server; StageDir is created if needed.
 func New(opts Options) (*Server, error) {
-	if opts.CAS == nil || opts.Files == nil {
-		return nil, errors.New("localcas: CAS and Files are required")
+	if opts.CAS == nil || opts.Files == nil || opts.ActionCache == nil {
+		return nil, errors.New("localcas: CAS, ActionCache and Files are required")
 	}
 	if opts.StageDir == "" {
 		return nil, errors.New("localcas: StageDir is required")
@@ -108,8 +115,9 @@ func Listen(path string) (net.Listener, error) {
 
 // Serve registers s on a new gRPC server and serves l until ctx ends.
 func Serve(ctx context.Context, l net.Listener, s *Server) error {
-	gs := grpc.NewServer(grpc.MaxRecvMsgSize(64 << 20))
+	gs := grpc.NewServer(grpc.MaxRecvMsgSize(reapi.MaxRecvMsgSize))
 	localcaspb.RegisterLocalContentAddressableStorageServer(gs, s)
+	reapi.Register(gs, reapi.Config{CAS: cas.NewVerifying(s.opts.CAS), ActionCache: s.opts.ActionCache})
 	go func() { <-ctx.Done(); gs.Stop() }()
 	return gs.Serve(l)
 }
