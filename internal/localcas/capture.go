@@ -92,9 +92,6 @@ func (s *Server) CaptureTree(ctx context.Context, req *localcaspb.CaptureTreeReq
 		return nil, err
 	}
 	format := req.GetOutputDirectoryFormat()
-	if format == repb.Command_TREE_ONLY {
-		format = repb.Command_TREE_AND_DIRECTORY // root_directory_digest costs nothing more
-	}
 	resp := &localcaspb.CaptureTreeResponse{}
 	for _, path := range req.GetPath() {
 		r := &localcaspb.CaptureTreeResponse_Response{Path: path}

@@ -179,7 +179,7 @@ func TestStageCaptureRoundTrip(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(out, "tool"), []byte("exe"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ct, err := e.client.CaptureTree(ctx, &localcaspb.CaptureTreeRequest{Root: dir, Path: []string{"out", filepath.Join(dir, "out")}})
+	ct, err := e.client.CaptureTree(ctx, &localcaspb.CaptureTreeRequest{Root: dir, Path: []string{"out", filepath.Join(dir, "out")}, OutputDirectoryFormat: repb.Command_TREE_AND_DIRECTORY})
 	if err != nil {
 		t.Fatal(err)
 	}
