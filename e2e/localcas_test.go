@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -75,5 +77,62 @@ echo deep > out/dir/sub/f; ln -s result.txt out/link; exit 7`},
 		if err != nil || string(data) != "input line\n" {
 			t.Errorf("out/result.txt on the server: %q, %v", data, err)
 		}
+	}
+}
+
+// TestLocalCASBuildbox runs the real buildbox-run-hosttools (installed by
+// scripts/install-buildbox.sh, which scripts/install-test-deps.sh runs)
+// against `hearth worker --localcas-socket`, and checks its ActionResult
+// against the blobs on the server.
+func TestLocalCASBuildbox(t *testing.T) {
+	const runner = "/opt/hearth-buildbox/bin/buildbox-run-hosttools"
+	if _, err := os.Stat(runner); err != nil {
+		t.Fatalf("%s is missing: run scripts/install-buildbox.sh (scripts/install-test-deps.sh does): %v", runner, err)
+	}
+	srv := startServer(t, "server", t.TempDir(), nil)
+	sockDir, err := os.MkdirTemp("", "lc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	sock := filepath.Join(sockDir, "s")
+	startWorker(t, srv, "bb-worker", 1, "--localcas-socket", sock)
+	c := dial(t, srv.GRPCAddr)
+	a := actionSpec{
+		args:        []string{"/bin/sh", "-c", `echo hello; mkdir -p out; tr a-z A-Z < in.txt > out/up.txt; exit 5`},
+		files:       map[string]string{"in.txt": "shout\n"},
+		outputPaths: []string{"out/up.txt"},
+	}.build(t)
+	c.upload(t, a)
+	dir := t.TempDir()
+	actionFile, resultFile := filepath.Join(dir, "action"), filepath.Join(dir, "result")
+	if err := os.WriteFile(actionFile, a.action.data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(t.Context(), runner, "--remote=unix:"+sock, "--action="+actionFile, "--action-result="+resultFile, "--workspace-path="+t.TempDir())
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("buildbox-run-hosttools: %v\n%s", err, stderr.String())
+	}
+	data, err := os.ReadFile(resultFile)
+	if err != nil {
+		t.Fatalf("no ActionResult: %v\n%s", err, stderr.String())
+	}
+	res := &repb.ActionResult{}
+	if err := proto.Unmarshal(data, res); err != nil {
+		t.Fatal(err)
+	}
+	if res.GetExitCode() != 5 {
+		t.Errorf("exit code %d, want 5\n%s", res.GetExitCode(), stderr.String())
+	}
+	if out, err := c.byteStreamRead(t.Context(), res.GetStdoutDigest()); err != nil || string(out) != "hello\n" {
+		t.Errorf("stdout on the server: %q, %v\n%s", out, err, stderr.String())
+	}
+	if len(res.GetOutputFiles()) != 1 || res.GetOutputFiles()[0].GetPath() != "out/up.txt" {
+		t.Fatalf("output files %v\n%s", res.GetOutputFiles(), stderr.String())
+	}
+	if up, err := c.byteStreamRead(t.Context(), res.GetOutputFiles()[0].GetDigest()); err != nil || string(up) != "SHOUT\n" {
+		t.Errorf("out/up.txt on the server: %q, %v", up, err)
 	}
 }
