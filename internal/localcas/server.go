@@ -97,7 +97,10 @@ func New(opts Options) (*Server, error) {
 }
 
 // Listen opens the Unix socket path, replacing a stale socket a previous
-// process left (never any other kind of file).
+// process left (never any other kind of file). The socket is made
+// owner-only (0600): a client can have the server stage into any directory
+// it may write and read any blob of the server's CAS, so it must be no less
+// trusted than the worker's own user.
 func Listen(path string) (net.Listener, error) {
 	if len(path) > MaxSocketPath {
 		return nil, fmt.Errorf("socket path %q is %d bytes, longer than the %d a Unix socket allows", path, len(path), MaxSocketPath)
@@ -110,7 +113,15 @@ func Listen(path string) (net.Listener, error) {
 			return nil, err
 		}
 	}
-	return net.Listen("unix", path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
 }
 
 // Serve registers s on a new gRPC server and serves l until ctx ends.
