@@ -25,3 +25,13 @@ protoc -I proto \
   --go_out=. --go_opt=module=github.com/hearth-build/hearth --go_opt=Mbuck2/worker.proto=$buck2pkg \
   --go-grpc_out=. --go-grpc_opt=module=github.com/hearth-build/hearth --go-grpc_opt=Mbuck2/worker.proto=$buck2pkg \
   buck2/worker.proto
+# buildbox's LocalCAS protocol (build/buildgrid/local_cas.proto) is vendored
+# unchanged too: M flags name its Go package and those of its imports.
+lcpkg=github.com/hearth-build/hearth/internal/localcas/localcaspb
+lcmap="Mbuild/buildgrid/local_cas.proto=$lcpkg"
+lcmap+=",Mbuild/bazel/remote/execution/v2/remote_execution.proto=github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+lcmap+=",Mgoogle/rpc/status.proto=google.golang.org/genproto/googleapis/rpc/status"
+protoc -I proto -I "$ra" -I "$tmp/package" -I /usr/include \
+  --go_out=. --go_opt=module=github.com/hearth-build/hearth --go_opt="$lcmap" \
+  --go-grpc_out=. --go-grpc_opt=module=github.com/hearth-build/hearth --go-grpc_opt="$lcmap" \
+  build/buildgrid/local_cas.proto

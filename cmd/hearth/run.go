@@ -48,9 +48,9 @@ func runRun(args []string) error {
 	var f runFlags
 	fs.StringVar(&f.action, "action", "", "file holding a serialized build.bazel.remote.execution.v2.Action (required)")
 	fs.StringVar(&f.actionResult, "action-result", "", "file to write the serialized ActionResult to (required)")
-	fs.StringVar(&f.remote, "remote", "", "CAS server, grpc://HOST:PORT (required: Hearth has no local CAS daemon)")
+	fs.StringVar(&f.remote, "remote", "", "CAS server, grpc://HOST:PORT; unix:PATH is a LocalCAS server (a hearth worker's --localcas-socket, or buildbox-casd) that stages inputs and captures outputs, unless --disable-localcas")
 	fs.StringVar(&f.instance, "instance", "", "REAPI instance name")
-	fs.BoolVar(&f.disableLocalCAS, "disable-localcas", false, "talk to --remote directly (always the case; accepted for buildbox compatibility)")
+	fs.BoolVar(&f.disableLocalCAS, "disable-localcas", false, "treat --remote as a plain REAPI CAS even if it is a unix: socket, and stage and capture in-process")
 	fs.StringVar(&f.workspacePath, "workspace-path", "", "directory in which the action's directory is created (default: a temporary directory)")
 	fs.StringVar(&f.stdoutFile, "stdout-file", "", "also write the action's stdout to this file")
 	fs.StringVar(&f.stderrFile, "stderr-file", "", "also write the action's stderr to this file")
@@ -102,6 +102,9 @@ func runAction(ctx context.Context, f runFlags) (*repb.ActionResult, *spb.Status
 	action := &repb.Action{}
 	if err := proto.Unmarshal(data, action); err != nil {
 		return fail(code.Code_INVALID_ARGUMENT, "--action %s is not a serialized Action: %v", f.action, err)
+	}
+	if sock, ok := localCASSocket(f.remote); ok && !f.disableLocalCAS {
+		return runLocalCAS(ctx, f, sock, fn, action)
 	}
 	dialOpts, err := f.dialOptions()
 	if err != nil {

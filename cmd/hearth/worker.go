@@ -27,6 +27,7 @@ import (
 	"github.com/hearth-build/hearth/internal/casclient"
 	"github.com/hearth-build/hearth/internal/config"
 	"github.com/hearth-build/hearth/internal/executor"
+	"github.com/hearth-build/hearth/internal/localcas"
 	"github.com/hearth-build/hearth/internal/metrics"
 	"github.com/hearth-build/hearth/internal/statuspage"
 )
@@ -44,11 +45,15 @@ func runWorker(args []string) error {
 	httpAddr := fs.String("http", "", "HTTP address of this worker's status page (/), /status, /metrics and /healthz, e.g. 127.0.0.1:8982 (empty disables)")
 	insecure := fs.Bool("insecure", false, "allow --http on a non-loopback address (the worker's HTTP port has no authentication)")
 	grace := fs.Duration("drain-grace", 10*time.Minute, "on SIGTERM, how long running actions may take to finish before they are cancelled (and re-queued by the scheduler)")
+	localCASSocket := fs.String("localcas-socket", "", "serve buildbox's LocalCAS protocol on this Unix socket, for buildbox runners (overrides the config's localcas_socket; the config must then have one worker)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *path == "" {
 		return errors.New("--config is required")
+	}
+	if n := len(*localCASSocket); n > localcas.MaxSocketPath {
+		return fmt.Errorf("--localcas-socket %q is %d bytes, longer than the %d a Unix socket path allows", *localCASSocket, n, localcas.MaxSocketPath)
 	}
 	if *grace <= 0 {
 		return fmt.Errorf("--drain-grace must be positive, got %s", *grace)
@@ -62,6 +67,12 @@ func runWorker(args []string) error {
 		return err
 	}
 	logWarnings(logger, file.Warnings)
+	if *localCASSocket != "" {
+		if len(file.Workers) != 1 {
+			return fmt.Errorf("--localcas-socket: the config has %d workers; set localcas_socket in each instead", len(file.Workers))
+		}
+		file.Workers[0].Local.LocalCASSocket = *localCASSocket
+	}
 	// ctx is the hard stop; the first signal only drains.
 	ctx, hardStop := context.WithCancel(context.Background())
 	defer hardStop()
@@ -100,12 +111,16 @@ func runWorker(args []string) error {
 		// that shares them; keep the small ones in memory rather than ask
 		// the server each time.
 		store := cas.NewSmallBlobCache(cas.NewMetrics(casclient.NewStore(conn, ""), reg), smallBlobMax, smallBlobCacheBytes)
+		results := actioncache.NewMetrics(casclient.NewActionCache(conn), reg)
 		exec, err := executor.FromConfig(ctx, w, executor.Deps{
-			CAS: store, ActionCache: actioncache.NewMetrics(casclient.NewActionCache(conn), reg), FileSource: store,
+			CAS: store, ActionCache: results, FileSource: store,
 			RunnerRemote: w.WorkerAPIEndpoint.URI, Logger: logger, Metrics: execMetrics,
 		})
 		if err != nil {
 			return fmt.Errorf("workers[%d]: %w", i, err)
+		}
+		if err := startLocalCAS(ctx, fmt.Sprintf("workers[%d].local.localcas_socket", i), w, exec, store, results, logger); err != nil {
+			return err
 		}
 		execs = append(execs, exec)
 		statusFuncs = append(statusFuncs, exec.Status)

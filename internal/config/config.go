@@ -70,6 +70,9 @@ type LocalWorker struct {
 	WorkerAPIEndpoint Endpoint
 	// WorkDirectory holds the actions' directories. It is purged at start.
 	WorkDirectory string
+	// LocalCASSocket, if set, is the Unix socket on which the executor serves
+	// buildbox's LocalCAS protocol (internal/localcas) for buildbox runners.
+	LocalCASSocket string
 	// PlatformProperties are advertised to the scheduler for matching.
 	PlatformProperties map[string]PlatformProperty
 	// MaxActionTimeout caps, and is the default of, an action's timeout;

@@ -47,6 +47,9 @@ func (d *decoder) localWorker(path string, v any) LocalWorker {
 	if v, p, ok := o.get("work_directory"); ok {
 		w.WorkDirectory = d.workDirectory(p, v)
 	}
+	if v, p, ok := o.get("localcas_socket"); ok {
+		w.LocalCASSocket, _ = d.str(p, v)
+	}
 	if v, p, ok := o.get("platform_properties"); ok {
 		w.PlatformProperties = d.platformProperties(p, v)
 	}

@@ -164,6 +164,10 @@ func DecodeLocalWorker(path string, v any) (*LocalWorker, []string, error) {
 // cache do not contain each other. path names the worker in errors.
 func (w *LocalWorker) Validate(path string) error { return w.validate(path, true) }
 
+// maxSocketPath is Linux's limit on a Unix socket path (sun_path holds 108
+// bytes with the NUL).
+const maxSocketPath = 107
+
 func (w *LocalWorker) validate(path string, needEndpoint bool) error {
 	var errs []error
 	fail := func(p, format string, args ...any) {
@@ -174,6 +178,9 @@ func (w *LocalWorker) validate(path string, needEndpoint bool) error {
 	}
 	if w.WorkDirectory == "" {
 		fail(fieldPath(path, "work_directory"), "%s", requiredLocalFields["work_directory"])
+	}
+	if n := len(w.LocalCASSocket); n > maxSocketPath {
+		fail(fieldPath(path, "localcas_socket"), "%q is %d bytes, longer than the %d a Unix socket path allows", w.LocalCASSocket, n, maxSocketPath)
 	}
 	if c := w.DirectoryCache; c != nil && w.WorkDirectory != "" && c.CacheRoot != "" {
 		if overlaps(c.CacheRoot, w.WorkDirectory) {

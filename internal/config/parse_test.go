@@ -97,6 +97,9 @@ func TestTopLevel(t *testing.T) {
 		{name: "local null", doc: `{workers: [{local: null}]}`, wantErr: `workers[0].local: must not be null`},
 		{name: "shared work directory", doc: `{workers: [{local: {` + baseLocal + `}}, {local: {` + baseLocal + `}}]}`,
 			wantErr: `workers[1].local.work_directory: "/tmp/hearth-config-test/work" overlaps the work_directory "/tmp/hearth-config-test/work" of workers[0]`},
+		{name: "localcas_socket too long", doc: `{workers: [{local: {` + baseLocal + ` localcas_socket: "/tmp/` + strings.Repeat("s", 103) + `"}}]}`,
+			wantErr: `workers[0].local.localcas_socket: "/tmp/sss`},
+		{name: "localcas_socket at the limit", doc: `{workers: [{local: {` + baseLocal + ` localcas_socket: "/tmp/` + strings.Repeat("s", 102) + `"}}]}`},
 		{name: "nested work directory", doc: `{workers: [{local: {` + baseLocal + `}}, {local: {worker_api_endpoint: {uri: "grpc://x:1"}, work_directory: "/tmp/hearth-config-test/work/2"}}]}`,
 			wantErr: `workers[1].local.work_directory: "/tmp/hearth-config-test/work/2" overlaps`},
 	}

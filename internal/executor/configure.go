@@ -172,6 +172,7 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 		},
 		HeartbeatInterval: deps.HeartbeatInterval,
 		Logger:            logger,
+		Files:             files,
 	}
 	if deps.Metrics != nil {
 		opts.Finished = deps.Metrics.ActionFinished

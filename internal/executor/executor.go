@@ -24,12 +24,16 @@ import (
 	"github.com/hearth-build/hearth/internal/actioncache"
 	"github.com/hearth-build/hearth/internal/builder"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/filecache"
 	"github.com/hearth-build/hearth/internal/workerapi"
 )
 
 // Options configure an executor.
 type Options struct {
 	Name string
+	// Files is the executor's input file cache, which its LocalCAS service
+	// (internal/localcas) serves from. Optional.
+	Files *filecache.Cache
 	// Properties are advertised for platform matching.
 	Properties map[string][]string
 	// MinimumProperties are matched as numeric minimums (cpu_count...).
@@ -106,6 +110,9 @@ func New(opts Options) (*Executor, error) {
 	}
 	return &Executor{opts: opts, log: opts.Logger.With("executor", opts.Name), drain: make(chan struct{})}, nil
 }
+
+// FileCache returns the executor's input file cache (nil if it has none).
+func (e *Executor) FileCache() *filecache.Cache { return e.opts.Files }
 
 // Drain makes Run stop taking actions, finish the ones it runs, end its
 // session cleanly (the scheduler re-queues whatever it had assigned and this
