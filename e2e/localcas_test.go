@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -168,5 +169,15 @@ func TestLocalCASServe(t *testing.T) {
 	data, err := c.byteStreamRead(t.Context(), r.result.GetOutputFiles()[0].GetDigest())
 	if err != nil || string(data) != "twice\ntwice\n" {
 		t.Errorf("out.txt on the server: %q, %v", data, err)
+	}
+}
+
+// A --localcas-socket too long for a Unix socket is refused at start, naming
+// the flag, rather than failing later or being cut short.
+func TestLocalCASSocketTooLong(t *testing.T) {
+	long := "/tmp/" + strings.Repeat("x", 103)
+	out, err := exec.CommandContext(t.Context(), hearthBin, "worker", "--config", "/nonexistent.json5", "--localcas-socket", long).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--localcas-socket") || !strings.Contains(string(out), "107") {
+		t.Fatalf("hearth worker with a %d-byte socket path: %v\n%s", len(long), err, out)
 	}
 }
