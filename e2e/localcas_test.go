@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -134,5 +136,48 @@ func TestLocalCASBuildbox(t *testing.T) {
 	}
 	if up, err := c.byteStreamRead(t.Context(), res.GetOutputFiles()[0].GetDigest()); err != nil || string(up) != "SHOUT\n" {
 		t.Errorf("out/up.txt on the server: %q, %v", up, err)
+	}
+}
+
+// TestLocalCASServe: `hearth serve`'s embedded executor honours
+// localcas_socket from its --config, and `hearth run` works through it.
+func TestLocalCASServe(t *testing.T) {
+	dir := t.TempDir()
+	sockDir, err := os.MkdirTemp("", "lc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	sock := filepath.Join(sockDir, "s")
+	config := filepath.Join(dir, "serve.json5")
+	if err := os.WriteFile(config, []byte(fmt.Sprintf(`{ workers: [{ local: { name: "lc-embedded", work_directory: %q, localcas_socket: %q } }] }`,
+		filepath.Join(dir, "work"), sock)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := startServe(t, filepath.Join(dir, "data"), "--config", config)
+	c := dial(t, p.GRPCAddr)
+	a := actionSpec{
+		args:        []string{"/bin/sh", "-c", "cat in.txt in.txt > out.txt"},
+		files:       map[string]string{"in.txt": "twice\n"},
+		outputPaths: []string{"out.txt"},
+	}.build(t)
+	c.upload(t, a)
+	r := hearthRun(t, t.TempDir(), "", a, "--remote=unix:"+sock)
+	if r.errorStatus != nil || r.result == nil || r.result.GetExitCode() != 0 || len(r.result.GetOutputFiles()) != 1 {
+		t.Fatalf("hearth run through serve's LocalCAS: exit %d, status %v, result %v\n%s", r.exitCode, r.errorStatus, r.result, r.output)
+	}
+	data, err := c.byteStreamRead(t.Context(), r.result.GetOutputFiles()[0].GetDigest())
+	if err != nil || string(data) != "twice\ntwice\n" {
+		t.Errorf("out.txt on the server: %q, %v", data, err)
+	}
+}
+
+// A --localcas-socket too long for a Unix socket is refused at start, naming
+// the flag, rather than failing later or being cut short.
+func TestLocalCASSocketTooLong(t *testing.T) {
+	long := "/tmp/" + strings.Repeat("x", 103)
+	out, err := exec.CommandContext(t.Context(), hearthBin, "worker", "--config", "/nonexistent.json5", "--localcas-socket", long).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--localcas-socket") || !strings.Contains(string(out), "107") {
+		t.Fatalf("hearth worker with a %d-byte socket path: %v\n%s", len(long), err, out)
 	}
 }

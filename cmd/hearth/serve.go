@@ -149,12 +149,16 @@ func serve(ctx context.Context, f serveFlags, logger *slog.Logger) error {
 	defer stopExecutors()
 	execMetrics := metrics.NewExecutor(srv.reg)
 	for i := range workers {
+		results := srv.embeddedActionCache()
 		exec, err := executor.FromConfig(ctx, &workers[i], executor.Deps{
-			CAS: srv.store, ActionCache: srv.embeddedActionCache(), FileSource: srv.disk,
+			CAS: srv.store, ActionCache: results, FileSource: srv.disk,
 			RunnerRemote: "grpc://" + srv.lis.Addr().String(), Logger: logger, Metrics: execMetrics,
 		})
 		if err != nil {
 			return fmt.Errorf("embedded executor %s: %w", workers[i].Name, err)
+		}
+		if err := startLocalCAS(execCtx, fmt.Sprintf("workers[%d].local.localcas_socket", i), &workers[i], exec, srv.store, results, logger); err != nil {
+			return err
 		}
 		running.Add(1)
 		go func() { defer running.Done(); exec.Run(execCtx, conn) }()
