@@ -393,9 +393,13 @@ func (s *Scheduler) runShared() {
 func (s *Scheduler) pollShared(now time.Time, renew bool) {
 	ctx, cancel := context.WithTimeout(s.sharedCtx, sharedTimeout)
 	defer cancel()
-	if _, _, err := s.shared.Reap(ctx, now); err != nil {
+	requeued, failed, err := s.shared.Reap(ctx, now)
+	if err != nil {
 		s.logger.Warn("reaping the shared scheduler state", "error", err)
 		return
+	}
+	if requeued+failed > 0 {
+		s.logger.Warn("actions whose lease lapsed (their replica or executor went away)", "requeued", requeued, "failed", failed)
 	}
 	// Shapes queued while a notification was missed.
 	if shapes, err := s.shared.Shapes(ctx); err == nil {
