@@ -77,19 +77,23 @@ func TestRedisActionCacheSharedByReplicas(t *testing.T) {
 	}
 }
 
-// TestRedisActionCacheUnreachableFailsStart: a configured Redis that does not
-// answer stops the start with a message naming the setting, instead of a
-// server whose every cache lookup fails.
+// TestRedisActionCacheUnreachableFailsStart: a configured Redis (action cache
+// or scheduler state) that does not answer stops the start with a message
+// naming the setting, instead of a server whose every lookup fails.
 func TestRedisActionCacheUnreachableFailsStart(t *testing.T) {
-	cfg := filepath.Join(t.TempDir(), "server.json5")
-	// A port that was free a moment ago: nothing answers there.
-	url := "redis://" + freeLoopbackAddr(t) + "/0"
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`{action_cache: {redis: {url: %q}}}`, url)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p := launchHearth(t, t.TempDir(), nil, "server", "--listen", "127.0.0.1:0", "--http", "", "--data", t.TempDir(), "--config-server", cfg)
-	p.waitExit(1)
-	if out := p.log.String(); !strings.Contains(out, "action_cache.redis.url") || !strings.Contains(out, "does not answer") {
-		t.Errorf("the refusal does not name the setting:\n%s", out)
+	for _, setting := range []string{"action_cache", "scheduler"} {
+		t.Run(setting, func(t *testing.T) {
+			cfg := filepath.Join(t.TempDir(), "server.json5")
+			// A port that was free a moment ago: nothing answers there.
+			url := "redis://" + freeLoopbackAddr(t) + "/0"
+			if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`{%s: {redis: {url: %q}}}`, setting, url)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			p := launchHearth(t, t.TempDir(), nil, "server", "--listen", "127.0.0.1:0", "--http", "", "--data", t.TempDir(), "--config-server", cfg)
+			p.waitExit(1)
+			if out := p.log.String(); !strings.Contains(out, setting+".redis.url") || !strings.Contains(out, "does not answer") {
+				t.Errorf("the refusal does not name the setting:\n%s", out)
+			}
+		})
 	}
 }

@@ -19,8 +19,9 @@ import (
 // writeStoresConfig writes a --config-server file putting the CAS on a
 // fast/slow pair: a bounded local tier, the test's SeaweedFS bucket, and (if
 // redisURL is set) the presence index in the test's Redis. The secret comes
-// from the environment, as a deployment would pass it.
-func writeStoresConfig(t *testing.T, s3 *s3test.Server, redisURL string) (path string, env []string) {
+// from the environment, as a deployment would pass it. Each of extra is one
+// more top-level setting ("key: value").
+func writeStoresConfig(t *testing.T, s3 *s3test.Server, redisURL string, extra ...string) (path string, env []string) {
 	t.Helper()
 	index := ""
 	if redisURL != "" {
@@ -36,7 +37,7 @@ func writeStoresConfig(t *testing.T, s3 *s3test.Server, redisURL string) (path s
       }%s,
     },
   },
-}`, s3.Endpoint, s3.Bucket, s3test.AccessKey, index)
+%s}`, s3.Endpoint, s3.Bucket, s3test.AccessKey, index, extraSettings(extra))
 	path = filepath.Join(t.TempDir(), "server.json5")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -123,4 +124,12 @@ func TestS3StoreSharedAcrossServers(t *testing.T) {
 		t.Fatalf("ByteStream.Write after S3 restarted: %v", err)
 	}
 	verifyAll(ctx, t, c, fresh)
+}
+
+func extraSettings(extra []string) string {
+	var b strings.Builder
+	for _, e := range extra {
+		b.WriteString("  " + e + ",\n")
+	}
+	return b.String()
 }

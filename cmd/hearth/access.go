@@ -75,6 +75,9 @@ func resolveServerFlags(fs *flag.FlagSet, f *serverFlags) (*serverconfig.File, e
 	if file.ActionCache != nil && file.ActionCache.Redis != nil {
 		f.acRedis = file.ActionCache.Redis
 	}
+	if file.Scheduler != nil {
+		f.schedRedis = file.Scheduler.Redis
+	}
 	if file.Insecure != nil && !given["insecure"] {
 		f.access.insecure = *file.Insecure
 	}

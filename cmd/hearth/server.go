@@ -65,6 +65,9 @@ type serverFlags struct {
 	acRedis *serverconfig.RedisActionCache
 	// stores is the config file's stores block (nil: the CAS is the disk).
 	stores *serverconfig.Stores
+	// schedRedis, from scheduler.redis, shares the scheduler's operations
+	// and queues with other replicas (schedredis.go).
+	schedRedis *serverconfig.RedisScheduler
 }
 
 func (f *serverFlags) register(fs *flag.FlagSet) {
@@ -117,6 +120,8 @@ type server struct {
 	access  *access
 	// closeStores releases the CAS's remote stores (stores.go).
 	closeStores func()
+	// closeShared releases the shared scheduler state's client.
+	closeShared func()
 
 	journal     *statuspage.Journal
 	calls       *drain.Tracker
@@ -182,10 +187,18 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 		return nil, fmt.Errorf("listen %s: %w", f.listen, err)
 	}
 	schedMetrics := metrics.NewScheduler(s.reg, func() scheduler.Status { return s.sched.Status() })
-	s.sched = scheduler.New(scheduler.Config{Logger: logger, Observer: scheduler.Observers{schedMetrics, s.journal}})
+	shared, poll, closeShared, err := openSharedScheduler(f.schedRedis, logger)
+	if err != nil {
+		s.lis.Close()
+		unlock()
+		return nil, err
+	}
+	s.closeShared = closeShared
+	s.sched = scheduler.New(scheduler.Config{Logger: logger, Observer: scheduler.Observers{schedMetrics, s.journal}, Shared: shared, SharedPoll: poll})
 	if s.access, err = openAccess(f, logger, s.operationInstance); err != nil {
 		s.lis.Close()
 		s.sched.Close()
+		s.closeShared()
 		unlock()
 		return nil, err
 	}
@@ -233,6 +246,7 @@ func (s *server) close() {
 	s.access.stop()
 	s.lis.Close()
 	s.sched.Close()
+	s.closeShared()
 	if s.rdbAC != nil {
 		s.rdbAC.Close()
 	}

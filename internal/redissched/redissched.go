@@ -65,8 +65,15 @@ func New(rdb redis.UniversalClient, opts Options) *State {
 // uncompleted operation with the same merge key (mergeKey "" never merges).
 // It returns the operation's name and whether it joined an existing one.
 func (s *State) Submit(ctx context.Context, mergeKey, shape string, priority int32, req []byte) (name string, joined bool, err error) {
+	return s.SubmitMeta(ctx, mergeKey, shape, priority, req, nil)
+}
+
+// SubmitMeta is Submit that also stores meta, a small description of the
+// operation that Get returns for as long as the operation lives (req is
+// dropped at completion).
+func (s *State) SubmitMeta(ctx context.Context, mergeKey, shape string, priority int32, req, meta []byte) (name string, joined bool, err error) {
 	fresh := uuid.NewString()
-	got, err := submitScript.Run(ctx, s.rdb, nil, s.opts.Prefix, fresh, mergeKey, req, shape, priority).Text()
+	got, err := submitScript.Run(ctx, s.rdb, nil, s.opts.Prefix, fresh, mergeKey, req, shape, priority, meta).Text()
 	if err != nil {
 		return "", false, fmt.Errorf("submitting to redis scheduler state: %w", err)
 	}
@@ -143,11 +150,12 @@ type Snapshot struct {
 	Stage    repb.ExecutionStage_Value
 	Attempts int
 	Response *repb.ExecuteResponse // set once Stage is COMPLETED
+	Meta     []byte                // as given to SubmitMeta
 }
 
 // Get reads an operation; ErrNotFound if unknown or expired.
 func (s *State) Get(ctx context.Context, name string) (Snapshot, error) {
-	v, err := s.rdb.HMGet(ctx, s.opts.Prefix+"op:"+name, "stage", "attempts", "resp").Result()
+	v, err := s.rdb.HMGet(ctx, s.opts.Prefix+"op:"+name, "stage", "attempts", "resp", "meta").Result()
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("reading operation from redis scheduler state: %w", err)
 	}
@@ -158,7 +166,8 @@ func (s *State) Get(ctx context.Context, name string) (Snapshot, error) {
 	stage, _ := strconv.Atoi(st)
 	att, _ := v[1].(string)
 	n, _ := strconv.Atoi(att)
-	snap := Snapshot{Stage: repb.ExecutionStage_Value(stage), Attempts: n}
+	meta, _ := v[3].(string)
+	snap := Snapshot{Stage: repb.ExecutionStage_Value(stage), Attempts: n, Meta: []byte(meta)}
 	if snap.Stage == repb.ExecutionStage_COMPLETED {
 		raw, _ := v[2].(string)
 		snap.Response = &repb.ExecuteResponse{}
@@ -194,6 +203,58 @@ func (s *State) Wait(ctx context.Context, name string, poll time.Duration) (Snap
 			return Snapshot{}, ctx.Err()
 		case <-ch:
 		case <-t.C:
+		}
+	}
+}
+
+// Release puts a claimed operation back in its queue, in its original place,
+// when the claimer cannot start it after all; false if l lost its lease.
+func (s *State) Release(ctx context.Context, l *Lease) (bool, error) {
+	n, err := releaseScript.Run(ctx, s.rdb, nil, s.opts.Prefix, l.Name, l.Token).Int()
+	if err != nil {
+		return false, fmt.Errorf("releasing lease in redis scheduler state: %w", err)
+	}
+	return n == 1, nil
+}
+
+// Shapes lists every shape an operation was ever submitted under.
+func (s *State) Shapes(ctx context.Context) ([]string, error) {
+	v, err := s.rdb.SMembers(ctx, s.opts.Prefix+"shapes").Result()
+	if err != nil {
+		return nil, fmt.Errorf("listing shapes in redis scheduler state: %w", err)
+	}
+	return v, nil
+}
+
+// Lease returns the lease duration in use.
+func (s *State) LeaseDuration() time.Duration { return s.opts.Lease }
+
+// Follow calls done(name) for every operation that completes or is re-queued
+// and queued(shape) for every shape that gains a queued operation, at any
+// replica, until ctx ends. One subscription per replica: go-redis
+// re-subscribes after a reconnect; messages sent meanwhile are lost, which
+// callers cover by polling.
+func (s *State) Follow(ctx context.Context, done, queued func(string)) error {
+	sub := s.rdb.PSubscribe(ctx, s.opts.Prefix+"done:*")
+	defer sub.Close()
+	if err := sub.Subscribe(ctx, s.opts.Prefix+"queued"); err != nil {
+		return fmt.Errorf("subscribing to redis scheduler state: %w", err)
+	}
+	doneLen := len(s.opts.Prefix + "done:")
+	ch := sub.Channel()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case m, ok := <-ch:
+			if !ok {
+				return errors.New("redis scheduler state subscription closed")
+			}
+			if m.Channel == s.opts.Prefix+"queued" {
+				queued(m.Payload)
+			} else if len(m.Channel) > doneLen {
+				done(m.Channel[doneLen:])
+			}
 		}
 	}
 }

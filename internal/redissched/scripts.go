@@ -12,7 +12,7 @@ import "github.com/redis/go-redis/v9"
 // attempts, token (current lease token, absent when not leased), resp
 // (serialized ExecuteResponse once COMPLETED).
 
-// submitScript: KEYS none. ARGV: prefix, name, merge, req, shape, prio.
+// submitScript: KEYS none. ARGV: prefix, name, merge, req, shape, prio, meta.
 // If an operation with the merge key exists and is not completed, returns
 // its name (the caller joins it). Otherwise creates the operation, queues it
 // and returns name. Atomic, so two replicas submitting the same action at
@@ -30,10 +30,11 @@ end
 local seq = redis.call('INCR', p .. 'seq')
 local member = string.format('%016x', seq) .. '|' .. name
 redis.call('HSET', p .. 'op:' .. name, 'req', ARGV[4], 'shape', ARGV[5], 'merge', merge,
-  'member', member, 'prio', ARGV[6], 'stage', '2', 'attempts', '0')
+  'member', member, 'prio', ARGV[6], 'stage', '2', 'attempts', '0', 'meta', ARGV[7])
 if merge ~= '' then redis.call('SET', p .. 'merge:' .. merge, name) end
 redis.call('ZADD', p .. 'q:' .. ARGV[5], ARGV[6], member)
 redis.call('SADD', p .. 'shapes', ARGV[5])
+redis.call('PUBLISH', p .. 'queued', ARGV[5])
 return name
 `)
 
@@ -129,9 +130,28 @@ for _, name in ipairs(expired) do
       local f = redis.call('HMGET', op, 'shape', 'prio', 'member')
       redis.call('ZADD', p .. 'q:' .. f[1], f[2], f[3])
       redis.call('PUBLISH', p .. 'done:' .. name, '2')
+      redis.call('PUBLISH', p .. 'queued', f[1])
       requeued = requeued + 1
     end
   end
 end
 return {requeued, failed}
+`)
+
+// releaseScript: ARGV: prefix, name, token. Puts back a claimed operation
+// the claimer could not start (its executor went away first) at its original
+// place, if token still holds the lease; the attempt still counts. Returns 1
+// if it was put back.
+var releaseScript = redis.NewScript(`
+local p = ARGV[1]
+local op = p .. 'op:' .. ARGV[2]
+if redis.call('HGET', op, 'stage') ~= '3' or redis.call('HGET', op, 'token') ~= ARGV[3] then return 0 end
+redis.call('ZREM', p .. 'leases', ARGV[2])
+redis.call('HSET', op, 'stage', '2')
+redis.call('HDEL', op, 'token')
+local f = redis.call('HMGET', op, 'shape', 'prio', 'member')
+redis.call('ZADD', p .. 'q:' .. f[1], f[2], f[3])
+redis.call('PUBLISH', p .. 'done:' .. ARGV[2], '2')
+redis.call('PUBLISH', p .. 'queued', f[1])
+return 1
 `)

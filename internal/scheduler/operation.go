@@ -7,6 +7,7 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/redissched"
 )
 
 // State is a snapshot of an operation, as the Execution service reports it.
@@ -50,6 +51,9 @@ type Operation struct {
 	heapIdx     int
 	queuedAt    time.Time
 	completedAt time.Time
+	// lease is this replica's claim on a shared operation it runs
+	// (Config.Shared), nil otherwise.
+	lease *redissched.Lease
 
 	mu      sync.Mutex
 	state   State
@@ -97,7 +101,9 @@ func (o *Operation) RemoveWaiter() {
 	o.s.mu.Lock()
 	defer o.s.mu.Unlock()
 	o.waiters--
-	if o.waiters > 0 || o.completedAt != (time.Time{}) {
+	// With shared state a client may follow the operation at another
+	// replica, which this one cannot see: no orphan cancel there.
+	if o.waiters > 0 || o.completedAt != (time.Time{}) || o.s.shared != nil {
 		return
 	}
 	o.orphanTimer = time.AfterFunc(o.s.cfg.OrphanGrace, func() {

@@ -34,6 +34,8 @@ type shape struct {
 	// lastUsed is when an action of this shape was last submitted; idle
 	// empty shapes are forgotten by the sweeper.
 	lastUsed time.Time
+	// pending: the shared queue of this shape may hold work (Config.Shared).
+	pending bool
 }
 
 // appendShapeKey appends the canonical form of the matching part of a
@@ -87,7 +89,12 @@ func (s *Scheduler) shapeForLocked(r Request) *shape {
 	if sh := s.shapes[string(key)]; sh != nil {
 		return sh
 	}
-	sh := &shape{key: string(key), timeout: timeout}
+	return s.newShapeLocked(string(key), props, timeout)
+}
+
+// newShapeLocked adds a shape and links the executors that match it.
+func (s *Scheduler) newShapeLocked(key string, props []*repb.Platform_Property, timeout time.Duration) *shape {
+	sh := &shape{key: key, timeout: timeout}
 	for _, p := range props {
 		if !IsWorkerHint(p.GetName()) {
 			sh.required = append(sh.required, p)

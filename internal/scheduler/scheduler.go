@@ -9,6 +9,7 @@ package scheduler
 
 import (
 	"container/heap"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -60,6 +61,11 @@ type Config struct {
 	Logger            *slog.Logger
 	// Observer, if set, is told of every operation's moves.
 	Observer Observer
+	// Shared, if set, holds operations and queues shared with other
+	// replicas (see Shared); SharedPoll is how often this replica reaps
+	// lapsed leases and re-reads what it follows (default 1 s).
+	Shared     Shared
+	SharedPoll time.Duration
 }
 
 func (c *Config) applyDefaults() {
@@ -80,6 +86,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.SharedPoll == 0 {
+		c.SharedPoll = time.Second
 	}
 }
 
@@ -118,6 +127,14 @@ type Scheduler struct {
 	// started without any).
 	noExecutorsSince time.Time
 	stop             chan struct{}
+
+	// With Config.Shared (shared.go): sharedCtx ends at Close; kick wakes
+	// the claimer.
+	shared       Shared
+	sharedCtx    context.Context
+	sharedCancel context.CancelFunc
+	kick         chan struct{}
+	closeOnce    sync.Once
 }
 
 // New returns a scheduler; Close stops its sweeper.
@@ -136,11 +153,24 @@ func New(cfg Config) *Scheduler {
 		noExecutorsSince: time.Now(),
 	}
 	go s.sweep()
+	if cfg.Shared != nil {
+		s.shared = cfg.Shared
+		s.sharedCtx, s.sharedCancel = context.WithCancel(context.Background())
+		s.kick = make(chan struct{}, 1)
+		go s.runShared()
+	}
 	return s
 }
 
 // Close stops background work.
-func (s *Scheduler) Close() { close(s.stop) }
+func (s *Scheduler) Close() {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		if s.sharedCancel != nil {
+			s.sharedCancel()
+		}
+	})
+}
 
 func mergeKey(r Request) string {
 	return fmt.Sprintf("%s\x00%d\x00%s", r.Instance, r.ActionDigest.Function, r.ActionDigest.String())
@@ -157,6 +187,11 @@ func (s *Scheduler) newOperation(instance string, action digest.Digest) *Operati
 // (unless DoNotCache). It fails fast when no connected executor could ever
 // run the action.
 func (s *Scheduler) Submit(r Request) (*Operation, error) {
+	if s.shared != nil {
+		// The executors that could run it may be at another replica, so
+		// a replica cannot tell an action unschedulable: it waits.
+		return s.submitShared(r)
+	}
 	key := ""
 	if !r.DoNotCache {
 		key = mergeKey(r)
@@ -203,8 +238,11 @@ func (s *Scheduler) Completed(instance string, action digest.Digest, resp *repb.
 // Get returns an operation by name.
 func (s *Scheduler) Get(name string) (*Operation, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	o, ok := s.ops[name]
+	s.mu.Unlock()
+	if !ok && s.shared != nil {
+		return s.getShared(name)
+	}
 	if !ok {
 		return nil, fmt.Errorf("%w: %q (unknown, or finished more than %s ago)", ErrNotFound, name, s.cfg.OperationTTL)
 	}
@@ -214,12 +252,12 @@ func (s *Scheduler) Get(name string) (*Operation, error) {
 // Cancel cancels an operation: a queued action is dropped, a running one is
 // told to stop. Cancelling a finished operation does nothing.
 func (s *Scheduler) Cancel(name string) error {
+	o, err := s.Get(name)
+	if err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	o, ok := s.ops[name]
-	if !ok {
-		return fmt.Errorf("%w: %q", ErrNotFound, name)
-	}
 	s.cancelLocked(o, "the operation was cancelled by a client")
 	return nil
 }
@@ -232,7 +270,12 @@ func (s *Scheduler) cancelLocked(o *Operation, why string) {
 	if o.executor != nil {
 		o.executor.cancel(o.taskID)
 	}
-	s.finishLocked(o, &repb.ExecuteResponse{Status: &status.Status{Code: int32(code.Code_CANCELLED), Message: why}})
+	resp := &repb.ExecuteResponse{Status: &status.Status{Code: int32(code.Code_CANCELLED), Message: why}}
+	if s.shared != nil {
+		o.lease = nil
+		s.completeSharedAsync(o.name, "", resp)
+	}
+	s.finishLocked(o, resp)
 }
 
 // finishLocked publishes the final response and forgets the operation's
@@ -284,6 +327,10 @@ func (s *Scheduler) unschedulableLocked(r Request) error {
 // once it has been tried MaxAttempts times.
 func (s *Scheduler) requeueLocked(o *Operation, why string) {
 	if o.completedAt != (time.Time{}) {
+		return
+	}
+	if o.lease != nil {
+		s.requeueSharedLocked(o, why)
 		return
 	}
 	if o.attempts >= s.cfg.MaxAttempts {

@@ -154,6 +154,9 @@ func (s *Scheduler) Connect(stream workerapi.Scheduler_ConnectServer) error {
 	}
 	s.updateFreeLocked(e)
 	s.pullLocked(e)
+	if s.shared != nil {
+		s.kickClaim()
+	}
 	out := e.out
 	s.mu.Unlock()
 	defer s.disconnect(e)
@@ -199,7 +202,11 @@ func (s *Scheduler) Connect(stream workerapi.Scheduler_ConnectServer) error {
 			if !timer.Reset(s.cfg.HeartbeatTimeout) {
 				return // timed out already; the session is ending
 			}
-			if err := s.handle(e, m); err != nil {
+			accepted := true
+			if f := m.GetFinished(); f != nil && s.shared != nil {
+				accepted = s.completeShared(e, f)
+			}
+			if err := s.handle(e, m, accepted); err != nil {
 				readErr <- err
 				return
 			}
@@ -220,7 +227,9 @@ func (s *Scheduler) Connect(stream workerapi.Scheduler_ConnectServer) error {
 	}
 }
 
-func (s *Scheduler) handle(e *session, m *workerapi.ExecutorMessage) error {
+// handle applies one executor message; accepted is false for a result the
+// shared state refused (the attempt had lost its lease).
+func (s *Scheduler) handle(e *session, m *workerapi.ExecutorMessage, accepted bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e.tasks == nil {
@@ -242,12 +251,11 @@ func (s *Scheduler) handle(e *session, m *workerapi.ExecutorMessage) error {
 		delete(e.tasks, id)
 		s.reportWarmLocked(e, warmCounts(msg.Finished.GetWarmWorkers(), msg.Finished.GetWarmKeys()))
 		if o != nil && o.taskID == id {
-			resp := msg.Finished.GetResponse()
-			if resp == nil {
-				resp = &repb.ExecuteResponse{Status: status.New(codes.Internal, fmt.Sprintf("executor %s finished the action without a response", e.name)).Proto()}
-			}
 			o.executor = nil
-			s.finishLocked(o, resp)
+			o.lease = nil // refused: the shared state tells what became of it
+			if accepted {
+				s.finishLocked(o, finishedResponse(e, msg.Finished))
+			}
 		}
 	case *workerapi.ExecutorMessage_Register:
 		return status.Error(codes.InvalidArgument, "Register may only be the first message of a session")
@@ -256,6 +264,9 @@ func (s *Scheduler) handle(e *session, m *workerapi.ExecutorMessage) error {
 	}
 	s.updateFreeLocked(e)
 	s.pullLocked(e)
+	if s.shared != nil && e.free {
+		s.kickClaim()
+	}
 	return nil
 }
 
@@ -283,4 +294,13 @@ func (s *Scheduler) disconnect(e *session) {
 	}
 	e.tasks = nil
 	s.failUnschedulableLocked()
+}
+
+// finishedResponse is the executor's response, or an INTERNAL error when it
+// sent none.
+func finishedResponse(e *session, f *workerapi.Finished) *repb.ExecuteResponse {
+	if resp := f.GetResponse(); resp != nil {
+		return resp
+	}
+	return &repb.ExecuteResponse{Status: status.New(codes.Internal, fmt.Sprintf("executor %s finished the action without a response", e.name)).Proto()}
 }

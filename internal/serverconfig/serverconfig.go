@@ -38,6 +38,8 @@ type File struct {
 	Storage Storage
 	// ActionCache, when set, moves the action cache off local disk.
 	ActionCache *ActionCache
+	// Scheduler, when set, shares operations and queues with other replicas.
+	Scheduler *Scheduler
 	// Stores, when set, puts the CAS on a fast/slow pair (stores.go).
 	Stores *Stores
 	// Warnings are for the caller to log.
@@ -120,6 +122,9 @@ func Parse(data []byte) (*File, error) {
 	}
 	if v, p, ok := o.Get("action_cache"); ok {
 		f.ActionCache = decodeActionCache(d, p, v)
+	}
+	if v, p, ok := o.Get("scheduler"); ok {
+		f.Scheduler = decodeScheduler(d, p, v)
 	}
 	if v, p, ok := o.Get("stores"); ok {
 		f.Stores = decodeStores(d, p, v)

@@ -93,6 +93,7 @@ var scenarios = []scenario{
 	{"execute", runExecute},
 	{"bazel", runBazel},
 	{"access", runAccess},
+	{"redissched", runRedisSched},
 	{"buck2worker", runBuck2Worker},
 	{"tsc", runTsc},
 }

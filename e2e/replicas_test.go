@@ -1,0 +1,206 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hearth-build/hearth/internal/redistest"
+	"github.com/hearth-build/hearth/internal/s3test"
+)
+
+// rrProxy is a TCP proxy on loopback that sends each new connection to the
+// next backend in turn, skipping backends that refuse it: a stand-in for a
+// load balancer in front of `hearth server` replicas.
+type rrProxy struct {
+	lis      net.Listener
+	backends []string
+	next     atomic.Int64
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+}
+
+func startProxy(t *testing.T, backends ...string) *rrProxy {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &rrProxy{lis: lis, backends: backends, conns: map[net.Conn]struct{}{}}
+	go p.serve()
+	t.Cleanup(func() {
+		lis.Close()
+		p.mu.Lock()
+		for c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+	})
+	return p
+}
+
+func (p *rrProxy) addr() string { return p.lis.Addr().String() }
+
+// pin makes the next connection try backend i first.
+func (p *rrProxy) pin(i int) { p.next.Store(int64(i)) }
+
+func (p *rrProxy) track(c net.Conn, add bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if add {
+		p.conns[c] = struct{}{}
+	} else {
+		delete(p.conns, c)
+	}
+}
+
+func (p *rrProxy) serve() {
+	for {
+		c, err := p.lis.Accept()
+		if err != nil {
+			return
+		}
+		start := int(p.next.Add(1) - 1)
+		go func() {
+			defer c.Close()
+			var up net.Conn
+			for i := range p.backends {
+				if up, err = net.DialTimeout("tcp", p.backends[(start+i)%len(p.backends)], time.Second); err == nil {
+					break
+				}
+			}
+			if up == nil {
+				return
+			}
+			defer up.Close()
+			p.track(c, true)
+			p.track(up, true)
+			defer p.track(c, false)
+			defer p.track(up, false)
+			done := make(chan struct{}, 2)
+			go func() { io.Copy(up, c); done <- struct{}{} }()
+			go func() { io.Copy(c, up); done <- struct{}{} }()
+			<-done // either side gone: drop both, as a dead replica's peer sees it
+		}()
+	}
+}
+
+// startReplicas starts two `hearth server` replicas sharing one SeaweedFS
+// bucket (CAS), one Redis (action cache, CAS index, scheduler state) and a
+// round-robin proxy in front of them, with one `hearth worker` connected
+// (through the proxy) to each.
+func startReplicas(t *testing.T) (a, b *hearthProcess, proxy *rrProxy, rds *redistest.Server) {
+	t.Helper()
+	s3 := s3test.Start(t)
+	rds = redistest.Start(t)
+	cfg, env := writeStoresConfig(t, s3, rds.URL(0),
+		fmt.Sprintf(`action_cache: {redis: {url: %q}}`, rds.URL(0)),
+		fmt.Sprintf(`scheduler: {redis: {url: %q, lease: "3s", poll: "200ms"}}`, rds.URL(0)))
+	a = startServer(t, "server", t.TempDir(), env, "--config-server", cfg)
+	b = startServer(t, "server", t.TempDir(), env, "--config-server", cfg)
+	proxy = startProxy(t, a.GRPCAddr, b.GRPCAddr)
+	for i, srv := range []*hearthProcess{a, b} {
+		proxy.pin(i)
+		via := *srv
+		via.GRPCAddr = proxy.addr()
+		startWorker(t, &via, fmt.Sprintf("w%d", i+1), 3)
+	}
+	return a, b, proxy, rds
+}
+
+// TestReplicasBazelSurvivesKill: Bazel builds through two replicas on shared
+// state; replica A (Bazel's and w1's) is killed with SIGKILL mid-build. Bazel
+// and w1 reconnect through the proxy to B, which knows A's operations:
+// queued ones run there, running ones run again once their lease lapses. The
+// build completes with every output right. Then, in a second build, Redis is
+// restarted mid-way and the build still completes.
+func TestReplicasBazelSurvivesKill(t *testing.T) {
+	completions := filepath.Join(t.TempDir(), "completions.log")
+	files, want := splitWorkspaceLogging(completions)
+	bz := newGeneratedBazel(t, files)
+	a, b, proxy, rds := startReplicas(t)
+	proxy.pin(0) // Bazel's connection to A
+	args := append(remoteExecutionFlags(proxy.addr()), "--remote_retries=20", "--jobs=16", "//:all")
+
+	buildWith := func(what string, during func()) {
+		t.Helper()
+		type result struct {
+			out string
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			out, err := bz.runErr("build", args...)
+			done <- result{out, err}
+		}()
+		deadline := time.After(2 * time.Minute)
+		for {
+			under, elsewhere := countCompletions(t, completions, "/nonexistent")
+			if len(under)+len(elsewhere) >= 30 {
+				break
+			}
+			select {
+			case r := <-done:
+				t.Fatalf("%s: the build ended (%v) before 30 actions completed\n%s", what, r.err, tailLines(r.out, 40))
+			case <-deadline:
+				t.Fatalf("%s: 30 actions did not complete in 2 minutes", what)
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+		during()
+		r := <-done
+		if r.err != nil {
+			t.Fatalf("%s: the build failed: %v\n%s", what, r.err, tailLines(r.out, 60))
+		}
+		bin := bz.info("bazel-bin")
+		for path, content := range want {
+			got, err := os.ReadFile(filepath.Join(bin, path))
+			if err != nil || string(got) != content {
+				t.Errorf("%s: %s: %q (%v), want %q", what, path, got, err, content)
+			}
+		}
+		_, ran := countCompletions(t, completions, "/nonexistent")
+		for i := range splitActions {
+			if name := fmt.Sprintf("g%03d", i); ran[name] == 0 {
+				t.Errorf("%s: %s never ran to completion", what, name)
+			}
+		}
+	}
+
+	start := time.Now()
+	buildWith("build with A killed", func() {
+		a.kill()
+		t.Logf("killed replica A after %s", time.Since(start).Round(time.Millisecond))
+	})
+	if _, ok := b.log.find(`msg="executor connected" executor=w1 `); !ok {
+		t.Errorf("w1 never reconnected to B:\n%s", b.log.tail(30))
+	}
+	// A died holding leases on what w1 ran: B re-queued them (each
+	// replica reaps, A cannot any more).
+	if _, ok := b.log.find(`msg="actions whose lease lapsed`); !ok {
+		t.Errorf("B never re-queued the actions A had leased:\n%s", b.log.tail(30))
+	}
+
+	// Run everything again, not from the cache, with a Redis restart in
+	// the middle.
+	if err := os.Remove(completions); err != nil {
+		t.Fatal(err)
+	}
+	bz.run("clean")
+	args = append(args, "--noremote_accept_cached")
+	start = time.Now()
+	buildWith("build with Redis restarted", func() {
+		rds.Restart()
+		t.Logf("restarted Redis after %s", time.Since(start).Round(time.Millisecond))
+	})
+	if strings.Contains(b.log.tail(1000), "level=ERROR") {
+		t.Errorf("B logged an error:\n%s", b.log.tail(40))
+	}
+}
