@@ -93,15 +93,23 @@ func invalid(format string, a ...any) error {
 	return status.Errorf(codes.InvalidArgument, format, a...)
 }
 
-// properties are the bot's platform: its worker and device properties.
+// properties are the bot's platform: its worker and device properties
+// (buildbox-worker puts each --platform pair in both, so pairs are kept once).
 func properties(w *pb.Worker) []*workerapi.Property {
 	var props []*workerapi.Property
+	seen := map[[2]string]bool{}
+	add := func(k, v string) {
+		if !seen[[2]string{k, v}] {
+			seen[[2]string{k, v}] = true
+			props = append(props, &workerapi.Property{Name: k, Value: v})
+		}
+	}
 	for _, p := range w.GetProperties() {
-		props = append(props, &workerapi.Property{Name: p.GetKey(), Value: p.GetValue()})
+		add(p.GetKey(), p.GetValue())
 	}
 	for _, d := range w.GetDevices() {
 		for _, p := range d.GetProperties() {
-			props = append(props, &workerapi.Property{Name: p.GetKey(), Value: p.GetValue()})
+			add(p.GetKey(), p.GetValue())
 		}
 	}
 	return props
