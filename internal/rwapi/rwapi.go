@@ -367,6 +367,8 @@ func (s *Server) reportLocked(ctx context.Context, b *botSession, l *pb.Lease) {
 				s.cfg.Logger.Warn("writing the action cache failed", "action", cur.action.String(), "err", err)
 			}
 		}
+		s.cfg.Logger.Info("lease completed", "bot", b.botID, "lease", cur.id, "state", l.GetState().String(),
+			"exit", resp.GetResult().GetExitCode(), "status", resp.GetStatus().GetCode(), "do_not_cache", cur.doNotCache)
 		b.lease = nil
 		send(ctx, b.in, &workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Finished{Finished: &workerapi.Finished{TaskId: cur.taskID, Response: resp}}})
 	}
@@ -387,6 +389,16 @@ func (s *Server) responseOf(b *botSession, l *pb.Lease) *repb.ExecuteResponse {
 				return internalf("bot %s sent an unreadable ActionResult: %v", b.botID, err)
 			}
 			resp.Result = ar
+			// buildbox-worker names an empty stderr by the empty blob's
+			// digest without uploading it (REAPI treats that blob as always
+			// present); Hearth's action cache completeness check would
+			// reject the cached result, so an empty stream is left unset.
+			if ar.GetStdoutDigest().GetSizeBytes() == 0 {
+				ar.StdoutDigest = nil
+			}
+			if ar.GetStderrDigest().GetSizeBytes() == 0 {
+				ar.StderrDigest = nil
+			}
 		case r.MessageIs(resp):
 			if err := r.UnmarshalTo(resp); err != nil {
 				return internalf("bot %s sent an unreadable ExecuteResponse: %v", b.botID, err)
