@@ -35,3 +35,16 @@ protoc -I proto -I "$ra" -I "$tmp/package" -I /usr/include \
   --go_out=. --go_opt=module=github.com/hearth-build/hearth --go_opt="$lcmap" \
   --go-grpc_out=. --go-grpc_opt=module=github.com/hearth-build/hearth --go-grpc_opt="$lcmap" \
   build/buildgrid/local_cas.proto
+
+# The Remote Workers API (Bots, for buildbox-worker) is vendored unchanged
+# from googleapis (proto/google/devtools/remoteworkers/NOTICE): its
+# go_package names a genproto module Hearth does not use, so the M flags put it
+# in Hearth's own package. Its google/api, google/rpc and protobuf imports
+# keep their own go_package (genproto and protobuf, already in go.mod).
+rwapipkg="github.com/hearth-build/hearth/internal/rwapi/rwapipb;rwapipb"
+rwapi=google/devtools/remoteworkers/v1test2
+rwapiM="M$rwapi/bots.proto=$rwapipkg,M$rwapi/worker.proto=$rwapipkg,M$rwapi/command.proto=$rwapipkg"
+protoc -I proto -I "$tmp/package" -I /usr/include \
+  --go_out=. --go_opt=module=github.com/hearth-build/hearth,"$rwapiM" \
+  --go-grpc_out=. --go-grpc_opt=module=github.com/hearth-build/hearth,"$rwapiM" \
+  $rwapi/bots.proto $rwapi/worker.proto $rwapi/command.proto

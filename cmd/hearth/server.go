@@ -227,6 +227,7 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 		MaxCASBlobSizeBytes: maxCASBlobSize(f),
 	})
 	workerapi.RegisterSchedulerServer(s.grpc, s.sched)
+	s.registerBots(logger)
 	s.grpcMetrics.InitializeMetrics(s.grpc)
 	return s, nil
 }

@@ -29,11 +29,12 @@ type rule struct {
 }
 
 const (
-	cas = "/build.bazel.remote.execution.v2.ContentAddressableStorage/"
-	ac  = "/build.bazel.remote.execution.v2.ActionCache/"
-	ex  = "/build.bazel.remote.execution.v2.Execution/"
-	bs  = "/google.bytestream.ByteStream/"
-	ops = "/google.longrunning.Operations/"
+	cas  = "/build.bazel.remote.execution.v2.ContentAddressableStorage/"
+	ac   = "/build.bazel.remote.execution.v2.ActionCache/"
+	ex   = "/build.bazel.remote.execution.v2.Execution/"
+	bs   = "/google.bytestream.ByteStream/"
+	ops  = "/google.longrunning.Operations/"
+	bots = "/google.devtools.remoteworkers.v1test2.Bots/"
 )
 
 // WorkerAPIMethod is the worker API's session stream (internal/workerapi).
@@ -70,6 +71,10 @@ var rules = map[string]rule{
 	bs + "QueryWriteStatus": {right: Write, instance: resource},
 
 	WorkerAPIMethod: {right: Executor},
+	// The Remote Workers API (internal/rwapi): bots run other people's
+	// actions, like executors.
+	bots + "CreateBotSession": {right: Executor},
+	bots + "UpdateBotSession": {right: Executor},
 
 	"/grpc.health.v1.Health/Check": {public: true},
 	"/grpc.health.v1.Health/Watch": {public: true},
