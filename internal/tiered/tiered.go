@@ -138,7 +138,7 @@ func (s *Store) Open(ctx context.Context, d digest.Digest, offset int64) (io.Rea
 		}
 		return r, nil
 	}
-	return &fillReader{r: r, w: w, s: s, d: d}, nil
+	return &fillReader{r: r, w: newAsyncWriter(w), s: s, d: d}, nil
 }
 
 // fillReader copies what the client reads into the fast tier and commits it
@@ -202,9 +202,9 @@ func (s *Store) Create(ctx context.Context, d digest.Digest) (cas.Writer, error)
 		if !errors.Is(err, cas.ErrTooLarge) {
 			s.logger.Warn("fast tier: cannot write; the blob goes to the slow tier only", "digest", d.String(), "err", err)
 		}
-		fw = nil
+		return &writer{s: s, d: d, ctx: ctx, slow: sw}, nil
 	}
-	return &writer{s: s, d: d, ctx: ctx, slow: sw, fast: fw}, nil
+	return &writer{s: s, d: d, ctx: ctx, slow: sw, fast: newAsyncWriter(fw)}, nil
 }
 
 type writer struct {
