@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,8 +31,13 @@ func TestRedisActionCacheSharedByReplicas(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`{action_cache: {redis: {url: %q, ttl: "1h"}}}`, rds.URL(0))), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	a := startServer(t, "server", t.TempDir(), nil, "--config-server", cfg)
+	dataA := t.TempDir()
+	a := startServer(t, "server", dataA, nil, "--config-server", cfg)
 	b := startServer(t, "server", t.TempDir(), nil, "--config-server", cfg)
+	// Redis replaces the disk action cache: its directory is not created.
+	if _, err := os.Stat(filepath.Join(dataA, "ac")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("data dir has ac/ although action_cache.redis is configured: %v", err)
+	}
 	ca, cb := dial(t, a.GRPCAddr), dial(t, b.GRPCAddr)
 	acA, acB := repb.NewActionCacheClient(ca.conn), repb.NewActionCacheClient(cb.conn)
 

@@ -168,17 +168,17 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 	s.closeStores = closeStores
 	s.store = cas.NewMetrics(cas.NewVerifying(cas.NewSmallBlobCache(base, smallBlobMax, smallBlobCacheBytes)), s.reg)
 	metrics.RegisterDisk(s.reg, s.disk)
-	s.acDisk, err = actioncache.NewDisk(filepath.Join(f.data, "ac"))
-	if err != nil {
-		unlock()
-		return nil, fmt.Errorf("opening action cache: %w", err)
-	}
 	if f.acRedis != nil {
+		// Redis replaces the disk action cache for every reader and
+		// writer, so data_dir/ac is neither opened nor created.
 		if err := s.openRedisActionCache(f.acRedis); err != nil {
 			unlock()
 			return nil, err
 		}
 		logger.Info("action cache in Redis", "url_host", s.rdbAC.Options().Addr, "db", s.rdbAC.Options().DB, "ttl", f.acRedis.TTL)
+	} else if s.acDisk, err = actioncache.NewDisk(filepath.Join(f.data, "ac")); err != nil {
+		unlock()
+		return nil, fmt.Errorf("opening action cache: %w", err)
 	}
 	// Listening now, before anything uses the address: with --listen on
 	// port 0 the embedded executor's runner_command needs the real port.
@@ -347,8 +347,10 @@ func (s *server) drainAndStop(logger *slog.Logger, stopExecutors func()) {
 	if cut > 0 {
 		logger.Warn("drain grace over; cut off calls still running", "calls", cut)
 	}
-	if err := s.acDisk.Sync(); err != nil {
-		logger.Warn("syncing the action cache", "err", err)
+	if s.acDisk != nil {
+		if err := s.acDisk.Sync(); err != nil {
+			logger.Warn("syncing the action cache", "err", err)
+		}
 	}
 	logger.Info("shut down")
 }

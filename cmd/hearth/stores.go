@@ -67,5 +67,9 @@ func openCASStores(f serverFlags, disk *cas.Disk, logger *slog.Logger) (store ca
 		index, close = rix, func() { rix.Close() }
 	}
 	logger.Info("CAS on a fast/slow pair", "fast_max_bytes", c.CAS.FastMaxBytes, "slow", slow.Name(), "index", c.CAS.Index != nil)
-	return tiered.New(disk, slow, index, logger), close, nil
+	t := tiered.New(disk, slow, index, logger)
+	closeIndex := close
+	// The fast copies still committing in the background finish before the
+	// data dir is unlocked.
+	return t, func() { t.Wait(); closeIndex() }, nil
 }

@@ -31,6 +31,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"sync"
 
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/digest"
@@ -50,6 +51,8 @@ type Store struct {
 	slow   cas.Store
 	index  Index // nil: none
 	logger *slog.Logger
+	// bg counts the fast tier's background commits (Wait).
+	bg sync.WaitGroup
 }
 
 var _ cas.Store = (*Store)(nil)
@@ -61,6 +64,10 @@ func New(fast, slow cas.Store, index Index, logger *slog.Logger) *Store {
 	}
 	return &Store{fast: fast, fill: cas.NewVerifying(fast), slow: slow, index: index, logger: logger}
 }
+
+// Wait returns once the fast tier's background commits started so far have
+// finished (at shutdown, before the disk is released; in tests).
+func (s *Store) Wait() { s.bg.Wait() }
 
 // FindMissing: fast tier, then the index, then the slow tier for the rest.
 func (s *Store) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error) {
@@ -131,7 +138,7 @@ func (s *Store) Open(ctx context.Context, d digest.Digest, offset int64) (io.Rea
 		}
 		return r, nil
 	}
-	return &fillReader{r: r, w: w, s: s, d: d}, nil
+	return &fillReader{r: r, w: newAsyncWriter(w), s: s, d: d}, nil
 }
 
 // fillReader copies what the client reads into the fast tier and commits it
@@ -158,7 +165,9 @@ func (f *fillReader) Read(p []byte) (int, error) {
 		// has every byte.
 		w, d, logger := f.w, f.d, f.s.logger
 		f.w = nil
+		f.s.bg.Add(1)
 		go func() {
+			defer f.s.bg.Done()
 			if cerr := w.Commit(); cerr != nil {
 				logger.Warn("fast tier: fill commit", "digest", d.String(), "err", cerr)
 			}
@@ -193,9 +202,9 @@ func (s *Store) Create(ctx context.Context, d digest.Digest) (cas.Writer, error)
 		if !errors.Is(err, cas.ErrTooLarge) {
 			s.logger.Warn("fast tier: cannot write; the blob goes to the slow tier only", "digest", d.String(), "err", err)
 		}
-		fw = nil
+		return &writer{s: s, d: d, ctx: ctx, slow: sw}, nil
 	}
-	return &writer{s: s, d: d, ctx: ctx, slow: sw, fast: fw}, nil
+	return &writer{s: s, d: d, ctx: ctx, slow: sw, fast: newAsyncWriter(fw)}, nil
 }
 
 type writer struct {
@@ -236,7 +245,9 @@ func (w *writer) Commit() error {
 		// durably: its Commit (an fsync) is off the client's path.
 		fast, d, logger := w.fast, w.d, w.s.logger
 		w.fast = nil
+		w.s.bg.Add(1)
 		go func() {
+			defer w.s.bg.Done()
 			if err := fast.Commit(); err != nil {
 				logger.Warn("fast tier: commit failed; the blob is in the slow tier only", "digest", d.String(), "err", err)
 			}
