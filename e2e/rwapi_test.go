@@ -3,13 +3,17 @@ package e2e
 import (
 	"bytes"
 	"context"
-	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-	"google.golang.org/protobuf/proto"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/protobuf/proto"
 )
 
 const buildboxBin = "/opt/hearth-buildbox/bin/"
@@ -18,25 +22,10 @@ const buildboxBin = "/opt/hearth-buildbox/bin/"
 // buildbox-run-hosttools runner, talking to Hearth's CAS directly) against
 // `hearth server`'s Bots service, and executes an action through Hearth.
 func TestBuildboxWorkerExecutes(t *testing.T) {
-	for _, bin := range []string{"buildbox-worker", "buildbox-run-hosttools"} {
-		if _, err := os.Stat(buildboxBin + bin); err != nil {
-			t.Fatalf("%s%s is missing (run scripts/install-buildbox.sh): %v", buildboxBin, bin, err)
-		}
-	}
 	srv := startServer(t, "server", t.TempDir(), nil)
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
-	var bbLog bytes.Buffer
-	bb := exec.Command(buildboxBin+"buildbox-worker",
-		"--bots-remote=grpc://"+srv.GRPCAddr, "--cas-remote=grpc://"+srv.GRPCAddr,
-		"--buildbox-run="+buildboxBin+"buildbox-run-hosttools", "--runner-arg=--disable-localcas",
-		"--platform", "OSFamily=linux", "e2e-bot")
-	bb.Stdout, bb.Stderr = &bbLog, &bbLog
-	if err := bb.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { bb.Process.Kill(); bb.Wait() })
-
+	bbLog := startBot(t, srv, "e2e-bot")
 	c := dial(t, srv.GRPCAddr)
 	a := actionSpec{
 		args:        []string{"/bin/sh", "-c", "echo from-buildbox > out; echo stdout-line"},
@@ -79,5 +68,120 @@ func TestBuildboxWorkerExecutes(t *testing.T) {
 	}
 	if len(cached.GetOutputFiles()) != 1 || !proto.Equal(cached.GetOutputFiles()[0].GetDigest(), resp.GetResult().GetOutputFiles()[0].GetDigest()) {
 		t.Errorf("cached output %v, want %v", cached.GetOutputFiles(), resp.GetResult().GetOutputFiles())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a child process writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// startBot starts the real buildbox-worker as bot id against srv, running
+// actions with the real buildbox-run-hosttools on Hearth's CAS, in its own
+// process group (killed, runner included, when the test ends). It returns
+// the bot's output and a function that kills the group at once.
+func startBotKillable(t *testing.T, srv *hearthProcess, id string) (*syncBuffer, func()) {
+	t.Helper()
+	for _, bin := range []string{"buildbox-worker", "buildbox-run-hosttools"} {
+		if _, err := os.Stat(buildboxBin + bin); err != nil {
+			t.Fatalf("%s%s is missing (run scripts/install-buildbox.sh): %v", buildboxBin, bin, err)
+		}
+	}
+	log := &syncBuffer{}
+	bb := exec.Command(buildboxBin+"buildbox-worker",
+		"--bots-remote=grpc://"+srv.GRPCAddr, "--cas-remote=grpc://"+srv.GRPCAddr,
+		"--buildbox-run="+buildboxBin+"buildbox-run-hosttools", "--runner-arg=--disable-localcas",
+		"--platform", "OSFamily=linux", id)
+	bb.Stdout, bb.Stderr = log, log
+	bb.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := bb.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	kill := func() {
+		once.Do(func() {
+			syscall.Kill(-bb.Process.Pid, syscall.SIGKILL)
+			bb.Wait()
+		})
+	}
+	t.Cleanup(kill)
+	return log, kill
+}
+
+func startBot(t *testing.T, srv *hearthProcess, id string) *syncBuffer {
+	t.Helper()
+	log, _ := startBotKillable(t, srv, id)
+	return log
+}
+
+// TestBuildboxWorkerKilledMidLease: a real buildbox-worker killed (with its
+// runner) while it runs an action loses its session after --bot-session-ttl;
+// the action is re-queued and a second bot runs it to completion.
+func TestBuildboxWorkerKilledMidLease(t *testing.T) {
+	srv := startServer(t, "server", t.TempDir(), nil, "--bot-session-ttl", "3s")
+	marks := filepath.Join(t.TempDir(), "runs")
+	bot1Log, killBot1 := startBotKillable(t, srv, "bot-1")
+	c := dial(t, srv.GRPCAddr)
+	a := actionSpec{
+		// Each run appends to marks (outside the action's directory: the
+		// hosttools runner does not sandbox), so the test sees both attempts.
+		args:        []string{"/bin/sh", "-c", "echo run >> " + marks + "; sleep 4; echo finished > out"},
+		outputPaths: []string{"out"},
+	}.build(t)
+	c.upload(t, a)
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
+	type result struct {
+		resp *repb.ExecuteResponse
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := c.execute(ctx, a.action.digest)
+		done <- result{resp, err}
+	}()
+	for {
+		if data, _ := os.ReadFile(marks); len(data) > 0 {
+			break
+		}
+		select {
+		case r := <-done:
+			t.Fatalf("Execute ended before bot-1 ran the action: %v %v\nbot-1:\n%s", r.resp, r.err, bot1Log.String())
+		case <-ctx.Done():
+			t.Fatalf("bot-1 never ran the action\nbot-1:\n%s\nserver:\n%s", bot1Log.String(), srv.log.tail(30))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	killBot1()
+	bot2Log := startBot(t, srv, "bot-2")
+	r := <-done
+	if r.err != nil || r.resp.GetStatus().GetCode() != 0 || r.resp.GetResult().GetExitCode() != 0 {
+		t.Fatalf("Execute after bot-1 died: %v, %v\nbot-2:\n%s\nserver:\n%s", r.resp, r.err, bot2Log.String(), srv.log.tail(40))
+	}
+	if w := r.resp.GetResult().GetExecutionMetadata().GetWorker(); w != "bot-2" {
+		t.Errorf("result from worker %q, want bot-2", w)
+	}
+	outs := r.resp.GetResult().GetOutputFiles()
+	if len(outs) != 1 {
+		t.Fatalf("output files %v", outs)
+	}
+	if got, err := c.byteStreamRead(ctx, outs[0].GetDigest()); err != nil || string(got) != "finished\n" {
+		t.Errorf("out = %q, %v", got, err)
+	}
+	if data, _ := os.ReadFile(marks); strings.Count(string(data), "run") != 2 {
+		t.Errorf("the action ran %d times, want 2 (bot-1's attempt, then bot-2's)", strings.Count(string(data), "run"))
 	}
 }

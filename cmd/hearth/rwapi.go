@@ -15,6 +15,7 @@ func (s *server) registerBots(logger *slog.Logger) {
 	rwapipb.RegisterBotsServer(s.grpc, rwapi.New(rwapi.Config{
 		Scheduler:   s.sched,
 		ActionCache: s.actionCache(),
+		SessionTTL:  s.f.botSessionTTL,
 		Logger:      logger,
 	}))
 }

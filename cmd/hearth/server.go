@@ -60,6 +60,9 @@ type serverFlags struct {
 	casMaxBytes int64
 	access      accessFlags
 	drainGrace  time.Duration
+	// botSessionTTL is how long a Remote Workers API bot session outlives
+	// its last call (rwapi.go).
+	botSessionTTL time.Duration
 	// acRedis, from the config file's action_cache.redis, moves the action
 	// cache into Redis (shared by replicas).
 	acRedis *serverconfig.RedisActionCache
@@ -77,6 +80,7 @@ func (f *serverFlags) register(fs *flag.FlagSet) {
 	fs.Int64Var(&f.casMaxBytes, "cas-max-bytes", 0, "evict least recently used CAS blobs beyond this many bytes (0 = unbounded)")
 	f.access.register(fs)
 	fs.DurationVar(&f.drainGrace, "drain-grace", 10*time.Second, "on SIGTERM, how long running client calls (Execute streams, uploads) may take to finish before the server stops")
+	fs.DurationVar(&f.botSessionTTL, "bot-session-ttl", 30*time.Second, "how long a buildbox-worker bot session lives after its last UpdateBotSession; then its lease's action is re-queued")
 }
 
 func runServer(args []string) error {
@@ -142,6 +146,9 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 	unlock, err := lockDataDir(f.data)
 	if err != nil {
 		return nil, err
+	}
+	if f.botSessionTTL < 2*time.Second {
+		return nil, fmt.Errorf("--bot-session-ttl must be at least 2s (a bot's long poll lasts up to a third of it), got %s", f.botSessionTTL)
 	}
 	if f.drainGrace <= 0 {
 		unlock()

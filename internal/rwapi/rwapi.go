@@ -81,7 +81,9 @@ func New(cfg Config) *Server {
 		cfg.SessionTTL = 30 * time.Second
 	}
 	if cfg.MaxHold <= 0 {
-		cfg.MaxHold = 5 * time.Second
+		// A third of the session's life at most, so that a bot that polls
+		// again at once after each answer is never near its expiry.
+		cfg.MaxHold = min(5*time.Second, cfg.SessionTTL/3)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
