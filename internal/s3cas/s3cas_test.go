@@ -246,3 +246,59 @@ func TestServerStopped(t *testing.T) {
 		t.Fatalf("Put after restart: %v", err)
 	}
 }
+
+// TestServerStoppedMidUpload: S3 dies while a multipart upload is under way
+// (parts already sent); the commit fails UNAVAILABLE, and after S3 comes back
+// nothing of the blob is visible: not to FindMissing, not to Open, not in
+// the bucket. Only CompleteMultipartUpload, which Commit alone sends, makes
+// an object appear.
+func TestServerStoppedMidUpload(t *testing.T) {
+	srv := s3test.Start(t)
+	s := open(t, options(srv))
+	ctx := context.Background()
+	data, d := blob(t, 3*(5<<20)+123) // three full parts and a tail
+	w, err := s.Create(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two parts' worth: at least one part upload has been started.
+	if _, err := w.Write(data[:2*(5<<20)+1]); err != nil {
+		t.Fatalf("writing the first parts: %v", err)
+	}
+	srv.Stop()
+	_, werr := w.Write(data[2*(5<<20)+1:])
+	cerr := w.Commit()
+	if werr == nil && cerr == nil {
+		t.Fatal("the upload succeeded with the S3 server stopped")
+	}
+	if err := cerr; err == nil {
+		err = werr
+		if errcode.Code(err) != codes.Unavailable {
+			t.Errorf("write with the server stopped: %v (%s), want UNAVAILABLE", err, errcode.Code(err))
+		}
+	} else if errcode.Code(err) != codes.Unavailable {
+		t.Errorf("commit with the server stopped: %v (%s), want UNAVAILABLE", err, errcode.Code(err))
+	}
+	w.Close()
+	srv.Start()
+	missing, err := s.FindMissing(ctx, []digest.Digest{d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(missing) != 1 {
+		t.Errorf("FindMissing after the failed upload = %v, want the blob missing", missing)
+	}
+	if _, err := s.Open(ctx, d, 0); !errors.Is(err, cas.ErrNotFound) {
+		t.Errorf("Open after the failed upload: %v, want not found", err)
+	}
+	if keys := objects(t, srv); len(keys) != 0 {
+		t.Errorf("bucket holds %v after the failed upload, want nothing", keys)
+	}
+	// And the same blob uploads whole afterwards.
+	if err := cas.Put(ctx, s, d, data); err != nil {
+		t.Fatalf("Put after restart: %v", err)
+	}
+	if got := read(t, s, d, 0); !bytes.Equal(got, data) {
+		t.Fatal("the re-uploaded blob reads back different bytes")
+	}
+}
