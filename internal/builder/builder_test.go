@@ -45,12 +45,12 @@ func TestMain(m *testing.M) {
 
 // rig is a builder with a real disk CAS, file cache and worker pool.
 type rig struct {
-	t     *testing.T
+	t     testing.TB
 	store cas.Store
 	b     *builder.Builder
 }
 
-func newRig(t *testing.T, popts workerpool.Options) *rig {
+func newRig(t testing.TB, popts workerpool.Options) *rig {
 	t.Helper()
 	dir := t.TempDir()
 	disk, err := cas.NewDisk(filepath.Join(dir, "cas"), cas.DiskOptions{})

@@ -27,6 +27,10 @@ import (
 // removed, replaced or chmodded meanwhile is staged afresh, and one it wrote
 // through is handled as a damaged input (tamper.go).
 
+// diffStaging turns the keeping of inputs on; off only in the benchmark
+// that compares with staging everything.
+var diffStaging = true
+
 // keptInput is an input left staged in a worker's workspace.
 type keptInput struct {
 	digest     digest.Digest

@@ -2,6 +2,7 @@ package builder_test
 
 import (
 	"context"
+	"fmt"
 	"path"
 	"sort"
 	"strings"
@@ -191,5 +192,41 @@ func TestWorkerUnchangedInputIsNotRestaged(t *testing.T) {
 	time.Sleep(20 * time.Millisecond) // past the coarse clock's tick
 	if second := stat("2"); second != first {
 		t.Fatalf("src/a.txt was staged again: %s, then %s", first, second)
+	}
+}
+
+// A warm worker request with 200 inputs of which one changes from each
+// request to the next, staging everything (as before inputs were kept) and
+// only the difference.
+func BenchmarkWorkerRequestInputs(b *testing.B) {
+	for _, mode := range []struct {
+		name string
+		diff bool
+	}{{"stage-all", false}, {"diff", true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			defer func(was bool) { *builder.DiffStaging = was }(*builder.DiffStaging)
+			*builder.DiffStaging = mode.diff
+			r := newRig(b, workerpool.Options{})
+			var tasks []builder.Task
+			for v := range 2 {
+				files := map[string]input{"src/changed.txt": {content: fmt.Sprint("version ", v)}}
+				for i := range 200 {
+					files[fmt.Sprintf("src/d%d/f%d.ts", i%10, i)] = input{content: fmt.Sprint("file ", i)}
+				}
+				tasks = append(tasks, r.inputsTask(files, []string{"--say=ok"}))
+			}
+			for i := range 4 { // start the worker, fill the file cache
+				if resp := r.b.Build(context.Background(), tasks[i%2]); resp.GetStatus().GetCode() != 0 {
+					b.Fatal(resp.GetStatus())
+				}
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				resp := r.b.Build(context.Background(), tasks[i%2])
+				if resp.GetStatus().GetCode() != 0 || resp.GetResult().GetExitCode() != 0 {
+					b.Fatal(resp.GetStatus())
+				}
+			}
+		})
 	}
 }

@@ -168,7 +168,7 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 		return nil, nil
 	}
 	var keep keptInputs
-	if lease.KeepsMemo() {
+	if lease.KeepsMemo() && diffStaging {
 		keep = intactInputs(dir, tree, snapshot)
 	}
 	md.OutputUploadStartTimestamp = timestamppb.Now()
