@@ -52,12 +52,17 @@ type rig struct {
 
 func newRig(t testing.TB, popts workerpool.Options) *rig {
 	t.Helper()
+	return newRigWith(t, popts, filecache.Options{})
+}
+
+func newRigWith(t testing.TB, popts workerpool.Options, fopts filecache.Options) *rig {
+	t.Helper()
 	dir := t.TempDir()
 	disk, err := cas.NewDisk(filepath.Join(dir, "cas"), cas.DiskOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := filecache.New(filepath.Join(dir, "files"), disk, filecache.Options{})
+	files, err := filecache.New(filepath.Join(dir, "files"), disk, fopts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hearth-build/hearth/internal/builder"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/filecache"
 	"github.com/hearth-build/hearth/internal/inputtree"
 	"github.com/hearth-build/hearth/internal/workerpool"
 )
@@ -129,6 +130,14 @@ func TestWorkerWorkspaceBetweenRequests(t *testing.T) {
 		{name: "new inputs appear", second: with(func(m map[string]input) { m["src/new/d.txt"] = input{content: "D"} })},
 		{name: "changed content", second: with(func(m map[string]input) { m["src/a.txt"] = input{content: "A2"} })},
 		{name: "changed executable bit", second: with(func(m map[string]input) { m["src/a.txt"] = input{content: "A", executable: true} })},
+		{name: "a file becomes a directory", second: with(func(m map[string]input) {
+			delete(m, "src/a.txt")
+			m["src/a.txt/inner.txt"] = input{content: "I"}
+		})},
+		{name: "a directory becomes a file", second: with(func(m map[string]input) {
+			delete(m, "src/old/c.txt")
+			m["src/old"] = input{content: "O"}
+		})},
 		{name: "removed by the request", first: []string{"--rm=src/a.txt"}, second: base},
 		{name: "replaced by the request", first: []string{"--replace=src/a.txt"}, second: base},
 		{name: "chmodded by the request", first: []string{"--chmod=src/a.txt"}, damagedFirst: true},
@@ -172,6 +181,32 @@ func TestWorkerWorkspaceBetweenRequests(t *testing.T) {
 				t.Fatalf("second: %+v\nstderr:\n%s\nwant:\n%s", i, r.stderr(second), want)
 			}
 		})
+	}
+}
+
+// Kept inputs are hardlinks of the file cache's entries: the cache evicting
+// them (here: all of them, after every request) unlinks only its own name,
+// and the kept link still has the bytes.
+func TestWorkerKeptInputSurvivesCacheEviction(t *testing.T) {
+	r := newRigWith(t, workerpool.Options{}, filecache.Options{MaxBytes: 1})
+	files := map[string]input{"src/a.txt": {content: "kept bytes"}, "src/b.txt": {content: "bb"}}
+	var stats []string
+	for round := range 3 {
+		resp := r.b.Build(context.Background(), r.inputsTask(files, []string{"--stat=src/a.txt", "--cat=src/a.txt", fmt.Sprint("--say=", round)}))
+		if i := info(t, resp); i.GetFellBack() || !i.GetWarm() && round > 0 {
+			t.Fatalf("round %d: %+v", round, i)
+		}
+		out := strings.SplitN(r.stderr(resp), "\n", 2)
+		if want := "kept bytes" + fmt.Sprint(round) + "\n"; out[1] != want {
+			t.Fatalf("round %d: read %q, want %q", round, out[1], want)
+		}
+		stats = append(stats, out[0])
+		if n := r.b.Files.Count(); n != 0 {
+			t.Fatalf("round %d: the cache holds %d entries; the test needs them evicted", round, n)
+		}
+	}
+	if stats[1] != stats[2] {
+		t.Fatalf("src/a.txt was not kept: %q", stats)
 	}
 }
 
