@@ -45,19 +45,24 @@ func TestMain(m *testing.M) {
 
 // rig is a builder with a real disk CAS, file cache and worker pool.
 type rig struct {
-	t     *testing.T
+	t     testing.TB
 	store cas.Store
 	b     *builder.Builder
 }
 
-func newRig(t *testing.T, popts workerpool.Options) *rig {
+func newRig(t testing.TB, popts workerpool.Options) *rig {
+	t.Helper()
+	return newRigWith(t, popts, filecache.Options{})
+}
+
+func newRigWith(t testing.TB, popts workerpool.Options, fopts filecache.Options) *rig {
 	t.Helper()
 	dir := t.TempDir()
 	disk, err := cas.NewDisk(filepath.Join(dir, "cas"), cas.DiskOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := filecache.New(filepath.Join(dir, "files"), disk, filecache.Options{})
+	files, err := filecache.New(filepath.Join(dir, "files"), disk, fopts)
 	if err != nil {
 		t.Fatal(err)
 	}

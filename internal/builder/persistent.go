@@ -62,16 +62,28 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 			lease.Discard()
 		}
 	}()
+	// What the previous request left staged (keep.go); until this request
+	// passes its tamper check, the workspace is described by no memo.
+	kept, _ := lease.Memo().(keptInputs)
+	lease.SetMemo(nil)
 	// release returns the worker to the pool once its workspace holds
-	// nothing of this action (the pool stops a worker that failed or was
-	// killed anyway); a workspace that cannot be cleaned costs the worker.
-	release := func() {
+	// nothing of this action but the inputs in keep (the pool stops a
+	// worker that failed or was killed anyway); a workspace that cannot be
+	// cleaned costs the worker.
+	release := func(keep keptInputs) {
 		released = true
 		if lease.SandboxDir() == "" {
-			if err := w.CleanWorkspace(lease.Dir(), plan); err != nil {
+			paths := make(map[string]bool, len(keep))
+			for p := range keep {
+				paths[p] = true
+			}
+			if err := w.CleanWorkspaceKeeping(lease.Dir(), plan, paths); err != nil {
 				b.logger().Warn("persistent worker discarded", "key", plan.Spec.Key, "err", err)
 				lease.Discard()
 				return
+			}
+			if len(keep) > 0 {
+				lease.SetMemo(keep)
 			}
 		}
 		lease.Release()
@@ -79,8 +91,21 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 	plan.Info.Warm, plan.Info.Invocation = lease.Warm(), int32(lease.Invocation())
 	dir := lease.Dir()
 	sandboxed := lease.SandboxDir() != ""
+	reused, damaged, err := reconcile(dir, tree, kept, plan.IsTool)
+	if len(damaged) > 0 {
+		b.damagedByWorker(plan, damaged)
+		return nil, nil
+	}
+	if err != nil {
+		w.FallBack(plan, "staging", err)
+		return nil, nil
+	}
 	skip := func(f *inputtree.File) bool { return !sandboxed && plan.IsTool(f.Path) }
-	if err := inputtree.StageWith(ctx, tree, b.Files, dir, inputtree.StageOptions{Skip: skip, Reuse: true}); err != nil {
+	stageSkip := skip
+	if len(reused) > 0 {
+		stageSkip = func(f *inputtree.File) bool { return skip(f) || reused[f.Path] }
+	}
+	if err := inputtree.StageWith(ctx, tree, b.Files, dir, inputtree.StageOptions{Skip: stageSkip, Reuse: true}); err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -93,7 +118,7 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 	snapshot := snapshotInputs(dir, tree, skip)
 	args, err := workeraction.ExpandArgs(dir, plan.Request)
 	if err != nil {
-		release()
+		release(nil)
 		w.FallBack(plan, "flag_file", err)
 		return nil, nil
 	}
@@ -122,11 +147,11 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 			// finished at that moment) is healthy and stays in the pool
 			// (DESIGN §3.6); one that did not was killed by the pool,
 			// which then retires it.
-			release()
+			release(nil)
 			return nil, ctx.Err()
 		case timedOut:
 			// The action's own timeout: a result, not a worker failure.
-			release()
+			release(nil)
 			result, upErr := b.streamsResult(ctx, fn, nil, "")
 			if upErr != nil {
 				return nil, upErr
@@ -142,9 +167,13 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 		b.damagedByWorker(plan, damaged)
 		return nil, nil
 	}
+	var keep keptInputs
+	if lease.KeepsMemo() && diffStaging {
+		keep = intactInputs(dir, tree, snapshot)
+	}
 	md.OutputUploadStartTimestamp = timestamppb.Now()
 	collected, err := b.collect(ctx, fn, dir, cmd)
-	release()
+	release(keep)
 	if err != nil {
 		return nil, err
 	}

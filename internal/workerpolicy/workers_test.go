@@ -344,3 +344,36 @@ func TestCloseWaitsForHistoryAndReportsItsError(t *testing.T) {
 		t.Fatal("Served after Close wrote the history")
 	}
 }
+
+// CleanWorkspaceKeeping keeps the given inputs (and their directories) on
+// top of the tools, and removes everything else as CleanWorkspace does.
+func TestCleanWorkspaceKeeping(t *testing.T) {
+	w := newWorkers(t, Options{})
+	plan := w.Plan(workerAction([]string{"tools/javac", "@args.txt"}, "persistentWorkerKey", "k"))
+	dir := t.TempDir()
+	for _, f := range []string{"tools/javac", "args.txt", "src/a/x.java", "src/a/stray", "src/out.class", "gone/y.java"} {
+		p := filepath.Join(dir, f)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.CleanWorkspaceKeeping(dir, plan, map[string]bool{"args.txt": true, "src/a/x.java": true}); err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	filepath.WalkDir(dir, func(p string, e os.DirEntry, err error) error {
+		if err == nil && p != dir {
+			rel, _ := filepath.Rel(dir, p)
+			left = append(left, filepath.ToSlash(rel))
+		}
+		return err
+	})
+	sort.Strings(left)
+	want := []string{"args.txt", "src", "src/a", "src/a/x.java", "tools", "tools/javac"}
+	if !slices.Equal(left, want) {
+		t.Fatalf("left %q, want %q", left, want)
+	}
+}

@@ -41,7 +41,7 @@ func PrepareWorkspace(files Linker) func(ctx context.Context, workspace string, 
 // those kept are made writable again for the next action's outputs.
 func CleanWorkspace(dir string, plan *Plan) error {
 	var fresh wsclean.Index
-	return cleanWorkspace(&fresh, dir, plan)
+	return cleanWorkspace(&fresh, dir, plan, nil)
 }
 
 // CleanWorkspace is the package's CleanWorkspace for the workspaces of w's
@@ -49,18 +49,35 @@ func CleanWorkspace(dir string, plan *Plan) error {
 // not change since the last request is checked with an lstat instead of
 // being listed again (see package wsclean).
 func (w *Workers) CleanWorkspace(dir string, plan *Plan) error {
-	return cleanWorkspace(&w.cleaned, dir, plan)
+	return cleanWorkspace(&w.cleaned, dir, plan, nil)
 }
 
-func cleanWorkspace(x *wsclean.Index, dir string, plan *Plan) error {
+// CleanWorkspaceKeeping is CleanWorkspace that also keeps the files at the
+// paths in inputs (slash-separated, relative), whatever they are: the caller
+// has checked that they are the inputs it staged, untouched, and leaves them
+// for the worker's next request.
+func (w *Workers) CleanWorkspaceKeeping(dir string, plan *Plan, inputs map[string]bool) error {
+	return cleanWorkspace(&w.cleaned, dir, plan, inputs)
+}
+
+func cleanWorkspace(x *wsclean.Index, dir string, plan *Plan, inputs map[string]bool) error {
 	keepDirs := map[string]bool{}
-	for p := range plan.tools {
+	parents := func(p string) {
 		for d := filepath.Dir(p); d != "." && d != "/"; d = filepath.Dir(d) {
+			if keepDirs[d] {
+				return
+			}
 			keepDirs[d] = true
 		}
 	}
+	for p := range plan.tools {
+		parents(p)
+	}
+	for p := range inputs {
+		parents(p)
+	}
 	_, err := x.Clean(dir, wsclean.Keep{
-		File: func(rel string) bool { return plan.tools[rel] },
+		File: func(rel string) bool { return plan.tools[rel] || inputs[rel] },
 		Dir:  func(rel string) bool { return keepDirs[rel] },
 		Skip: workerpool.SandboxRoot,
 	}, fsutil.RemoveAll)

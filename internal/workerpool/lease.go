@@ -45,6 +45,33 @@ func (l *Lease) Warm() bool { return l.warm }
 // Invocation is this request's number on its process (1 = first).
 func (l *Lease) Invocation() int { return l.invocation }
 
+// Memo returns what SetMemo last stored on this lease's worker process (nil
+// at first, and for a worker that keeps no memo). The caller uses it to
+// remember what it left in the workspace for the next request, so only a
+// worker that serves one request at a time in its own workspace keeps one:
+// a singleplex worker without Spec.WorkDir. The memo dies with the process.
+func (l *Lease) Memo() any {
+	l.pool.mu.Lock()
+	defer l.pool.mu.Unlock()
+	return l.w.memo
+}
+
+// SetMemo stores v for the next lease on this worker process (see Memo); a
+// no-op for a worker that keeps no memo.
+func (l *Lease) SetMemo(v any) {
+	if !l.KeepsMemo() {
+		return
+	}
+	l.pool.mu.Lock()
+	defer l.pool.mu.Unlock()
+	l.w.memo = v
+}
+
+// KeepsMemo reports whether SetMemo stores anything for this worker.
+func (l *Lease) KeepsMemo() bool {
+	return !l.w.spec.Multiplex && l.w.spec.WorkDir == "" && l.sandboxRel == ""
+}
+
 // PID is the process id of the worker (of bwrap, when sandboxed).
 func (l *Lease) PID() int { return l.w.proc.pid }
 

@@ -75,6 +75,7 @@ type worker struct {
 	nextReqID   int32
 	lastUsed    time.Time
 	rss         uint64
+	memo        any // see Lease.Memo
 }
 
 // New empties opts.Dir, checks the sandbox, and starts the idle sweeper.

@@ -56,8 +56,15 @@ func (a *action) perform(ctx context.Context) (int32, string) {
 		fmt.Fprintf(&a.output, "testworker: %v\n", err)
 		return 2, a.output.String()
 	}
-	for _, arg := range args {
+	for i, arg := range args {
 		if err := ctx.Err(); err != nil {
+			break
+		}
+		if ok, err := a.detach(arg, args[i+1:]); ok {
+			if err != nil {
+				fmt.Fprintf(&a.output, "testworker: %s: %v\n", arg, err)
+				a.exitCode = 2
+			}
 			break
 		}
 		if err := a.apply(ctx, arg); err != nil {
@@ -179,6 +186,8 @@ func (a *action) apply(ctx context.Context, arg string) error {
 		}
 	case "--close-stdout":
 		a.stdout.close()
+	case "--ls", "--stat", "--rm", "--replace", "--chmod":
+		return a.workspaceAction(name, value)
 	case persistentFlag, "--multiplex", "--honor-cancel", "--startup-banner", protocolFlagKey:
 		// Startup flags, present when a one-shot command line is performed.
 	default:

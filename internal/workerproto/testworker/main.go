@@ -35,6 +35,12 @@
 //	--crash                    exit with code 3 at once, answering nothing
 //	--garbage                  write non-protocol bytes to stdout and carry on
 //	--close-stdout             close stdout and carry on (responses are lost)
+//	--ls                       append the workspace's entries (see workspace.go)
+//	--stat=PATH                append PATH's inode and ctime (relinking changes the ctime)
+//	--rm=PATH                  remove PATH
+//	--replace=PATH             put a new file with the text "replaced" at PATH
+//	--chmod=PATH               make PATH writable (0644), through its inode
+//	--detach=DURATION          answer now; perform the remaining arguments after DURATION
 //
 // Arguments of the form @FILE, --flagfile=FILE and -flagfile=FILE are
 // replaced by FILE's lines (recursively) in both modes; @@x stands for a
