@@ -318,15 +318,19 @@ func (s *Server) UpdateBotSession(ctx context.Context, req *pb.UpdateBotSessionR
 		b.expiry.Stop()
 	}
 	reported := pb.LeaseState_LEASE_STATE_UNSPECIFIED
+	accepted := false
 	for _, l := range bs.GetLeases() {
 		if b.lease != nil && l.GetId() == b.lease.id {
 			reported = l.GetState()
-			s.reportLocked(ctx, b, l)
+			accepted = s.reportLocked(ctx, b, l)
 		}
 		// Other ids are leases the server abandoned: late reports are ignored.
 	}
-	// Answer at once when the bot's view differs from ours; else hold.
-	if b.lease == nil && reported == pb.LeaseState_LEASE_STATE_UNSPECIFIED || b.lease != nil && b.lease.state == reported {
+	// Answer at once when the bot's view differs from ours, or when it has
+	// just accepted a lease: buildbox-worker starts the job only once this
+	// call answers, so holding it would delay every action by the long poll.
+	// Else hold.
+	if !accepted && (b.lease == nil && reported == pb.LeaseState_LEASE_STATE_UNSPECIFIED || b.lease != nil && b.lease.state == reported) {
 		hold := s.cfg.MaxHold
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl)-time.Second < hold {
 			hold = time.Until(dl) - time.Second
@@ -355,12 +359,13 @@ func (s *Server) UpdateBotSession(ctx context.Context, req *pb.UpdateBotSessionR
 }
 
 // reportLocked applies the bot's report on its current lease.
-func (s *Server) reportLocked(ctx context.Context, b *botSession, l *pb.Lease) {
+func (s *Server) reportLocked(ctx context.Context, b *botSession, l *pb.Lease) (accepted bool) {
 	cur := b.lease
 	switch l.GetState() {
 	case pb.LeaseState_ACTIVE:
 		if cur.state == pb.LeaseState_PENDING {
 			cur.state = pb.LeaseState_ACTIVE
+			return true
 		}
 	case pb.LeaseState_COMPLETED, pb.LeaseState_CANCELLED:
 		resp := s.responseOf(b, l)
@@ -374,6 +379,7 @@ func (s *Server) reportLocked(ctx context.Context, b *botSession, l *pb.Lease) {
 		b.lease = nil
 		send(ctx, b.in, &workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Finished{Finished: &workerapi.Finished{TaskId: cur.taskID, Response: resp}}})
 	}
+	return false
 }
 
 // responseOf reads a finished lease: its result is an ActionResult

@@ -20,6 +20,12 @@ import (
 
 func start(t *testing.T, ttl time.Duration) (pb.BotsClient, *scheduler.Scheduler) {
 	t.Helper()
+	return startHolding(t, ttl, 200*time.Millisecond)
+}
+
+// startHolding is start with UpdateBotSession's long poll set to hold.
+func startHolding(t *testing.T, ttl, hold time.Duration) (pb.BotsClient, *scheduler.Scheduler) {
+	t.Helper()
 	sched := scheduler.New(scheduler.Config{})
 	t.Cleanup(sched.Close)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -27,7 +33,7 @@ func start(t *testing.T, ttl time.Duration) (pb.BotsClient, *scheduler.Scheduler
 		t.Fatal(err)
 	}
 	g := grpc.NewServer()
-	pb.RegisterBotsServer(g, New(Config{Scheduler: sched, SessionTTL: ttl, MaxHold: 200 * time.Millisecond}))
+	pb.RegisterBotsServer(g, New(Config{Scheduler: sched, SessionTTL: ttl, MaxHold: hold}))
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -118,6 +124,32 @@ func TestLeaseLifecycle(t *testing.T) {
 	st := waitDone(t, op)
 	if st.Response.GetResult().GetExitCode() != 3 || string(st.Response.GetResult().GetStdoutRaw()) != "hi" {
 		t.Fatalf("response %v", st.Response)
+	}
+}
+
+// TestAcceptedLeaseIsAnsweredAtOnce: buildbox-worker starts a job only once
+// the update that reports it ACTIVE is answered, so that answer must not
+// wait out the long poll (it did: every action started MaxHold late).
+func TestAcceptedLeaseIsAnsweredAtOnce(t *testing.T) {
+	c, sched := startHolding(t, 5*time.Minute, time.Minute)
+	s := bot(t, c, "bot1", "linux")
+	waitExecutors(t, sched, 1)
+	submit(t, sched, "linux")
+	s = pollLease(t, c, s)
+	s.Leases[0].State = pb.LeaseState_ACTIVE
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	r, err := c.UpdateBotSession(ctx, &pb.UpdateBotSessionRequest{Name: s.GetName(), BotSession: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Held, the call would last until a second before its deadline (19 s).
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("the ACTIVE report was answered after %s: held by the long poll", took)
+	}
+	if r.GetLeases()[0].GetState() != pb.LeaseState_ACTIVE {
+		t.Errorf("lease %v, want ACTIVE", r.GetLeases()[0])
 	}
 }
 
