@@ -43,15 +43,7 @@ func decodeRedisActionCache(d *config.Decoder, path string, v any) *RedisActionC
 	if !ok {
 		return nil
 	}
-	r := &RedisActionCache{}
-	if v, p, ok := o.Get("url"); ok {
-		if s, ok := d.String(p, v); ok {
-			r.URL = s
-			checkRedisURL(d, p, s)
-		}
-	} else {
-		d.Errorf(config.FieldPath(path, "url"), "is required (e.g. \"redis://127.0.0.1:6379/0\")")
-	}
+	r := &RedisActionCache{URL: redisURL(d, o, path)}
 	if v, p, ok := o.Get("ttl"); ok {
 		if t, ok := d.Duration(p, v); ok {
 			if t < 0 {
@@ -62,6 +54,22 @@ func decodeRedisActionCache(d *config.Decoder, path string, v any) *RedisActionC
 	}
 	o.RejectUnknown()
 	return r
+}
+
+// redisURL decodes the required url of a Redis block at path, checked by
+// checkRedisURL.
+func redisURL(d *config.Decoder, o *config.Object, path string) string {
+	v, p, ok := o.Get("url")
+	if !ok {
+		d.Errorf(config.FieldPath(path, "url"), "is required (e.g. \"redis://127.0.0.1:6379/0\")")
+		return ""
+	}
+	s, ok := d.String(p, v)
+	if !ok {
+		return ""
+	}
+	checkRedisURL(d, p, s)
+	return s
 }
 
 // checkRedisURL rejects a URL go-redis cannot use, and plaintext to a host

@@ -46,15 +46,7 @@ func decodeRedisScheduler(d *config.Decoder, path string, v any) *RedisScheduler
 	if !ok {
 		return nil
 	}
-	r := &RedisScheduler{}
-	if v, p, ok := o.Get("url"); ok {
-		if s, ok := d.String(p, v); ok {
-			r.URL = s
-			checkRedisURL(d, p, s)
-		}
-	} else {
-		d.Errorf(config.FieldPath(path, "url"), "is required (e.g. \"redis://127.0.0.1:6379/0\")")
-	}
+	r := &RedisScheduler{URL: redisURL(d, o, path)}
 	if v, p, ok := o.Get("lease"); ok {
 		if t, ok := d.Duration(p, v); ok {
 			if t < time.Second {
