@@ -59,6 +59,24 @@ func TestBuildboxWorkerExecutes(t *testing.T) {
 	if !strings.Contains(stdout, "stdout-line") {
 		t.Fatalf("stdout %q\nbuildbox-worker:\n%s", stdout, bbLog.String())
 	}
+	// The same action on Hearth's own executor (hearth serve, its own
+	// store) gives the same result: exit code, output file, stdout.
+	own := startServe(t, t.TempDir())
+	oc := dial(t, own.GRPCAddr)
+	oc.upload(t, a)
+	ownResp, err := oc.execute(ctx, a.action.digest)
+	if err != nil || ownResp.GetStatus().GetCode() != 0 {
+		t.Fatalf("Execute on hearth serve: %v %v", ownResp, err)
+	}
+	ownOut := ownResp.GetResult().GetOutputFiles()
+	if ownResp.GetResult().GetExitCode() != resp.GetResult().GetExitCode() || len(ownOut) != 1 ||
+		!proto.Equal(ownOut[0].GetDigest(), resp.GetResult().GetOutputFiles()[0].GetDigest()) ||
+		ownOut[0].GetIsExecutable() != resp.GetResult().GetOutputFiles()[0].GetIsExecutable() {
+		t.Errorf("Hearth's executor gave %v, the buildbox bot %v", ownResp.GetResult(), resp.GetResult())
+	}
+	if ownStdout, err := oc.byteStreamRead(ctx, ownResp.GetResult().GetStdoutDigest()); err != nil || string(ownStdout) != stdout {
+		t.Errorf("stdout: Hearth's executor %q (%v), the buildbox bot %q", ownStdout, err, stdout)
+	}
 	// The Bots service writes the accepted result to the action cache, as
 	// Hearth's own executors do; the lookup passes the completeness check
 	// Execute's own lookup uses.
