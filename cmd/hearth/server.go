@@ -137,6 +137,12 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 	if f.casMaxBytes < 0 {
 		return nil, fmt.Errorf("--cas-max-bytes must be ≥ 0, got %d", f.casMaxBytes)
 	}
+	if f.botSessionTTL < 2*time.Second {
+		return nil, fmt.Errorf("--bot-session-ttl must be at least 2s (a bot's long poll lasts up to a third of it), got %s", f.botSessionTTL)
+	}
+	if f.drainGrace <= 0 {
+		return nil, fmt.Errorf("--drain-grace must be positive, got %s", f.drainGrace)
+	}
 	if err := checkAccess(f); err != nil {
 		return nil, err
 	}
@@ -146,13 +152,6 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 	unlock, err := lockDataDir(f.data)
 	if err != nil {
 		return nil, err
-	}
-	if f.botSessionTTL < 2*time.Second {
-		return nil, fmt.Errorf("--bot-session-ttl must be at least 2s (a bot's long poll lasts up to a third of it), got %s", f.botSessionTTL)
-	}
-	if f.drainGrace <= 0 {
-		unlock()
-		return nil, fmt.Errorf("--drain-grace must be positive, got %s", f.drainGrace)
 	}
 	diskMax, err := casDiskMaxBytes(f)
 	if err != nil {
