@@ -133,3 +133,38 @@ func extraSettings(extra []string) string {
 	}
 	return b.String()
 }
+
+// TestServeExecutesInputsOnlyInS3: `hearth serve`'s embedded executor reads
+// an input that only the slow tier holds (uploaded through another server on
+// the bucket, so this one's disk tier never saw it). Its file cache used to
+// read the disk tier alone and answered such an action with a MISSING
+// precondition failure for a blob FindMissingBlobs reported present: the
+// same happened to a blob whose fast copy was still being committed.
+func TestServeExecutesInputsOnlyInS3(t *testing.T) {
+	ctx := t.Context()
+	s3 := s3test.Start(t)
+	rs := redistest.Start(t)
+	cfg, env := writeStoresConfig(t, s3, rs.URL(0))
+	a := actionSpec{
+		args:        []string{"/bin/sh", "-c", "mkdir -p out && tr a-z A-Z < in/data.txt > out/upper.txt"},
+		outputPaths: []string{"out/upper.txt"},
+		files:       map[string]string{"in/data.txt": "only in the bucket\n"},
+	}.build(t)
+
+	up := startServer(t, "server", t.TempDir(), env, "--config-server", cfg)
+	dial(t, up.GRPCAddr).upload(t, a)
+	up.kill()
+
+	p := startServer(t, "serve", t.TempDir(), env, "--config-server", cfg)
+	c := dial(t, p.GRPCAddr)
+	resp, err := c.execute(ctx, a.action.digest)
+	if st := outcome(resp, err); st.Code() != codes.OK {
+		t.Fatalf("Execute of an action whose inputs are only in S3: %v", st.Err())
+	}
+	if code := resp.GetResult().GetExitCode(); code != 0 {
+		t.Fatalf("exit code %d, stderr %q", code, c.stderrOf(t, resp))
+	}
+	if got := c.outputFiles(t, resp.GetResult())["out/upper.txt"]; got != "ONLY IN THE BUCKET\n" {
+		t.Errorf("out/upper.txt = %q", got)
+	}
+}

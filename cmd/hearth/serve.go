@@ -151,7 +151,7 @@ func serve(ctx context.Context, f serveFlags, logger *slog.Logger) error {
 	for i := range workers {
 		results := srv.embeddedActionCache()
 		exec, err := executor.FromConfig(ctx, &workers[i], executor.Deps{
-			CAS: srv.store, ActionCache: results, FileSource: srv.disk,
+			CAS: srv.store, ActionCache: results, FileSource: srv.fileSource,
 			RunnerRemote: "grpc://" + srv.lis.Addr().String(), Logger: logger, Metrics: execMetrics,
 		})
 		if err != nil {

@@ -113,7 +113,14 @@ type server struct {
 	reg    *prometheus.Registry
 	disk   *cas.Disk
 	store  cas.Store
-	acDisk *actioncache.Disk
+	// fileSource feeds the embedded executors' input file caches: the
+	// disk store, or the fast/slow pair in front of it, unwrapped, so that
+	// inputs the disk holds are hardlinked from it and the others are read
+	// through the slow tier (the disk alone misses what only S3 holds: a
+	// blob whose fast copy is still being committed, one the disk evicted,
+	// one another replica wrote).
+	fileSource cas.Store
+	acDisk     *actioncache.Disk
 	// acRedis is the Redis action cache when configured (it replaces acDisk
 	// for every reader and writer); rdbAC is its client.
 	acRedis *redisac.Store
@@ -172,6 +179,7 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 		return nil, err
 	}
 	s.closeStores = closeStores
+	s.fileSource = base
 	s.store = cas.NewMetrics(cas.NewVerifying(cas.NewSmallBlobCache(base, smallBlobMax, smallBlobCacheBytes)), s.reg)
 	metrics.RegisterDisk(s.reg, s.disk)
 	if f.acRedis != nil {

@@ -27,6 +27,7 @@ type Index struct {
 	c      *redis.Client
 	prefix string
 	ttl    time.Duration
+	fresh  time.Duration
 	name   string
 }
 
@@ -44,6 +45,9 @@ type Options struct {
 	Prefix string
 	// TTL of an entry; 0 means DefaultTTL.
 	TTL time.Duration
+	// FreshWindow: Remove keeps an entry written less than this long ago
+	// (see DefaultFreshWindow); 0 means DefaultFreshWindow, negative none.
+	FreshWindow time.Duration
 }
 
 // New connects to Redis and PINGs it once, so a wrong URL fails at start.
@@ -58,7 +62,10 @@ func New(ctx context.Context, o Options) (*Index, error) {
 	if o.TTL <= 0 {
 		o.TTL = DefaultTTL
 	}
-	ix := &Index{c: redis.NewClient(opt), prefix: o.Prefix, ttl: o.TTL, name: "cas presence index (redis " + opt.Addr + ")"}
+	if o.FreshWindow == 0 {
+		o.FreshWindow = DefaultFreshWindow
+	}
+	ix := &Index{c: redis.NewClient(opt), prefix: o.Prefix, ttl: o.TTL, fresh: o.FreshWindow, name: "cas presence index (redis " + opt.Addr + ")"}
 	if err := ix.c.Ping(ctx).Err(); err != nil {
 		ix.c.Close()
 		return nil, fmt.Errorf("%w: %s: %v", cas.ErrUnavailable, ix.name, err)
@@ -114,9 +121,25 @@ func (ix *Index) Add(ctx context.Context, ds ...digest.Digest) error {
 	return nil
 }
 
-// Remove drops d (a read found it gone from the bucket).
+// DefaultFreshWindow: an entry written this recently is kept by Remove. A read
+// that found the object gone may have raced the blob's upload (its GET
+// before the PUT, its Remove after the upload's Add); an object deleted
+// behind Hearth's back within a minute of being written is not a case worth
+// losing a fresh upload's entry for.
+const DefaultFreshWindow = time.Minute
+
+// removeStale deletes KEYS[1] unless its remaining TTL (ms) is above
+// ARGV[1], i.e. unless it was written within the fresh window.
+var removeStale = redis.NewScript(`
+local left = redis.call('PTTL', KEYS[1])
+if left >= 0 and left > tonumber(ARGV[1]) then return 0 end
+return redis.call('DEL', KEYS[1])`)
+
+// Remove drops d (a read found it gone from the bucket), unless its entry
+// is fresher than the index's fresh window (see DefaultFreshWindow).
 func (ix *Index) Remove(ctx context.Context, d digest.Digest) error {
-	if err := ix.c.Del(ctx, ix.key(d)).Err(); err != nil {
+	keepAbove := (ix.ttl - max(ix.fresh, 0)).Milliseconds()
+	if err := removeStale.Run(ctx, ix.c, []string{ix.key(d)}, keepAbove).Err(); err != nil && err != redis.Nil {
 		return fmt.Errorf("%w: %s: DEL: %v", cas.ErrUnavailable, ix.name, err)
 	}
 	return nil

@@ -36,11 +36,26 @@ func TestIndex(t *testing.T) {
 			t.Fatalf("Has[%d] = %v", i, h)
 		}
 	}
+	// A fresh entry outlives Remove: the read that found the object gone
+	// may have raced its upload.
+	if err := ix.Remove(ctx, ds[0]); err != nil {
+		t.Fatal(err)
+	}
+	if has, _ := ix.Has(ctx, ds[:1]); !has[0] {
+		t.Fatal("Remove dropped an entry written just now")
+	}
+	// One written longer ago than freshWindow goes (aged by lowering its TTL).
+	if err := ix.c.PExpire(ctx, ix.key(ds[0]), time.Hour-DefaultFreshWindow-time.Second).Err(); err != nil {
+		t.Fatal(err)
+	}
 	if err := ix.Remove(ctx, ds[0]); err != nil {
 		t.Fatal(err)
 	}
 	if has, _ := ix.Has(ctx, ds[:1]); has[0] {
 		t.Fatal("removed entry still present")
+	}
+	if err := ix.Remove(ctx, ds[1500]); err != nil {
+		t.Fatalf("Remove of an absent entry: %v", err)
 	}
 	// The same hash under another function is another blob.
 	other := ds[1]

@@ -17,7 +17,9 @@
 // entry (written only after the slow tier acknowledged the blob) is right
 // unless someone else deleted the object (a bucket lifecycle rule): index
 // entries expire (casindex TTL; keep it shorter than the bucket's expiry) and
-// a read that finds the object gone drops the entry and reports NotFound.
+// a read that finds the object gone drops the entry (unless it was written
+// within the last minute: that read may have raced the upload; see
+// casindex.DefaultFreshWindow) and reports NotFound.
 // A stale entry can therefore make FindMissing say "present" for a blob a
 // read cannot return; the REAPI answer is then a MISSING precondition
 // failure on Execute or NOT_FOUND on the read, after which FindMissing is
@@ -189,6 +191,35 @@ func (f *fillReader) Close() error {
 		f.w = nil
 	}
 	return f.r.Close()
+}
+
+// pather is a store whose blobs are files (cas.Disk).
+type pather interface {
+	Path(digest.Digest) (string, bool)
+}
+
+// remover is a store that can drop a blob found damaged (cas.Disk).
+type remover interface {
+	Remove(d digest.Digest, why string)
+}
+
+// Path returns the fast tier's file of d, if it is a disk store holding d,
+// so that a file cache in front of the pair hardlinks what the disk holds
+// and reads the rest through Open.
+func (s *Store) Path(d digest.Digest) (string, bool) {
+	if p, ok := s.fast.(pather); ok {
+		return p.Path(d)
+	}
+	return "", false
+}
+
+// Remove drops a damaged file (one Path returned) from the fast tier. The
+// slow tier is not touched: its copy was verified when written, and the
+// next read that misses the fast tier verifies it again as it fills.
+func (s *Store) Remove(d digest.Digest, why string) {
+	if r, ok := s.fast.(remover); ok {
+		r.Remove(d, why)
+	}
 }
 
 // Create writes to both tiers.

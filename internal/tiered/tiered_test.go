@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
+	"os"
 	"testing"
 	"time"
 
@@ -26,6 +27,7 @@ type rig struct {
 	fast  *cas.Disk
 	slow  *s3cas.Store
 	index *casindex.Index
+	redis *redistest.Server
 	store *Store
 }
 
@@ -46,6 +48,7 @@ func newRig(t *testing.T, fastMax int64) *rig {
 		t.Fatal(err)
 	}
 	rs := redistest.Start(t)
+	r.redis = rs
 	r.index, err = casindex.New(ctx, casindex.Options{URL: rs.URL(0)})
 	if err != nil {
 		t.Fatal(err)
@@ -173,7 +176,16 @@ func TestIndexDisagreement(t *testing.T) {
 	ctx := context.Background()
 	// The index says present but the bucket lost the object (a lifecycle
 	// rule deleted it): FindMissing trusts the index; the read reports
-	// NotFound and drops the entry, so FindMissing is right again.
+	// NotFound and drops the entry, so FindMissing is right again. The
+	// entry is written just before, so the index's fresh window (which
+	// keeps an entry a racing upload just wrote) is off here.
+	var err error
+	r.index, err = casindex.New(ctx, casindex.Options{URL: r.redis.URL(0), FreshWindow: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.index.Close() })
+	r.store = New(r.fast, r.slow, r.index, nil)
 	data, d := blob(t, 300)
 	if err := cas.Put(ctx, r.slow, d, data); err != nil {
 		t.Fatal(err)
@@ -203,5 +215,43 @@ func waitFast(t *testing.T, fast cas.Store, d digest.Digest, msg string) {
 		if time.Now().After(deadline) {
 			t.Fatal(msg)
 		}
+	}
+}
+
+// TestFilesForAFileCache: the pair exposes the fast tier's files (so a file
+// cache in front of it hardlinks them) and nothing for a blob only the slow
+// tier holds (which the cache must then read through Open); Remove drops a
+// damaged file from the fast tier only.
+func TestFilesForAFileCache(t *testing.T) {
+	r := newRig(t, 1<<20)
+	ctx := context.Background()
+	data, d := blob(t, 1000)
+	if err := cas.Put(ctx, r.store, d, data); err != nil {
+		t.Fatal(err)
+	}
+	r.store.Wait()
+	p, ok := r.store.Path(d)
+	if !ok {
+		t.Fatal("Path of a blob in the fast tier: none")
+	}
+	if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("Path's file: %v, equal %v", err, bytes.Equal(got, data))
+	}
+	slowData, slowOnly := blob(t, 500)
+	if err := cas.Put(ctx, r.slow, slowOnly, slowData); err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := r.store.Path(slowOnly); ok {
+		t.Fatalf("Path of a blob only the slow tier holds: %s", p)
+	}
+	r.store.Remove(d, "test: damaged")
+	if has(t, r.fast, d) {
+		t.Fatal("Remove left the blob in the fast tier")
+	}
+	if !has(t, r.slow, d) {
+		t.Fatal("Remove dropped the blob from the slow tier")
+	}
+	if got := readAll(t, r.store, d); !bytes.Equal(got, data) {
+		t.Fatal("after Remove, the pair reads different bytes")
 	}
 }
