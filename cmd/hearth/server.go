@@ -140,7 +140,7 @@ type server struct {
 	grpcOpts    []grpc.ServerOption
 }
 
-func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
+func openServer(f serverFlags, logger *slog.Logger) (_ *server, err error) {
 	if f.casMaxBytes < 0 {
 		return nil, fmt.Errorf("--cas-max-bytes must be ≥ 0, got %d", f.casMaxBytes)
 	}
@@ -156,29 +156,37 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 	if err := os.MkdirAll(f.data, 0o755); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
+	// undo releases, newest first, what was opened when a later step fails.
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
 	unlock, err := lockDataDir(f.data)
 	if err != nil {
 		return nil, err
 	}
+	undo = append(undo, unlock)
 	diskMax, err := casDiskMaxBytes(f)
 	if err != nil {
-		unlock()
 		return nil, err
 	}
 	s := &server{f: f, unlock: unlock, reg: metrics.NewRegistry(), journal: statuspage.NewJournal(100, 30)}
 	start := time.Now()
 	s.disk, err = cas.NewDisk(filepath.Join(f.data, "cas"), cas.DiskOptions{MaxBytes: diskMax, Logger: logger})
 	if err != nil {
-		unlock()
 		return nil, fmt.Errorf("opening CAS: %w", err)
 	}
 	logger.Info("CAS index loaded", "blobs", s.disk.Count(), "bytes", s.disk.SizeBytes(), "took", time.Since(start).Round(time.Millisecond))
 	base, closeStores, err := openCASStores(f, s.disk, logger)
 	if err != nil {
-		unlock()
 		return nil, err
 	}
 	s.closeStores = closeStores
+	undo = append(undo, closeStores)
 	s.fileSource = base
 	s.store = cas.NewMetrics(cas.NewVerifying(cas.NewSmallBlobCache(base, smallBlobMax, smallBlobCacheBytes)), s.reg)
 	metrics.RegisterDisk(s.reg, s.disk)
@@ -186,34 +194,29 @@ func openServer(f serverFlags, logger *slog.Logger) (*server, error) {
 		// Redis replaces the disk action cache for every reader and
 		// writer, so data_dir/ac is neither opened nor created.
 		if err := s.openRedisActionCache(f.acRedis); err != nil {
-			unlock()
 			return nil, err
 		}
+		undo = append(undo, func() { s.rdbAC.Close() })
 		logger.Info("action cache in Redis", "url_host", s.rdbAC.Options().Addr, "db", s.rdbAC.Options().DB, "ttl", f.acRedis.TTL)
 	} else if s.acDisk, err = actioncache.NewDisk(filepath.Join(f.data, "ac")); err != nil {
-		unlock()
 		return nil, fmt.Errorf("opening action cache: %w", err)
 	}
 	// Listening now, before anything uses the address: with --listen on
 	// port 0 the embedded executor's runner_command needs the real port.
 	if s.lis, err = net.Listen("tcp", f.listen); err != nil {
-		unlock()
 		return nil, fmt.Errorf("listen %s: %w", f.listen, err)
 	}
+	undo = append(undo, func() { s.lis.Close() })
 	schedMetrics := metrics.NewScheduler(s.reg, func() scheduler.Status { return s.sched.Status() })
 	shared, poll, closeShared, err := openSharedScheduler(f.schedRedis, logger)
 	if err != nil {
-		s.lis.Close()
-		unlock()
 		return nil, err
 	}
 	s.closeShared = closeShared
+	undo = append(undo, closeShared)
 	s.sched = scheduler.New(scheduler.Config{Logger: logger, Observer: scheduler.Observers{schedMetrics, s.journal}, Shared: shared, SharedPoll: poll})
+	undo = append(undo, s.sched.Close)
 	if s.access, err = openAccess(f, logger, s.operationInstance); err != nil {
-		s.lis.Close()
-		s.sched.Close()
-		s.closeShared()
-		unlock()
 		return nil, err
 	}
 	// Metrics first, so that calls the access check refuses are counted.
