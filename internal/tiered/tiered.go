@@ -53,8 +53,10 @@ type Store struct {
 	slow   cas.Store
 	index  Index // nil: none
 	logger *slog.Logger
-	// bg counts the fast tier's background commits (Wait).
-	bg sync.WaitGroup
+	// bg counts the fast tier's background commits and the refill loop
+	// (Wait).
+	bg      sync.WaitGroup
+	refills refills
 }
 
 var _ cas.Store = (*Store)(nil)
@@ -140,14 +142,14 @@ func (s *Store) Open(ctx context.Context, d digest.Digest, offset int64) (io.Rea
 		}
 		return r, nil
 	}
-	return &fillReader{r: r, w: newAsyncWriter(w), s: s, d: d}, nil
+	return &fillReader{r: r, w: newLossyWriter(w), s: s, d: d}, nil
 }
 
 // fillReader copies what the client reads into the fast tier and commits it
 // when the read reaches the end; a read abandoned early discards the copy.
 type fillReader struct {
 	r    io.ReadCloser
-	w    cas.Writer // nil once finished or failed
+	w    *asyncWriter // nil once finished or failed
 	s    *Store
 	d    digest.Digest
 	read int64
@@ -160,6 +162,13 @@ func (f *fillReader) Read(p []byte) (int, error) {
 			f.drop(werr)
 		}
 		f.read += int64(n)
+	}
+	if err == io.EOF && f.w != nil && f.read == f.d.Size && f.w.fellBehind() {
+		// The disk could not keep up with the read: fill from a read of
+		// our own, at the disk's pace, off the client's path.
+		f.w.Close()
+		f.w = nil
+		f.s.refill(f.d)
 	}
 	if err == io.EOF && f.w != nil && f.read == f.d.Size {
 		// The fill's Commit (an fsync of the whole blob) is off the

@@ -1,0 +1,130 @@
+package tiered
+
+import (
+	"bytes"
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hearth-build/hearth/internal/cas"
+	"github.com/hearth-build/hearth/internal/digest"
+)
+
+// slowDisk is a fast tier whose writes take a while each: a disk that
+// cannot keep up with the slow tier's reads.
+type slowDisk struct {
+	cas.Store
+	perWrite time.Duration
+	writes   atomic.Int64
+}
+
+func (s *slowDisk) Create(ctx context.Context, d digest.Digest) (cas.Writer, error) {
+	w, err := s.Store.Create(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	return &slowWriter{Writer: w, s: s}, nil
+}
+
+type slowWriter struct {
+	cas.Writer
+	s *slowDisk
+}
+
+func (w *slowWriter) Write(p []byte) (int, error) {
+	w.s.writes.Add(1)
+	time.Sleep(w.s.perWrite)
+	return w.Writer.Write(p)
+}
+
+// TestColdReadDoesNotWaitForTheDisk: a cold read of a blob larger than the
+// fill's queue, with a fast tier far slower than the read, is not slowed to
+// the disk's pace: the fill gives up, and the blob reaches the fast tier
+// afterwards by a background fill of its own.
+func TestColdReadDoesNotWaitForTheDisk(t *testing.T) {
+	r := newRig(t, 1<<30)
+	ctx := context.Background()
+	size := 64 << 20 // 64 one-MiB buffers, 4× the fill's queue
+	// A read that waited for the fill would take at least (64 - 16
+	// queued) × 150 ms = 7.2 s; the read itself takes about a second on
+	// loopback.
+	slow := &slowDisk{Store: r.fast, perWrite: 150 * time.Millisecond}
+	r.store = New(slow, r.slow, r.index, nil)
+	data, d := blob(t, size)
+	if err := cas.Put(ctx, r.slow, d, data); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	got := readAll(t, r.store, d)
+	took := time.Since(start)
+	if !bytes.Equal(got, data) {
+		t.Fatal("the cold read returned different bytes")
+	}
+	if took > 4*time.Second {
+		t.Errorf("the cold read took %v: it waited for the fast tier's writes", took)
+	}
+	r.store.Wait()
+	if !has(t, r.fast, d) {
+		t.Fatal("the blob did not reach the fast tier after the background fill")
+	}
+	if got := readAll(t, r.fast, d); !bytes.Equal(got, data) {
+		t.Fatal("the background fill stored different bytes")
+	}
+
+	// A small blob still fills inline (no second read).
+	small, ds := blob(t, 100_000)
+	if err := cas.Put(ctx, r.slow, ds, small); err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, r.store, ds)
+	r.store.Wait()
+	if !has(t, r.fast, ds) {
+		t.Fatal("a small cold read did not fill the fast tier")
+	}
+}
+
+// TestLossyWriter: a lossy copy whose queue is full gives up without
+// blocking the stream and commits nothing; a blocking one (a write's
+// second leg) waits and commits.
+func TestLossyWriter(t *testing.T) {
+	r := newRig(t, 1<<30)
+	ctx := context.Background()
+	data, d := blob(t, 40<<20)
+	for _, lossy := range []bool{true, false} {
+		slow := &slowDisk{Store: r.fast, perWrite: 20 * time.Millisecond}
+		w, err := slow.Create(ctx, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := newAsyncWriter(w)
+		if lossy {
+			a = newLossyWriter(w)
+		}
+		for off := 0; off < len(data); off += 256 << 10 {
+			if _, err := a.Write(data[off : off+256<<10]); err != nil {
+				t.Fatalf("lossy=%v: Write: %v", lossy, err)
+			}
+		}
+		err = a.Commit()
+		a.Close()
+		if lossy {
+			if err != errFellBehind || !a.fellBehind() {
+				t.Fatalf("lossy copy behind a slow disk: Commit %v, fellBehind %v", err, a.fellBehind())
+			}
+			if has(t, r.fast, d) {
+				t.Fatal("a dropped copy was committed")
+			}
+			if n := slow.writes.Load(); n >= 40 {
+				t.Errorf("the dropped copy still made %d disk writes", n)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("blocking copy: Commit %v", err)
+		}
+		if !has(t, r.fast, d) {
+			t.Fatal("a blocking copy was not committed")
+		}
+	}
+}
