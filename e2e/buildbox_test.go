@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -167,11 +168,17 @@ func TestHearthRunConnectionFlags(t *testing.T) {
 		{"no retries", []string{"--retry-limit=0"}, 0, 0},
 		{"two retries", []string{"--retry-limit=2", "--retry-delay=300"}, 300*time.Millisecond + 480*time.Millisecond, 2},
 		{"retries not logged at error level", []string{"--retry-limit=2", "--retry-delay=300", "--log-level=ERROR"}, 780 * time.Millisecond, 0},
+		{"retries logged to --log-directory", []string{"--retry-limit=2", "--retry-delay=300", "--log-directory=LOGDIR"}, 780 * time.Millisecond, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			partial := filepath.Join(dir, "partial.bin")
-			r := hearthRun(t, dir, dead, a, append([]string{"--digest-function=SHA256", "--partial-execution-metadata-file=" + partial}, tc.flags...)...)
+			logDir := t.TempDir()
+			flags := append([]string{"--digest-function=SHA256", "--partial-execution-metadata-file=" + partial}, tc.flags...)
+			for i := range flags {
+				flags[i] = strings.ReplaceAll(flags[i], "LOGDIR", logDir)
+			}
+			r := hearthRun(t, dir, dead, a, flags...)
 			if r.exitCode == 0 || r.errorStatus.GetCode() != 14 {
 				t.Fatalf("hearth run against nothing: exit %d, status %v, want UNAVAILABLE\n%s", r.exitCode, r.errorStatus, r.output)
 			}
@@ -183,6 +190,17 @@ func TestHearthRunConnectionFlags(t *testing.T) {
 			}
 			if _, err := os.Stat(partial); err != nil {
 				t.Errorf("no partial execution metadata after a failed run: %v", err)
+			}
+			logs, _ := filepath.Glob(filepath.Join(logDir, "hearth-run.*.log.*"))
+			if strings.Contains(strings.Join(tc.flags, " "), "--log-directory") {
+				if len(logs) != 1 {
+					t.Fatalf("log files in --log-directory: %v, want one", logs)
+				}
+				if data, _ := os.ReadFile(logs[0]); strings.Count(string(data), "retrying") != 2 {
+					t.Errorf("log file %s:\n%s\nwant 2 retry warnings", logs[0], data)
+				}
+			} else if len(logs) != 0 {
+				t.Errorf("log files without --log-directory: %v", logs)
 			}
 		})
 	}
@@ -210,4 +228,19 @@ func TestHearthRunConnectionFlags(t *testing.T) {
 			t.Errorf("partial metadata %v, want the stage timestamps of %v", md, full)
 		}
 	})
+}
+
+// TestBuildboxWorkerRefusesUnhonouredFlag: a buildbox-worker connection
+// flag hearth run cannot honour (--cas-min-throughput) is refused at the
+// worker's --validate-parameters call, naming the flag, so the worker stops
+// at start instead of failing every lease.
+func TestBuildboxWorkerRefusesUnhonouredFlag(t *testing.T) {
+	script, _ := hearthRunWrapper(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, buildboxBin+"buildbox-worker", "--bots-remote=grpc://127.0.0.1:1", "--cas-remote=grpc://127.0.0.1:1",
+		"--cas-min-throughput=1K", "--buildbox-run="+script, "refusing-bot").CombinedOutput()
+	if err == nil || ctx.Err() != nil || !strings.Contains(string(out), "--min-throughput") || !strings.Contains(string(out), "validation") {
+		t.Fatalf("buildbox-worker with --cas-min-throughput: %v\n%s", err, out)
+	}
 }

@@ -129,3 +129,37 @@ func TestSlogLevel(t *testing.T) {
 		t.Error(`slogLevel("warn") accepted; buildbox says "warning"`)
 	}
 }
+
+// TestReloadingToken: --token-reload-interval re-reads the token file once
+// the interval has passed, and keeps the last token if the file is gone.
+func TestReloadingToken(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "token")
+	write := func(tok string) {
+		if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("first")
+	const every = 100 * time.Millisecond
+	r := &reloadingToken{path: path, every: every, token: "first", read: time.Now(), logger: slog.New(slog.DiscardHandler)}
+	get := func() string {
+		md, err := r.GetRequestMetadata(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return md["authorization"]
+	}
+	write("second")
+	if got := get(); got != "Bearer first" {
+		t.Errorf("before the interval: %q, want the token read first", got)
+	}
+	time.Sleep(every + 20*time.Millisecond)
+	if got := get(); got != "Bearer second" {
+		t.Errorf("after the interval: %q, want the file's new token", got)
+	}
+	os.Remove(path)
+	time.Sleep(every + 20*time.Millisecond)
+	if got := get(); got != "Bearer second" {
+		t.Errorf("file gone: %q, want the last token kept", got)
+	}
+}
