@@ -122,7 +122,9 @@ echo deep > out/dir/sub/f; ln -s result.txt out/link`},
 		t.Run(tc.name, func(t *testing.T) {
 			a := tc.spec.build(t)
 			c.upload(t, a)
+			start := time.Now()
 			resp, err := c.execute(ctx, a.action.digest)
+			t.Logf("Execute through buildbox-worker + hearth run took %v", time.Since(start))
 			if err != nil || resp.GetStatus().GetCode() != 0 {
 				t.Fatalf("Execute through buildbox-worker + hearth run: %v, %v%s", resp, err, failure())
 			}
@@ -223,6 +225,9 @@ func TestHearthRunConnectionFlags(t *testing.T) {
 			t.Fatal(err)
 		}
 		full := r.result.GetExecutionMetadata()
+		if full.GetQueuedTimestamp() != nil {
+			t.Errorf("hearth run's result says it was queued at %v; a runner has no queue", full.GetQueuedTimestamp().AsTime())
+		}
 		if md.GetExecutionStartTimestamp() == nil || !proto.Equal(md.GetExecutionStartTimestamp(), full.GetExecutionStartTimestamp()) ||
 			!proto.Equal(md.GetOutputUploadCompletedTimestamp(), full.GetOutputUploadCompletedTimestamp()) || md.GetWorker() != "" {
 			t.Errorf("partial metadata %v, want the stage timestamps of %v", md, full)

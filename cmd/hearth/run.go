@@ -166,6 +166,12 @@ func runAction(ctx context.Context, f *runFlags, setup runSetup) (*repb.ActionRe
 		return fail(code.Code_INTERNAL, "clean the workspace %s: %v", workspace, err)
 	}
 	result := resp.GetResult()
+	if md := result.GetExecutionMetadata(); md != nil {
+		// A runner has no queue (the builder would say year 1): the
+		// server that queued the action, or the executor that spawned
+		// this runner, knows when.
+		md.QueuedTimestamp = nil
+	}
 	if err := finishStats(ctx, store, fn, result, f.collectStats); err != nil {
 		return result, errcode.Proto(err)
 	}
