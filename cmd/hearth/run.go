@@ -51,23 +51,7 @@ type runFlags struct {
 // is written as a google.rpc.Status to <action-result>.error-status and the
 // exit code is non-zero.
 func runRun(args []string) error {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	var f runFlags
-	fs.StringVar(&f.action, "action", "", "file holding a serialized build.bazel.remote.execution.v2.Action (required)")
-	fs.StringVar(&f.actionResult, "action-result", "", "file to write the serialized ActionResult to (required)")
-	fs.StringVar(&f.remote, "remote", "", "CAS server, grpc://HOST:PORT; unix:PATH is a LocalCAS server (a hearth worker's --localcas-socket, or buildbox-casd) that stages inputs and captures outputs, unless --disable-localcas")
-	fs.StringVar(&f.instance, "instance", "", "REAPI instance name")
-	fs.BoolVar(&f.disableLocalCAS, "disable-localcas", false, "treat --remote as a plain REAPI CAS even if it is a unix: socket, and stage and capture in-process")
-	fs.StringVar(&f.workspacePath, "workspace-path", "", "directory in which the action's directory is created (default: a temporary directory)")
-	fs.StringVar(&f.stdoutFile, "stdout-file", "", "also write the action's stdout to this file")
-	fs.StringVar(&f.stderrFile, "stderr-file", "", "also write the action's stderr to this file")
-	fs.BoolVar(&f.collectStats, "collect-execution-stats", false, "upload rusage figures and reference them from auxiliary_metadata")
-	fs.StringVar(&f.digestFunction, "digest-function", "sha256", "digest function of the action: sha256 or blake3, in any case (buildbox-worker says SHA256)")
-	fs.StringVar(&f.tokenFile, "token-file", "", "file holding a bearer token sent to --remote with every call")
-	fs.StringVar(&f.tlsCA, "tls-ca", "", "PEM CA(s) to verify a grpcs:// --remote with (default: the system roots)")
-	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM client certificate for a grpcs:// --remote that requires mTLS")
-	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
-	f.registerBuildbox(fs)
+	fs, f := newRunFlags()
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -96,7 +80,7 @@ func runRun(args []string) error {
 			return err
 		}
 		defer closeLog()
-		result, st = runAction(ctx, &f, setup)
+		result, st = runAction(ctx, f, setup)
 	}
 	if f.partialMetadataFile != "" {
 		if err := writeProto(f.partialMetadataFile, partialMetadata(result)); err != nil {
@@ -115,6 +99,28 @@ func runRun(args []string) error {
 		return fmt.Errorf("%s: %s", code.Code(st.GetCode()), st.GetMessage())
 	}
 	return nil
+}
+
+// newRunFlags is `hearth run`'s flag set, writing into the returned flags.
+func newRunFlags() (*flag.FlagSet, *runFlags) {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	f := &runFlags{}
+	fs.StringVar(&f.action, "action", "", "file holding a serialized build.bazel.remote.execution.v2.Action (required)")
+	fs.StringVar(&f.actionResult, "action-result", "", "file to write the serialized ActionResult to (required)")
+	fs.StringVar(&f.remote, "remote", "", "CAS server, grpc://HOST:PORT; unix:PATH is a LocalCAS server (a hearth worker's --localcas-socket, or buildbox-casd) that stages inputs and captures outputs, unless --disable-localcas")
+	fs.StringVar(&f.instance, "instance", "", "REAPI instance name")
+	fs.BoolVar(&f.disableLocalCAS, "disable-localcas", false, "treat --remote as a plain REAPI CAS even if it is a unix: socket, and stage and capture in-process")
+	fs.StringVar(&f.workspacePath, "workspace-path", "", "directory in which the action's directory is created (default: a temporary directory)")
+	fs.StringVar(&f.stdoutFile, "stdout-file", "", "also write the action's stdout to this file")
+	fs.StringVar(&f.stderrFile, "stderr-file", "", "also write the action's stderr to this file")
+	fs.BoolVar(&f.collectStats, "collect-execution-stats", false, "upload rusage figures and reference them from auxiliary_metadata")
+	fs.StringVar(&f.digestFunction, "digest-function", "sha256", "digest function of the action: sha256 or blake3, in any case (buildbox-worker says SHA256)")
+	fs.StringVar(&f.tokenFile, "token-file", "", "file holding a bearer token sent to --remote with every call")
+	fs.StringVar(&f.tlsCA, "tls-ca", "", "PEM CA(s) to verify a grpcs:// --remote with (default: the system roots)")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM client certificate for a grpcs:// --remote that requires mTLS")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	f.registerBuildbox(fs)
+	return fs, f
 }
 
 func runAction(ctx context.Context, f *runFlags, setup runSetup) (*repb.ActionResult, *spb.Status) {
