@@ -60,22 +60,10 @@ func TestBuildboxWorkerExecutes(t *testing.T) {
 		t.Fatalf("stdout %q\nbuildbox-worker:\n%s", stdout, bbLog.String())
 	}
 	// The same action on Hearth's own executor (hearth serve, its own
-	// store) gives the same result: exit code, output file, stdout.
-	own := startServe(t, t.TempDir())
-	oc := dial(t, own.GRPCAddr)
-	oc.upload(t, a)
-	ownResp, err := oc.execute(ctx, a.action.digest)
-	if err != nil || ownResp.GetStatus().GetCode() != 0 {
-		t.Fatalf("Execute on hearth serve: %v %v", ownResp, err)
-	}
-	ownOut := ownResp.GetResult().GetOutputFiles()
-	if ownResp.GetResult().GetExitCode() != resp.GetResult().GetExitCode() || len(ownOut) != 1 ||
-		!proto.Equal(ownOut[0].GetDigest(), resp.GetResult().GetOutputFiles()[0].GetDigest()) ||
-		ownOut[0].GetIsExecutable() != resp.GetResult().GetOutputFiles()[0].GetIsExecutable() {
-		t.Errorf("Hearth's executor gave %v, the buildbox bot %v", ownResp.GetResult(), resp.GetResult())
-	}
-	if ownStdout, err := oc.byteStreamRead(ctx, ownResp.GetResult().GetStdoutDigest()); err != nil || string(ownStdout) != stdout {
-		t.Errorf("stdout: Hearth's executor %q (%v), the buildbox bot %q", ownStdout, err, stdout)
+	// store) gives the same result: exit code, outputs, stdout, stderr.
+	want, oc := executeOnOwnExecutor(t, ctx, a)
+	for _, d := range sameResult(t, ctx, resp.GetResult(), c, want, oc) {
+		t.Errorf("buildbox-run-hosttools vs Hearth's executor: %s", d)
 	}
 	// The Bots service writes the accepted result to the action cache, as
 	// Hearth's own executors do; the lookup passes the completeness check
@@ -113,16 +101,23 @@ func (b *syncBuffer) String() string {
 // the bot's output and a function that kills the group at once.
 func startBotKillable(t *testing.T, srv *hearthProcess, id string) (*syncBuffer, func()) {
 	t.Helper()
-	for _, bin := range []string{"buildbox-worker", "buildbox-run-hosttools"} {
-		if _, err := os.Stat(buildboxBin + bin); err != nil {
-			t.Fatalf("%s%s is missing (run scripts/install-buildbox.sh): %v", buildboxBin, bin, err)
-		}
+	if _, err := os.Stat(buildboxBin + "buildbox-run-hosttools"); err != nil {
+		t.Fatalf("%sbuildbox-run-hosttools is missing (run scripts/install-buildbox.sh): %v", buildboxBin, err)
+	}
+	return startBotRunner(t, srv, id, buildboxBin+"buildbox-run-hosttools", "--runner-arg=--disable-localcas")
+}
+
+// startBotRunner starts the real buildbox-worker as bot id against srv with
+// --buildbox-run=runner and extra worker flags, as startBotKillable does.
+func startBotRunner(t *testing.T, srv *hearthProcess, id, runner string, extra ...string) (*syncBuffer, func()) {
+	t.Helper()
+	if _, err := os.Stat(buildboxBin + "buildbox-worker"); err != nil {
+		t.Fatalf("%sbuildbox-worker is missing (run scripts/install-buildbox.sh): %v", buildboxBin, err)
 	}
 	log := &syncBuffer{}
-	bb := exec.Command(buildboxBin+"buildbox-worker",
-		"--bots-remote=grpc://"+srv.GRPCAddr, "--cas-remote=grpc://"+srv.GRPCAddr,
-		"--buildbox-run="+buildboxBin+"buildbox-run-hosttools", "--runner-arg=--disable-localcas",
-		"--platform", "OSFamily=linux", id)
+	args := append([]string{"--bots-remote=grpc://" + srv.GRPCAddr, "--cas-remote=grpc://" + srv.GRPCAddr,
+		"--buildbox-run=" + runner, "--platform", "OSFamily=linux"}, extra...)
+	bb := exec.Command(buildboxBin+"buildbox-worker", append(args, id)...)
 	bb.Stdout, bb.Stderr = log, log
 	bb.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := bb.Start(); err != nil {

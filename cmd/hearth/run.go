@@ -15,11 +15,9 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/hearth-build/hearth/internal/auth"
 	"github.com/hearth-build/hearth/internal/builder"
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/casclient"
-	"github.com/hearth-build/hearth/internal/config"
 	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/errcode"
 	"github.com/hearth-build/hearth/internal/filecache"
@@ -37,6 +35,15 @@ type runFlags struct {
 	digestFunction         string
 	tokenFile              string
 	tlsCA, tlsCert, tlsKey string
+
+	// buildbox's runner command line (buildbox-worker passes these; see
+	// runbuildbox.go and runconn.go).
+	cas, ra             connFlags
+	validateParameters  bool
+	partialMetadataFile string
+	logLevel            string
+	verbose             bool
+	logDirectory        string
 }
 
 // runRun is `hearth run`: buildbox-run's contract. It executes one serialized
@@ -44,32 +51,42 @@ type runFlags struct {
 // is written as a google.rpc.Status to <action-result>.error-status and the
 // exit code is non-zero.
 func runRun(args []string) error {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	var f runFlags
-	fs.StringVar(&f.action, "action", "", "file holding a serialized build.bazel.remote.execution.v2.Action (required)")
-	fs.StringVar(&f.actionResult, "action-result", "", "file to write the serialized ActionResult to (required)")
-	fs.StringVar(&f.remote, "remote", "", "CAS server, grpc://HOST:PORT; unix:PATH is a LocalCAS server (a hearth worker's --localcas-socket, or buildbox-casd) that stages inputs and captures outputs, unless --disable-localcas")
-	fs.StringVar(&f.instance, "instance", "", "REAPI instance name")
-	fs.BoolVar(&f.disableLocalCAS, "disable-localcas", false, "treat --remote as a plain REAPI CAS even if it is a unix: socket, and stage and capture in-process")
-	fs.StringVar(&f.workspacePath, "workspace-path", "", "directory in which the action's directory is created (default: a temporary directory)")
-	fs.StringVar(&f.stdoutFile, "stdout-file", "", "also write the action's stdout to this file")
-	fs.StringVar(&f.stderrFile, "stderr-file", "", "also write the action's stderr to this file")
-	fs.BoolVar(&f.collectStats, "collect-execution-stats", false, "upload rusage figures and reference them from auxiliary_metadata")
-	fs.StringVar(&f.digestFunction, "digest-function", "sha256", "digest function of the action: sha256 or blake3")
-	fs.StringVar(&f.tokenFile, "token-file", "", "file holding a bearer token sent to --remote with every call")
-	fs.StringVar(&f.tlsCA, "tls-ca", "", "PEM CA(s) to verify a grpcs:// --remote with (default: the system roots)")
-	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM client certificate for a grpcs:// --remote that requires mTLS")
-	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs, f := newRunFlags()
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if f.action == "" || f.actionResult == "" {
 		return errors.New("--action and --action-result are required")
 	}
-	newLogger()
+	setup, err := f.check()
+	if f.validateParameters {
+		if err != nil {
+			return fmt.Errorf("--validate-parameters: %w", err)
+		}
+		fmt.Fprintln(os.Stderr, "hearth run: the parameters are valid (--validate-parameters); exiting 0 without running anything")
+		return nil
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	result, st := runAction(ctx, f)
+	var (
+		result *repb.ActionResult
+		st     *spb.Status
+	)
+	if err != nil {
+		st = &spb.Status{Code: int32(code.Code_INVALID_ARGUMENT), Message: err.Error()}
+	} else {
+		closeLog, err := setup.openLog(f.logDirectory)
+		if err != nil {
+			return err
+		}
+		defer closeLog()
+		result, st = runAction(ctx, f, setup)
+	}
+	if f.partialMetadataFile != "" {
+		if err := writeProto(f.partialMetadataFile, partialMetadata(result)); err != nil {
+			return fmt.Errorf("--partial-execution-metadata-file: %w", err)
+		}
+	}
 	if result != nil {
 		if err := writeProto(f.actionResult, result); err != nil {
 			return err
@@ -84,17 +101,33 @@ func runRun(args []string) error {
 	return nil
 }
 
-func runAction(ctx context.Context, f runFlags) (*repb.ActionResult, *spb.Status) {
+// newRunFlags is `hearth run`'s flag set, writing into the returned flags.
+func newRunFlags() (*flag.FlagSet, *runFlags) {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	f := &runFlags{}
+	fs.StringVar(&f.action, "action", "", "file holding a serialized build.bazel.remote.execution.v2.Action (required)")
+	fs.StringVar(&f.actionResult, "action-result", "", "file to write the serialized ActionResult to (required)")
+	fs.StringVar(&f.remote, "remote", "", "CAS server, grpc://HOST:PORT; unix:PATH is a LocalCAS server (a hearth worker's --localcas-socket, or buildbox-casd) that stages inputs and captures outputs, unless --disable-localcas")
+	fs.StringVar(&f.instance, "instance", "", "REAPI instance name")
+	fs.BoolVar(&f.disableLocalCAS, "disable-localcas", false, "treat --remote as a plain REAPI CAS even if it is a unix: socket, and stage and capture in-process")
+	fs.StringVar(&f.workspacePath, "workspace-path", "", "directory in which the action's directory is created (default: a temporary directory)")
+	fs.StringVar(&f.stdoutFile, "stdout-file", "", "also write the action's stdout to this file")
+	fs.StringVar(&f.stderrFile, "stderr-file", "", "also write the action's stderr to this file")
+	fs.BoolVar(&f.collectStats, "collect-execution-stats", false, "upload rusage figures and reference them from auxiliary_metadata")
+	fs.StringVar(&f.digestFunction, "digest-function", "sha256", "digest function of the action: sha256 or blake3, in any case (buildbox-worker says SHA256)")
+	fs.StringVar(&f.tokenFile, "token-file", "", "file holding a bearer token sent to --remote with every call")
+	fs.StringVar(&f.tlsCA, "tls-ca", "", "PEM CA(s) to verify a grpcs:// --remote with (default: the system roots)")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM client certificate for a grpcs:// --remote that requires mTLS")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	f.registerBuildbox(fs)
+	return fs, f
+}
+
+func runAction(ctx context.Context, f *runFlags, setup runSetup) (*repb.ActionResult, *spb.Status) {
 	fail := func(c code.Code, format string, args ...any) (*repb.ActionResult, *spb.Status) {
 		return nil, &spb.Status{Code: int32(c), Message: fmt.Sprintf(format, args...)}
 	}
-	fn, ok := digest.FunctionFromLower(f.digestFunction)
-	if !ok {
-		return fail(code.Code_INVALID_ARGUMENT, "--digest-function %q: want sha256 or blake3", f.digestFunction)
-	}
-	if f.remote == "" {
-		return fail(code.Code_INVALID_ARGUMENT, "--remote is required")
-	}
+	fn := setup.fn
 	data, err := os.ReadFile(f.action)
 	if err != nil {
 		return fail(code.Code_INVALID_ARGUMENT, "reading --action: %v", err)
@@ -104,13 +137,13 @@ func runAction(ctx context.Context, f runFlags) (*repb.ActionResult, *spb.Status
 		return fail(code.Code_INVALID_ARGUMENT, "--action %s is not a serialized Action: %v", f.action, err)
 	}
 	if sock, ok := localCASSocket(f.remote); ok && !f.disableLocalCAS {
-		return runLocalCAS(ctx, f, sock, fn, action)
+		return runLocalCAS(ctx, f, setup, sock, action)
 	}
-	dialOpts, err := f.dialOptions()
-	if err != nil {
-		return fail(code.Code_INVALID_ARGUMENT, "%v", err)
+	remote := f.remote
+	if sock, ok := localCASSocket(remote); ok {
+		remote = "unix://" + sock
 	}
-	conn, err := casclient.DialWith(ctx, f.remote, dialOpts)
+	conn, err := casclient.DialWith(ctx, remote, setup.dial)
 	if err != nil {
 		return fail(code.Code_INVALID_ARGUMENT, "--remote: %v", err)
 	}
@@ -133,12 +166,18 @@ func runAction(ctx context.Context, f runFlags) (*repb.ActionResult, *spb.Status
 	if err != nil {
 		return fail(code.Code_INTERNAL, "%v", err)
 	}
-	b := &builder.Builder{CAS: store, Files: files, WorkDir: workspace, WorkerName: hostname() + "/hearth-run"}
+	b := &builder.Builder{CAS: store, Files: files, WorkDir: workspace, WorkerName: hostname() + "/hearth-run", Logger: setup.logger}
 	resp := b.Build(ctx, builder.Task{Instance: f.instance, ActionDigest: digest.Compute(fn, data), Action: action})
 	if err := b.Close(); err != nil {
 		return fail(code.Code_INTERNAL, "clean the workspace %s: %v", workspace, err)
 	}
 	result := resp.GetResult()
+	if md := result.GetExecutionMetadata(); md != nil {
+		// A runner has no queue (the builder would say year 1): the
+		// server that queued the action, or the executor that spawned
+		// this runner, knows when.
+		md.QueuedTimestamp = nil
+	}
 	if err := finishStats(ctx, store, fn, result, f.collectStats); err != nil {
 		return result, errcode.Proto(err)
 	}
@@ -154,30 +193,6 @@ func runAction(ctx context.Context, f runFlags) (*repb.ActionResult, *spb.Status
 		}
 	}
 	return result, resp.GetStatus()
-}
-
-// dialOptions are the credentials of --token-file and --tls-*.
-func (f runFlags) dialOptions() (casclient.DialOptions, error) {
-	var o casclient.DialOptions
-	if f.tokenFile != "" {
-		tok, err := auth.ReadTokenFile(f.tokenFile)
-		if err != nil {
-			return o, fmt.Errorf("--token-file: %w", err)
-		}
-		o.Token = tok
-	}
-	if (f.tlsCert == "") != (f.tlsKey == "") {
-		return o, errors.New("--tls-cert and --tls-key must be given together")
-	}
-	if f.tlsCA != "" || f.tlsCert != "" {
-		c := &config.ClientTLS{CAFile: f.tlsCA, CertFile: f.tlsCert, KeyFile: f.tlsKey, UseNativeRoots: f.tlsCA == ""}
-		tlsConfig, err := clientTLS(c)
-		if err != nil {
-			return o, fmt.Errorf("--tls-*: %w", err)
-		}
-		o.TLS = tlsConfig
-	}
-	return o, nil
 }
 
 // finishStats keeps the rusage figures the builder always gathers only when

@@ -10,8 +10,6 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hearth-build/hearth/internal/cas"
@@ -33,6 +31,9 @@ func localCASSocket(remote string) (string, bool) {
 	if rest, ok := strings.CutPrefix(p, "//"); ok {
 		p = rest
 	}
+	if abs, err := filepath.Abs(p); err == nil {
+		p = abs
+	}
 	return p, true
 }
 
@@ -41,9 +42,12 @@ func localCASSocket(remote string) (string, bool) {
 // the command runs in it, and CaptureFiles/CaptureTree capture and upload
 // the outputs. The Command and the output streams go through the REAPI CAS
 // the same socket serves.
-func runLocalCAS(ctx context.Context, f runFlags, sock string, fn digest.Function, action *repb.Action) (*repb.ActionResult, *spb.Status) {
+func runLocalCAS(ctx context.Context, f *runFlags, setup runSetup, sock string, action *repb.Action) (*repb.ActionResult, *spb.Status) {
 	fail := func(err error) (*repb.ActionResult, *spb.Status) { return nil, errcode.Proto(err) }
-	conn, err := grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	fn := setup.fn
+	// The connection flags (retries, deadlines, keepalive) apply to the
+	// socket as to any --remote.
+	conn, err := casclient.DialWith(ctx, "unix://"+sock, setup.dial)
 	if err != nil {
 		return nil, &spb.Status{Code: int32(code.Code_INVALID_ARGUMENT), Message: fmt.Sprintf("--remote: %v", err)}
 	}
