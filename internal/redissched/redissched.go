@@ -131,6 +131,27 @@ func (s *State) Complete(ctx context.Context, name, token string, resp *repb.Exe
 	return n == 1, nil
 }
 
+// Record stores an operation that is completed from the start (an action
+// cache hit answered by one replica), so that every replica finds it by
+// name: stage COMPLETED with resp and meta, expiring after OperationTTL like
+// any completed operation. It is never queued, leased or merged into.
+func (s *State) Record(ctx context.Context, name string, meta []byte, resp *repb.ExecuteResponse) error {
+	data, err := proto.Marshal(resp)
+	if err != nil {
+		return fmt.Errorf("encoding execute response: %w", err)
+	}
+	key := s.opts.Prefix + "op:" + name
+	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, key, "stage", "4", "attempts", "0", "resp", data, "meta", meta)
+		p.PExpire(ctx, key, s.opts.OperationTTL)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("recording a completed operation in redis scheduler state: %w", err)
+	}
+	return nil
+}
+
 // Reap re-queues (or, out of attempts, fails) operations whose lease lapsed
 // by now. Any replica may run it at any time.
 func (s *State) Reap(ctx context.Context, now time.Time) (requeued, failed int, err error) {

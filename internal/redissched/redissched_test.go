@@ -227,3 +227,31 @@ func TestUnknownOperation(t *testing.T) {
 		t.Fatalf("Complete of an unknown operation: %v %v", ok, err)
 	}
 }
+
+// A recorded operation (a cache hit at one replica) is readable at another,
+// completed, for OperationTTL, and nothing can complete or claim it again.
+func TestRecordedOperationIsCompletedEverywhere(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	a, b := replica(t, srv, Options{OperationTTL: time.Minute}), replica(t, srv, Options{OperationTTL: time.Minute})
+	cached := &repb.ExecuteResponse{Result: &repb.ActionResult{ExitCode: 0, StdoutRaw: []byte("hi")}, CachedResult: true}
+	if err := a.Record(ctx, "hit-1", []byte("meta"), cached); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := b.Get(ctx, "hit-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Stage != repb.ExecutionStage_COMPLETED || !snap.Response.GetCachedResult() || string(snap.Response.GetResult().GetStdoutRaw()) != "hi" || string(snap.Meta) != "meta" {
+		t.Errorf("at B: %+v", snap)
+	}
+	if ttl := srv.Client(t).PTTL(ctx, "{hearth}:s:op:hit-1").Val(); ttl <= 0 || ttl > time.Minute {
+		t.Errorf("TTL %v, want (0, 1m]", ttl)
+	}
+	if ok, err := b.Complete(ctx, "hit-1", "", resp(9)); ok || err != nil {
+		t.Errorf("Complete of a recorded operation: %v %v, want refused", ok, err)
+	}
+	if snap, _ := b.Wait(ctx, "hit-1", time.Second); !snap.Response.GetCachedResult() {
+		t.Errorf("Wait at B: %+v", snap)
+	}
+}

@@ -226,12 +226,16 @@ func (s *Scheduler) Submit(r Request) (*Operation, error) {
 }
 
 // Completed registers an operation that is already done (an action cache hit),
-// so that WaitExecution and GetOperation can find it.
+// so that WaitExecution and GetOperation can find it — with Shared, at every
+// replica.
 func (s *Scheduler) Completed(instance string, action digest.Digest, resp *repb.ExecuteResponse) *Operation {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	o := s.newOperation(instance, action)
 	s.finishLocked(o, resp)
+	s.mu.Unlock()
+	if s.shared != nil {
+		s.recordShared(o, resp)
+	}
 	return o
 }
 

@@ -34,6 +34,7 @@ type Shared interface {
 	Release(ctx context.Context, l *redissched.Lease) (bool, error)
 	Renew(ctx context.Context, l *redissched.Lease) (bool, error)
 	Complete(ctx context.Context, name, token string, resp *repb.ExecuteResponse) (bool, error)
+	Record(ctx context.Context, name string, meta []byte, resp *repb.ExecuteResponse) error
 	Reap(ctx context.Context, now time.Time) (requeued, failed int, err error)
 	Get(ctx context.Context, name string) (redissched.Snapshot, error)
 	Shapes(ctx context.Context) ([]string, error)
@@ -142,6 +143,18 @@ func (s *Scheduler) submitShared(r Request) (*Operation, error) {
 	s.mu.Unlock()
 	s.kickClaim()
 	return o, nil
+}
+
+// recordShared makes an operation answered here from the action cache
+// known at every replica. A failure costs only that: the client that asked
+// has its result on the Execute stream, and this replica still knows the
+// name.
+func (s *Scheduler) recordShared(o *Operation, resp *repb.ExecuteResponse) {
+	ctx, cancel := context.WithTimeout(s.sharedCtx, sharedTimeout)
+	defer cancel()
+	if err := s.shared.Record(ctx, o.name, encodeMeta(o.instance, o.action), resp); err != nil {
+		s.logger.Warn("recording a cached result's operation in the shared scheduler state; other replicas will not find it", "operation", o.name, "error", err)
+	}
 }
 
 // getShared finds an operation submitted at another replica.

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -185,5 +186,26 @@ func TestParseShapeKey(t *testing.T) {
 	}
 	if _, _, ok := parseShapeKey(`"a"="b"x5`); ok {
 		t.Error("malformed key parsed")
+	}
+}
+
+// An operation answered from the action cache at A (Completed) is found at
+// B, completed with the cached result; an unknown name stays NOT_FOUND.
+func TestSharedCachedOperationFoundAtB(t *testing.T) {
+	srv := redistest.Start(t)
+	a, _ := sharedReplica(t, srv, 30*time.Second)
+	b, _ := sharedReplica(t, srv, 30*time.Second)
+	r := request("cached", 0, "OSFamily", "linux")
+	op := a.Completed(r.Instance, r.ActionDigest, &repb.ExecuteResponse{Result: &repb.ActionResult{ExitCode: 0, StdoutRaw: []byte("from cache")}, CachedResult: true})
+	atB, err := b.Get(op.Name())
+	if err != nil {
+		t.Fatalf("B does not know A's cache-hit operation: %v", err)
+	}
+	st := waitDone(t, atB)
+	if !st.Response.GetCachedResult() || string(st.Response.GetResult().GetStdoutRaw()) != "from cache" || st.ActionDigest != r.ActionDigest {
+		t.Errorf("at B: %+v", st)
+	}
+	if _, err := b.Get("no-such-operation"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown name at B: %v, want ErrNotFound", err)
 	}
 }
