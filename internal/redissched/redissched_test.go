@@ -255,3 +255,31 @@ func TestRecordedOperationIsCompletedEverywhere(t *testing.T) {
 		t.Errorf("Wait at B: %+v", snap)
 	}
 }
+
+// Counts sees every replica's queued and leased operations, per shape.
+func TestCounts(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	a, b := replica(t, srv, Options{}), replica(t, srv, Options{})
+	if c, err := b.Counts(ctx); err != nil || len(c.Queued) != 0 || c.Leased != 0 {
+		t.Fatalf("empty state: %+v %v", c, err)
+	}
+	for _, m := range []string{"m1", "m2", "m3"} {
+		if _, _, err := a.Submit(ctx, m, "linux", 0, []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := a.Submit(ctx, "w1", "windows", 0, []byte("w1")); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := b.Claim(ctx, "linux"); err != nil || l == nil {
+		t.Fatalf("Claim: %v %v", l, err)
+	}
+	c, err := b.Counts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Queued["linux"] != 2 || c.Queued["windows"] != 1 || len(c.Queued) != 2 || c.Leased != 1 {
+		t.Errorf("Counts = %+v, want linux 2, windows 1, 1 leased", c)
+	}
+}

@@ -66,6 +66,8 @@ type Config struct {
 	// lapsed leases and re-reads what it follows (default 1 s).
 	Shared     Shared
 	SharedPoll time.Duration
+	// Replica names this replica in Status (shared mode; empty otherwise).
+	Replica string
 }
 
 func (c *Config) applyDefaults() {

@@ -40,6 +40,7 @@ type Shared interface {
 	Shapes(ctx context.Context) ([]string, error)
 	Follow(ctx context.Context, done, queued func(string)) error
 	LeaseDuration() time.Duration
+	Counts(ctx context.Context) (redissched.Counts, error)
 }
 
 // sharedTimeout bounds each shared-state call made on a client's behalf.
