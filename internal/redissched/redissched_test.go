@@ -283,3 +283,69 @@ func TestCounts(t *testing.T) {
 		t.Errorf("Counts = %+v, want linux 2, windows 1, 1 leased", c)
 	}
 }
+
+// ClaimWarm leaves an operation of a routing key to a replica that
+// advertises a warm worker for it (for the wait), takes the ones behind it,
+// and does not defer to its own or to a lapsed advertisement.
+func TestClaimWarmDefersToAdvertisedReplica(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	a, b := replica(t, srv, Options{}), replica(t, srv, Options{})
+	submit := func(merge, route string) string {
+		t.Helper()
+		name, _, err := a.SubmitOp(ctx, Submission{Merge: merge, Shape: "linux", Request: []byte(merge), Route: route})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return name
+	}
+	k1 := submit("k1", "K")
+	plain := submit("plain", "")
+	if err := b.AdvertiseWarm(ctx, "b", []string{"K"}, nil, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	l, _, err := a.ClaimWarm(ctx, "linux", "a", nil, time.Second)
+	if err != nil || l == nil || l.Name != plain {
+		t.Fatalf("A's claim: %+v %v, want %s (K left to b)", l, err, plain)
+	}
+	l, retry, err := a.ClaimWarm(ctx, "linux", "a", nil, time.Second)
+	if err != nil || l != nil || retry <= 0 || retry > time.Second {
+		t.Fatalf("A's second claim: %+v retry %s %v, want nothing and a retry within 1s", l, retry, err)
+	}
+	l, _, err = b.ClaimWarm(ctx, "linux", "b", []string{"K"}, time.Second)
+	if err != nil || l == nil || l.Name != k1 {
+		t.Fatalf("B's claim: %+v %v, want %s", l, err, k1)
+	}
+	// Its own advertisement does not hold a replica back.
+	k2 := submit("k2", "K2")
+	if err := a.AdvertiseWarm(ctx, "a", []string{"K2"}, nil, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if l, _, err := a.ClaimWarm(ctx, "linux", "a", nil, time.Second); err != nil || l == nil || l.Name != k2 {
+		t.Fatalf("claim with only its own advertisement: %+v %v, want %s", l, err, k2)
+	}
+	// Withdrawn, or lapsed, advertisements hold nobody back.
+	k3 := submit("k3", "K")
+	if err := b.AdvertiseWarm(ctx, "b", nil, []string{"K"}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if l, _, err := a.ClaimWarm(ctx, "linux", "a", nil, time.Second); err != nil || l == nil || l.Name != k3 {
+		t.Fatalf("claim after b withdrew: %+v %v, want %s", l, err, k3)
+	}
+	k4 := submit("k4", "K")
+	if err := b.AdvertiseWarm(ctx, "b", []string{"K"}, nil, 50*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if l, _, err := a.ClaimWarm(ctx, "linux", "a", nil, time.Second); err != nil || l == nil || l.Name != k4 {
+		t.Fatalf("claim after b's advertisement lapsed: %+v %v, want %s", l, err, k4)
+	}
+	// Plain Claim never defers.
+	k5 := submit("k5", "K")
+	if err := b.AdvertiseWarm(ctx, "b", []string{"K"}, nil, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := a.Claim(ctx, "linux"); err != nil || l == nil || l.Name != k5 {
+		t.Fatalf("Claim: %+v %v, want %s", l, err, k5)
+	}
+}
