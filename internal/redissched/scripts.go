@@ -17,8 +17,11 @@ import "github.com/redis/go-redis/v9"
 // by claim's warm-affinity deferral.
 
 // nowMs is Redis's own clock in ms, so that replicas with skewed clocks
-// agree on how long an operation has waited.
-const nowMs = `local t = redis.call('TIME')
+// agree on how long an operation has waited. Writing after TIME needs
+// effects replication: the default since Redis 5 (the only mode in 7), and
+// asked for explicitly for older servers.
+const nowMs = `if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 `
 
