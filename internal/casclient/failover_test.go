@@ -2,20 +2,24 @@ package casclient
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/hearth-build/hearth/internal/actioncache"
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/reapi"
+	"github.com/hearth-build/hearth/internal/testcerts"
 )
 
 // casServer is a real REAPI server on loopback with its own disk CAS.
@@ -140,5 +144,78 @@ func TestDialAnyRejectsBadLists(t *testing.T) {
 		if !errors.Is(err, ErrBadTarget) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("DialAny(%q) = %v, want ErrBadTarget containing %q", tc.targets, err, tc.want)
 		}
+	}
+}
+
+// Over TLS each replica's certificate is checked (against the name of its
+// own address) and the connection still moves on when the first goes away.
+func TestDialAnyTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := testcerts.NewCA(dir, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func() (*grpc.Server, string, *cas.Disk) {
+		pair, err := ca.Server("server")
+		if err != nil {
+			t.Fatal(err)
+		}
+		disk, err := cas.NewDisk(filepath.Join(t.TempDir(), "cas"), cas.DiskOptions{Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		results, err := actioncache.NewDisk(filepath.Join(t.TempDir(), "ac"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{pair.TLS}})))
+		reapi.Register(srv, reapi.Config{CAS: disk, ActionCache: results})
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go srv.Serve(lis)
+		t.Cleanup(srv.Stop)
+		return srv, strconv.Itoa(lis.Addr().(*net.TCPAddr).Port), disk
+	}
+	a, portA, diskA := start()
+	_, portB, diskB := start()
+	markers := map[string]digest.Digest{}
+	for name, disk := range map[string]*cas.Disk{"a": diskA, "b": diskB} {
+		data := []byte("tls marker of " + name)
+		d := digest.Compute(digest.SHA256, data)
+		if err := cas.Put(context.Background(), disk, d, data); err != nil {
+			t.Fatal(err)
+		}
+		markers[name] = d
+	}
+	// Two names the certificates hold: localhost and 127.0.0.1.
+	targets := []string{"grpcs://localhost:" + portA, "grpcs://127.0.0.1:" + portB}
+	conn, err := DialAny(context.Background(), targets, DialOptions{TLS: &tls.Config{RootCAs: ca.Pool()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	store := NewStore(conn, "")
+	if got := answeredBy(t, store, markers); got != "a" {
+		t.Fatalf("answered by %s, want a", got)
+	}
+	a.Stop()
+	if got := answeredBy(t, store, markers); got != "b" {
+		t.Fatalf("after a stopped: answered by %s, want b", got)
+	}
+
+	// A client that does not trust the servers' CA gets nowhere.
+	other, err := testcerts.NewCA(t.TempDir(), "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad, err := DialAny(context.Background(), targets, DialOptions{TLS: &tls.Config{RootCAs: other.Pool()}, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	if _, err := NewStore(bad, "").FindMissing(context.Background(), []digest.Digest{markers["b"]}); err == nil {
+		t.Fatal("a client with the wrong CA was served")
 	}
 }
