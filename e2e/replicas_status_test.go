@@ -3,11 +3,14 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -70,9 +73,10 @@ func firstDone(stream interface {
 // cache at replica A is found by WaitExecution at replica B; each replica's
 // /status and /metrics say which replica it is, list its own executors and
 // show the shared queue (an action no executor can take, queued at A, is
-// counted at B).
+// counted at B). Then A is stopped gracefully (SIGTERM): its worker moves to
+// B, the next replica it lists, and runs B's actions.
 func TestReplicasCacheHitsAndStatus(t *testing.T) {
-	a, b, _, _, _, _ := startReplicas(t)
+	a, b, w1, _, _, _ := startReplicas(t)
 	ca, cb := dial(t, a.GRPCAddr), dial(t, b.GRPCAddr)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -161,4 +165,40 @@ func TestReplicasCacheHitsAndStatus(t *testing.T) {
 			t.Errorf("%s: the status page does not show the replica and the shared queue", wantName)
 		}
 	}
+
+	// A drains and exits; w1's session there ends and w1 reconnects to B.
+	qcancel() // A waits for its clients' calls before it ends the sessions
+	a.stop(syscall.SIGTERM)
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if _, err := b.log.waitFor(wctx, w1.done, `msg="executor connected" executor=w1 `); err != nil {
+		t.Fatalf("w1 did not move to B after A's SIGTERM: %v\nw1:\n%s", err, w1.log.tail(20))
+	}
+	// Both workers at B now: B runs enough actions at once for both.
+	var wg sync.WaitGroup
+	ran := make(chan string, 6)
+	for i := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			act := actionSpec{args: []string{"/bin/sh", "-c", fmt.Sprintf("sleep 1; echo %d > out", i)}, outputPaths: []string{"out"}}.build(t)
+			cb.upload(t, act)
+			resp, err := cb.execute(ctx, act.action.digest)
+			if err != nil || resp.GetResult().GetExitCode() != 0 {
+				t.Errorf("Execute at B after A stopped: %v %v", resp, err)
+				return
+			}
+			ran <- resp.GetResult().GetExecutionMetadata().GetWorker()
+		}()
+	}
+	wg.Wait()
+	close(ran)
+	workers := map[string]int{}
+	for w := range ran {
+		workers[w]++
+	}
+	if workers["w1"] == 0 {
+		t.Errorf("w1 ran none of B's actions after moving there: %v", workers)
+	}
+	t.Logf("after A's SIGTERM, B's actions ran on %v", workers)
 }
