@@ -343,6 +343,13 @@ func (s *Scheduler) completeShared(e *session, f *workerapi.Finished) bool {
 	if l == nil {
 		return true
 	}
+	// The warm worker that ran it is idle again: say so before the result
+	// is published, so that a client's next action of the same key, sent
+	// to another replica as soon as it has this result, is left to it.
+	s.mu.Lock()
+	s.reportWarmLocked(e, warmCounts(f.GetWarmWorkers(), f.GetWarmKeys()))
+	s.mu.Unlock()
+	s.advertiseWarm(false)
 	ctx, cancel := context.WithTimeout(s.sharedCtx, sharedTimeout)
 	defer cancel()
 	ok, err := s.shared.Complete(ctx, l.Name, l.Token, finishedResponse(e, f))

@@ -46,7 +46,7 @@ func TestSharedWarmAffinityAcrossReplicas(t *testing.T) {
 		s, conn := startScheduler(t, Config{Shared: st, SharedPoll: 100 * time.Millisecond, Replica: name, SharedWarmWait: 500 * time.Millisecond})
 		var e *testExecutor
 		if name == "b" {
-			e = connectExecutor(t, conn, warmExecutor("warm-b", 2, map[string]int32{"K": 1}))
+			e = connectExecutor(t, conn, warmExecutor("warm-b", 1, map[string]int32{"K": 1}))
 		} else {
 			e = connectExecutor(t, conn, linuxExecutor("cold-a", 4))
 		}
@@ -74,7 +74,8 @@ func TestSharedWarmAffinityAcrossReplicas(t *testing.T) {
 	}
 	t.Logf("warm executor at B got A's action after %s", took.Round(time.Microsecond))
 
-	// Not a persistent worker action: A's cold executor, no waiting.
+	// Not a persistent worker action: A's cold executor (B's one slot is
+	// busy), no waiting.
 	start = time.Now()
 	other, err := a.Submit(request("plain", 0, "OSFamily", "linux"))
 	if err != nil {
