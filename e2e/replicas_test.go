@@ -190,6 +190,12 @@ func TestReplicasBazelSurvivesKill(t *testing.T) {
 		w1AtKill = total(onW1)
 		t.Logf("w1 moved to B %s after the kill, having completed %d actions", time.Since(killed).Round(time.Millisecond), w1AtKill)
 	})
+	// The worker says where it went.
+	for _, want := range []string{`msg="connected to server" worker=w1 server=` + a.GRPCAddr, `msg="connection to server lost`, `msg="connected to server" worker=w1 server=` + b.GRPCAddr} {
+		if _, ok := w1.log.find(want); !ok {
+			t.Errorf("w1's log lacks %s:\n%s", want, w1.log.tail(20))
+		}
+	}
 	// It did not just connect: it ran actions B gave it.
 	if onW1, _ := countCompletions(t, completions, w1.cmd.Dir); total(onW1) <= w1AtKill {
 		t.Errorf("w1 completed no action after A was killed (%d before, %d at the end)\nw1:\n%s", w1AtKill, total(onW1), w1.log.tail(30))

@@ -111,7 +111,8 @@ func runWorker(args []string) error {
 		// With several servers (replicas sharing state) the connection
 		// uses the first that answers and moves on to the next when it
 		// fails; the executor's session reconnects over it with backoff.
-		conn, err := casclient.DialAny(ctx, addrs, casclient.DialOptions{Timeout: w.WorkerAPIEndpoint.Timeout, TLS: tlsConfig, Token: token, Extra: clientMetrics})
+		conn, err := casclient.DialAny(ctx, addrs, casclient.DialOptions{Timeout: w.WorkerAPIEndpoint.Timeout, TLS: tlsConfig, Token: token,
+			Extra: withServerConnLog(clientMetrics, addrs, w.Name, logger)})
 		if err != nil {
 			return fmt.Errorf("workers[%d].local.worker_api_endpoint: %w", i, err)
 		}
