@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -94,9 +95,10 @@ func (p *rrProxy) serve() {
 
 // startReplicas starts two `hearth server` replicas sharing one SeaweedFS
 // bucket (CAS), one Redis (action cache, CAS index, scheduler state) and a
-// round-robin proxy in front of them, with one `hearth worker` connected
-// (through the proxy) to each.
-func startReplicas(t *testing.T) (a, b *hearthProcess, proxy *rrProxy, rds *redistest.Server) {
+// round-robin proxy in front of them for clients, with two `hearth worker`s
+// that list both replicas (worker_api_endpoint.uris, no proxy): w1 A then
+// B, w2 B then A.
+func startReplicas(t *testing.T) (a, b, w1, w2 *hearthProcess, proxy *rrProxy, rds *redistest.Server) {
 	t.Helper()
 	s3 := s3test.Start(t)
 	rds = redistest.Start(t)
@@ -106,26 +108,23 @@ func startReplicas(t *testing.T) (a, b *hearthProcess, proxy *rrProxy, rds *redi
 	a = startServer(t, "server", t.TempDir(), env, "--config-server", cfg)
 	b = startServer(t, "server", t.TempDir(), env, "--config-server", cfg)
 	proxy = startProxy(t, a.GRPCAddr, b.GRPCAddr)
-	for i, srv := range []*hearthProcess{a, b} {
-		proxy.pin(i)
-		via := *srv
-		via.GRPCAddr = proxy.addr()
-		startWorker(t, &via, fmt.Sprintf("w%d", i+1), 3)
-	}
-	return a, b, proxy, rds
+	w1 = startWorkerOn(t, []*hearthProcess{a, b}, "w1", 3)
+	w2 = startWorkerOn(t, []*hearthProcess{b, a}, "w2", 3)
+	return a, b, w1, w2, proxy, rds
 }
 
 // TestReplicasBazelSurvivesKill: Bazel builds through two replicas on shared
-// state; replica A (Bazel's and w1's) is killed with SIGKILL mid-build. Bazel
-// and w1 reconnect through the proxy to B, which knows A's operations:
-// queued ones run there, running ones run again once their lease lapses. The
-// build completes with every output right. Then, in a second build, Redis is
+// state; replica A (Bazel's and w1's) is killed with SIGKILL mid-build.
+// Bazel reconnects through the proxy to B, w1 to the next server it lists,
+// B, which knows A's operations: queued ones run there, running ones run
+// again once their lease lapses; w1 keeps executing there. The build
+// completes with every output right. Then, in a second build, Redis is
 // restarted mid-way and the build still completes.
 func TestReplicasBazelSurvivesKill(t *testing.T) {
 	completions := filepath.Join(t.TempDir(), "completions.log")
 	files, want := splitWorkspaceLogging(completions)
 	bz := newGeneratedBazel(t, files)
-	a, b, proxy, rds := startReplicas(t)
+	a, b, w1, _, proxy, rds := startReplicas(t)
 	proxy.pin(0) // Bazel's connection to A
 	args := append(remoteExecutionFlags(proxy.addr()), "--remote_retries=20", "--jobs=16", "//:all")
 
@@ -175,12 +174,31 @@ func TestReplicasBazelSurvivesKill(t *testing.T) {
 	}
 
 	start := time.Now()
+	var w1AtKill int
 	buildWith("build with A killed", func() {
 		a.kill()
-		t.Logf("killed replica A after %s", time.Since(start).Round(time.Millisecond))
+		killed := time.Now()
+		t.Logf("killed replica A after %s", killed.Sub(start).Round(time.Millisecond))
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		if _, err := b.log.waitFor(ctx, w1.done, `msg="executor connected" executor=w1 `); err != nil {
+			t.Fatalf("w1 did not move to B: %v\nB:\n%s\nw1:\n%s", err, b.log.tail(30), w1.log.tail(30))
+		}
+		// w1's session with A ended only once the actions it ran there
+		// had stopped, so what it completes from now on came from B.
+		onW1, _ := countCompletions(t, completions, w1.cmd.Dir)
+		w1AtKill = total(onW1)
+		t.Logf("w1 moved to B %s after the kill, having completed %d actions", time.Since(killed).Round(time.Millisecond), w1AtKill)
 	})
-	if _, ok := b.log.find(`msg="executor connected" executor=w1 `); !ok {
-		t.Errorf("w1 never reconnected to B:\n%s", b.log.tail(30))
+	// The worker says where it went.
+	for _, want := range []string{`msg="connected to server" worker=w1 server=` + a.GRPCAddr, `msg="connection to server lost`, `msg="connected to server" worker=w1 server=` + b.GRPCAddr} {
+		if _, ok := w1.log.find(want); !ok {
+			t.Errorf("w1's log lacks %s:\n%s", want, w1.log.tail(20))
+		}
+	}
+	// It did not just connect: it ran actions B gave it.
+	if onW1, _ := countCompletions(t, completions, w1.cmd.Dir); total(onW1) <= w1AtKill {
+		t.Errorf("w1 completed no action after A was killed (%d before, %d at the end)\nw1:\n%s", w1AtKill, total(onW1), w1.log.tail(30))
 	}
 	// A died holding leases on what w1 ran: B re-queued them (each
 	// replica reaps, A cannot any more).
@@ -203,4 +221,12 @@ func TestReplicasBazelSurvivesKill(t *testing.T) {
 	if strings.Contains(b.log.tail(1000), "level=ERROR") {
 		t.Errorf("B logged an error:\n%s", b.log.tail(40))
 	}
+}
+
+func total(counts map[string]int) int {
+	n := 0
+	for _, c := range counts {
+		n += c
+	}
+	return n
 }

@@ -16,19 +16,36 @@ import (
 // directory are its own. extraArgs go to `hearth worker`.
 func startWorker(t *testing.T, srv *hearthProcess, name string, maxInflight int, extraArgs ...string) *hearthProcess {
 	t.Helper()
+	return startWorkerOn(t, []*hearthProcess{srv}, name, maxInflight, extraArgs...)
+}
+
+// startWorkerOn is startWorker with several servers (replicas sharing
+// state): worker_api_endpoint.uris lists them in order, and the worker must
+// connect to the first.
+func startWorkerOn(t *testing.T, servers []*hearthProcess, name string, maxInflight int, extraArgs ...string) *hearthProcess {
+	t.Helper()
+	srv := servers[0]
 	dir := t.TempDir()
+	endpoint := fmt.Sprintf("uri: %q", "grpc://"+srv.GRPCAddr)
+	if len(servers) > 1 {
+		var uris []string
+		for _, s := range servers {
+			uris = append(uris, strconv.Quote("grpc://"+s.GRPCAddr))
+		}
+		endpoint = "uris: [" + strings.Join(uris, ", ") + "]"
+	}
 	config := fmt.Sprintf(`// written by the e2e test %s
 {
   workers: [{
     local: {
       name: %q,
-      worker_api_endpoint: { uri: %q },
+      worker_api_endpoint: { %s },
       work_directory: %q,
       max_inflight_tasks: %d,
     },
   }],
 }
-`, t.Name(), name, "grpc://"+srv.GRPCAddr, filepath.Join(dir, "work"), maxInflight)
+`, t.Name(), name, endpoint, filepath.Join(dir, "work"), maxInflight)
 	configPath := filepath.Join(dir, "worker.json5")
 	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
 		t.Fatal(err)

@@ -208,14 +208,17 @@ func openServer(f serverFlags, logger *slog.Logger) (_ *server, err error) {
 	}
 	undo = append(undo, func() { s.lis.Close() })
 	schedMetrics := metrics.NewScheduler(s.reg, func() scheduler.Status { return s.sched.Status() })
-	shared, poll, closeShared, err := openSharedScheduler(f.schedRedis, logger)
+	shared, err := openSharedScheduler(f.schedRedis, s.lis.Addr(), logger)
 	if err != nil {
 		return nil, err
 	}
-	s.closeShared = closeShared
-	undo = append(undo, closeShared)
-	s.sched = scheduler.New(scheduler.Config{Logger: logger, Observer: scheduler.Observers{schedMetrics, s.journal}, Shared: shared, SharedPoll: poll})
+	s.closeShared = shared.close
+	undo = append(undo, shared.close)
+	s.sched = scheduler.New(scheduler.Config{Logger: logger, Observer: scheduler.Observers{schedMetrics, s.journal}, Shared: shared.state, SharedPoll: shared.poll, Replica: shared.replica})
 	undo = append(undo, s.sched.Close)
+	if shared.state != nil {
+		metrics.RegisterShared(s.reg, shared.replica, s.sched.StatusWithShared)
+	}
 	if s.access, err = openAccess(f, logger, s.operationInstance); err != nil {
 		return nil, err
 	}
@@ -327,7 +330,7 @@ func (s *server) run(ctx context.Context, logger *slog.Logger, extra net.Listene
 		// The access check guards everything but /healthz when a policy
 		// is in force (the same principal check as the gRPC APIs).
 		hs = &http.Server{Handler: s.access.httpHandler(statuspage.Handler(statuspage.Config{
-			Scheduler: s.sched.Status, Journal: s.journal,
+			Scheduler: s.statusWithShared, Journal: s.journal,
 			Metrics: promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}),
 		})), ReadHeaderTimeout: 10 * time.Second}
 		go hs.Serve(hl)

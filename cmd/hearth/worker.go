@@ -102,7 +102,17 @@ func runWorker(args []string) error {
 		if err := checkRunnerCredentials(fmt.Sprintf("workers[%d].local", i), w, token != "" || tlsConfig != nil); err != nil {
 			return err
 		}
-		conn, err := casclient.DialWith(ctx, w.WorkerAPIEndpoint.URI, casclient.DialOptions{Timeout: w.WorkerAPIEndpoint.Timeout, TLS: tlsConfig, Token: token, Extra: clientMetrics})
+		addrs := w.WorkerAPIEndpoint.Addresses()
+		if len(addrs) > 1 && len(w.RunnerCommand) > 0 {
+			// A runner is given one --remote address and would not follow
+			// the worker to the next server.
+			return fmt.Errorf("workers[%d].local.runner_command: a runner reaches the CAS at one address and would not follow a fail-over to the next of worker_api_endpoint.uris; with runner_command give one uri (a load balancer in front of the replicas)", i)
+		}
+		// With several servers (replicas sharing state) the connection
+		// uses the first that answers and moves on to the next when it
+		// fails; the executor's session reconnects over it with backoff.
+		conn, err := casclient.DialAny(ctx, addrs, casclient.DialOptions{Timeout: w.WorkerAPIEndpoint.Timeout, TLS: tlsConfig, Token: token,
+			Extra: withServerConnLog(clientMetrics, addrs, w.Name, logger)})
 		if err != nil {
 			return fmt.Errorf("workers[%d].local.worker_api_endpoint: %w", i, err)
 		}
@@ -124,7 +134,7 @@ func runWorker(args []string) error {
 		}
 		execs = append(execs, exec)
 		statusFuncs = append(statusFuncs, exec.Status)
-		logger.Info("hearth worker starting", "name", w.Name, "scheduler", w.WorkerAPIEndpoint.URI, "work_directory", w.WorkDirectory, "max_inflight", w.MaxInflightTasks)
+		logger.Info("hearth worker starting", "name", w.Name, "scheduler", strings.Join(addrs, ","), "work_directory", w.WorkDirectory, "max_inflight", w.MaxInflightTasks)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

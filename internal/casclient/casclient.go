@@ -114,6 +114,15 @@ func DialWith(ctx context.Context, target string, o DialOptions) (*grpc.ClientCo
 		}
 		creds = credentials.NewTLS(o.TLS)
 	}
+	conn, err := grpc.NewClient(addr, dialOptions(creds, o)...)
+	if err != nil {
+		return nil, fmt.Errorf("casclient: dial %q: %w", target, err)
+	}
+	return conn, nil
+}
+
+// dialOptions are the options of every connection Dial opens.
+func dialOptions(creds credentials.TransportCredentials, o DialOptions) []grpc.DialOption {
 	timeout := o.Timeout
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
@@ -135,11 +144,7 @@ func DialWith(ctx context.Context, target string, o DialOptions) (*grpc.ClientCo
 			return invoker(ctx, method, req, reply, cc, callOpts...)
 		}))
 	}
-	conn, err := grpc.NewClient(addr, append(opts, o.Extra...)...)
-	if err != nil {
-		return nil, fmt.Errorf("casclient: dial %q: %w", target, err)
-	}
-	return conn, nil
+	return append(opts, o.Extra...)
 }
 
 // parseTarget splits a Dial target into a gRPC target and its credentials.

@@ -110,8 +110,13 @@ type LocalWorker struct {
 // Endpoint is a gRPC server address with its connection settings.
 type Endpoint struct {
 	// URI is grpc://host:port, grpcs://host:port (TLS), http://, https://
-	// or unix:///path.
+	// or unix:///path. With URIs it is the first of them.
 	URI string
+	// URIs (Hearth only: uris, instead of uri) are several servers sharing
+	// state (`hearth server` replicas on one Redis): the worker uses the
+	// first that accepts and moves to the next when its connection fails.
+	// Nil when the config gives one uri.
+	URIs []string
 	// Timeout bounds one request. Default 5 seconds.
 	Timeout time.Duration
 	// TLS is set when the URI's scheme is grpcs or https and tls_config

@@ -120,6 +120,49 @@ func TestNameEndpointAndWorkDirectory(t *testing.T) {
 			check: func(t *testing.T, w *LocalWorker, _ []string) {
 				wantEqual(t, "DialTarget", w.WorkerAPIEndpoint.DialTarget(), "unix:///run/hearth.sock")
 			}},
+		{name: "endpoint uris", noBase: true,
+			body: `work_directory: "/tmp/w", worker_api_endpoint: {uris: ["grpc://10.0.0.1:8980", "grpc://hearth-b:8980"], timeout: 2}`,
+			check: func(t *testing.T, w *LocalWorker, _ []string) {
+				e := w.WorkerAPIEndpoint
+				wantEqual(t, "URIs", e.URIs, []string{"grpc://10.0.0.1:8980", "grpc://hearth-b:8980"})
+				wantEqual(t, "URI", e.URI, "grpc://10.0.0.1:8980")
+				wantEqual(t, "Addresses", e.Addresses(), e.URIs)
+				wantEqual(t, "Timeout", e.Timeout, 2*time.Second)
+			}},
+		{name: "endpoint one uri has one address", body: ``, check: func(t *testing.T, w *LocalWorker, _ []string) {
+			wantEqual(t, "URIs", w.WorkerAPIEndpoint.URIs, nil)
+			wantEqual(t, "Addresses", w.WorkerAPIEndpoint.Addresses(), []string{"grpc://127.0.0.1:50061"})
+		}},
+		{name: "endpoint uris with tls", noBase: true,
+			body: `work_directory: "/tmp/w", worker_api_endpoint: {uris: ["grpcs://a.example:443", "grpcs://b.example:443"], tls_config: {ca_file: "/ca.pem"}}`,
+			check: func(t *testing.T, w *LocalWorker, _ []string) {
+				wantEqual(t, "Secure", w.WorkerAPIEndpoint.Secure(), true)
+			}},
+		{name: "endpoint uris token warns for each plaintext remote", noBase: true,
+			body: `work_directory: "/tmp/w", worker_api_endpoint: {uris: ["grpc://127.0.0.1:1", "grpc://b.example:2"], token_file: "/t"}`,
+			check: func(t *testing.T, w *LocalWorker, warnings []string) {
+				wantWarning(t, warnings, "clear text to grpc://b.example:2")
+			}},
+		{name: "endpoint uri and uris", noBase: true, body: `work_directory: "/tmp/w", worker_api_endpoint: {uri: "grpc://a:1", uris: ["grpc://b:1"]}`,
+			wantErr: lw + "worker_api_endpoint.uris: set uri (one server) or uris (several), not both"},
+		{name: "endpoint uris empty", noBase: true, body: `work_directory: "/tmp/w", worker_api_endpoint: {uris: []}`,
+			wantErr: lw + "worker_api_endpoint.uris: is empty"},
+		{name: "endpoint uris not a list", noBase: true, body: `work_directory: "/tmp/w", worker_api_endpoint: {uris: "grpc://a:1"}`,
+			wantErr: lw + "worker_api_endpoint.uris: want an array of strings"},
+		{name: "endpoint uris empty entry", noBase: true, body: `work_directory: "/tmp/w", worker_api_endpoint: {uris: ["grpc://a:1", ""]}`,
+			wantErr: lw + "worker_api_endpoint.uris[1]: is empty"},
+		{name: "endpoint uris duplicate", noBase: true, body: `work_directory: "/tmp/w", worker_api_endpoint: {uris: ["grpc://a:1", "grpc://b:1", "grpc://A:1"]}`,
+			wantErr: lw + `worker_api_endpoint.uris[2]: "grpc://A:1" names the same server as ` + lw + "worker_api_endpoint.uris[0]"},
+		{name: "endpoint uris malformed", noBase: true, body: `work_directory: "/tmp/w", worker_api_endpoint: {uris: ["grpc://a:1", "grpc://b"]}`,
+			wantErr: lw + `worker_api_endpoint.uris[1]: invalid uri "grpc://b": no port`},
+		{name: "endpoint uris mixed tls", noBase: true, body: `work_directory: "/tmp/w", worker_api_endpoint: {uris: ["grpc://a:1", "grpcs://b:1"]}`,
+			wantErr: lw + `worker_api_endpoint.uris[1]: "grpcs://b:1": every server must use TLS`},
+		{name: "endpoint uris unix among several", noBase: true, body: `work_directory: "/tmp/w", worker_api_endpoint: {uris: ["grpc://a:1", "unix:///run/h.sock"]}`,
+			wantErr: lw + `worker_api_endpoint.uris[1]: "unix:///run/h.sock": with several servers each must be grpc://host:port`},
+		{name: "endpoint one unix in uris", noBase: true, body: `work_directory: "/tmp/w", worker_api_endpoint: {uris: ["unix:///run/h.sock"]}`,
+			check: func(t *testing.T, w *LocalWorker, _ []string) {
+				wantEqual(t, "Addresses", w.WorkerAPIEndpoint.Addresses(), []string{"unix:///run/h.sock"})
+			}},
 		{name: "endpoint missing", noBase: true, body: `work_directory: "/tmp/w"`, wantErr: lw + "worker_api_endpoint: required"},
 		{name: "endpoint uri missing", noBase: true, body: `work_directory: "/tmp/w", worker_api_endpoint: {timeout: 1}`, wantErr: lw + "worker_api_endpoint.uri: required"},
 		{name: "endpoint bad scheme", noBase: true, body: `work_directory: "/tmp/w", worker_api_endpoint: {uri: "ftp://x:1"}`,

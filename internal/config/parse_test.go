@@ -63,7 +63,7 @@ func TestUnknownFieldsAtEveryLevel(t *testing.T) {
 		{"worker entry kind", `{workers: [{remote: {}}]}`, `workers[0].remote: unknown field (want exactly one of local)`},
 		{"worker entry extra key", `{workers: [{local: {` + baseLocal + `}, name: "x"}]}`, `workers[0]: want an object with exactly one of the keys local, got keys local, name`},
 		{"local", `{workers: [{local: {` + baseLocal + `max_action_timeot: 5}}]}`, lw + `max_action_timeot: unknown field; did you mean "max_action_timeout"?`},
-		{"endpoint", `{workers: [{local: {work_directory: "/tmp/w", worker_api_endpoint: {uri: "grpc://x:1", address: "y"}}}]}`, lw + "worker_api_endpoint.address: unknown field (known fields: timeout, tls_config, token_file, uri)"},
+		{"endpoint", `{workers: [{local: {work_directory: "/tmp/w", worker_api_endpoint: {uri: "grpc://x:1", address: "y"}}}]}`, lw + "worker_api_endpoint.address: unknown field (known fields: timeout, tls_config, token_file, uri, uris)"},
 		{"tls_config", `{workers: [{local: {work_directory: "/tmp/w", worker_api_endpoint: {uri: "grpcs://x:1", tls_config: {use_native_roots: true, ca: "/a"}}}}]}`, lw + "worker_api_endpoint.tls_config.ca: unknown field"},
 		{"upload_action_result", `{workers: [{local: {` + baseLocal + `upload_action_result: {strategy: "never"}}}]}`, lw + "upload_action_result.strategy: unknown field"},
 		{"directory_cache", `{workers: [{local: {` + baseLocal + `directory_cache: {max_entry: 5}}}]}`, lw + `directory_cache.max_entry: unknown field; did you mean "max_entries"?`},

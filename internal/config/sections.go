@@ -17,11 +17,21 @@ func (d *decoder) endpoint(path string, v any) Endpoint {
 		return e
 	}
 	uriOK := false
-	if v, p, ok := o.get("uri"); ok {
-		if s, ok := d.str(p, v); ok {
-			e.URI, uriOK = s, d.checkEndpointURI(p, s)
+	uv, up, hasURI := o.get("uri")
+	lv, lp, hasList := o.get("uris")
+	switch {
+	case hasURI && hasList:
+		d.errorf(lp, "set uri (one server) or uris (several), not both")
+	case hasURI:
+		if s, ok := d.str(up, uv); ok {
+			e.URI, uriOK = s, d.checkEndpointURI(up, s)
 		}
-	} else {
+	case hasList:
+		e.URIs, uriOK = d.endpointURIs(lp, lv)
+		if len(e.URIs) > 0 {
+			e.URI = e.URIs[0]
+		}
+	default:
 		d.errorf(fieldPath(path, "uri"), "required (for example \"grpc://scheduler:50061\")")
 	}
 	if v, p, ok := o.get("timeout"); ok {
@@ -46,13 +56,81 @@ func (d *decoder) endpoint(path string, v any) Endpoint {
 				d.errorf(p, "is empty (omit it to send no token)")
 			}
 			e.TokenFile = s
-			if uriOK && !e.Secure() && !strings.HasPrefix(e.URI, "unix:") && !isLoopbackURI(e.URI) {
-				d.warnf(p, "the token is sent in clear text to %s; use grpcs:// off loopback", e.URI)
+			for _, u := range e.Addresses() {
+				if uriOK && !e.Secure() && !strings.HasPrefix(u, "unix:") && !isLoopbackURI(u) {
+					d.warnf(p, "the token is sent in clear text to %s; use grpcs:// off loopback", u)
+				}
 			}
 		}
 	}
 	o.rejectUnknown()
 	return e
+}
+
+// endpointURIs decodes uris: one or more distinct grpc:// or grpcs:// (not
+// mixed) server addresses, tried in order. One connection carries one TLS
+// setting, hence no mixing; a unix socket names the one local server, so it
+// is only allowed alone.
+func (d *decoder) endpointURIs(path string, v any) ([]string, bool) {
+	list, ok := d.strList(path, v, true)
+	if !ok {
+		return nil, false
+	}
+	if len(list) == 0 {
+		d.errorf(path, "is empty (list the servers, for example [\"grpc://hearth-a:8980\", \"grpc://hearth-b:8980\"])")
+		return nil, false
+	}
+	allOK := true
+	seen := map[string]int{}
+	for i, s := range list {
+		p := indexPath(path, i)
+		if s == "" {
+			d.errorf(p, "is empty")
+			allOK = false
+			continue
+		}
+		if !d.checkEndpointURI(p, s) {
+			allOK = false
+			continue
+		}
+		if len(list) > 1 {
+			u, _ := url.Parse(s)
+			if u.Scheme != "grpc" && u.Scheme != "grpcs" {
+				d.errorf(p, "%q: with several servers each must be grpc://host:port or grpcs://host:port", s)
+				allOK = false
+				continue
+			}
+			if u.Port() == "" {
+				d.errorf(p, "%q: no port (want grpcs://host:port)", s)
+				allOK = false
+				continue
+			}
+			if (u.Scheme == "grpcs") != (strings.HasPrefix(list[0], "grpcs:")) {
+				d.errorf(p, "%q: every server must use TLS (grpcs://) or none (grpc://), as %s does", s, indexPath(path, 0))
+				allOK = false
+				continue
+			}
+		}
+		key := strings.ToLower(Endpoint{URI: s}.DialTarget())
+		if j, dup := seen[key]; dup {
+			d.errorf(p, "%q names the same server as %s", s, indexPath(path, j))
+			allOK = false
+			continue
+		}
+		seen[key] = i
+	}
+	return list, allOK
+}
+
+// Addresses lists the endpoint's servers in the order they are tried.
+func (e Endpoint) Addresses() []string {
+	if len(e.URIs) > 0 {
+		return e.URIs
+	}
+	if e.URI == "" {
+		return nil
+	}
+	return []string{e.URI}
 }
 
 func (d *decoder) checkEndpointURI(path, s string) bool {

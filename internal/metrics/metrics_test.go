@@ -1,6 +1,8 @@
 package metrics
 
 import (
+	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -189,5 +191,48 @@ func TestPoolCollectorMonotonic(t *testing.T) {
 	}
 	if n := testutil.CollectAndCount(m.pools, "hearth_worker_processes"); n != 6 {
 		t.Errorf("process series = %d, want 6 (a and other, three states each)", n)
+	}
+}
+
+func TestSharedCollector(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	linux := []*repb.Platform_Property{{Name: "OSFamily", Value: "linux"}}
+	var shared *scheduler.SharedStatus
+	RegisterShared(reg, "east-1:8980", func(context.Context) scheduler.Status { return scheduler.Status{Shared: shared} })
+	shared = &scheduler.SharedStatus{Queued: 5, Leased: 2, Queues: []scheduler.SharedQueue{
+		{Platform: "OSFamily=linux", Queued: 3, Properties: linux},
+		// The same platform with a timeout, and with a persistent worker
+		// hint: one label.
+		{Platform: "OSFamily=linux", Timeout: "1m0s", Queued: 1, Properties: linux},
+		{Platform: "OSFamily=linux,persistentWorkerKey=k", Queued: 1, Properties: append(linux, &repb.Platform_Property{Name: "persistentWorkerKey", Value: "k"})},
+	}}
+	want := `
+# HELP hearth_scheduler_replica_info This replica of servers sharing scheduler state; always 1.
+# TYPE hearth_scheduler_replica_info gauge
+hearth_scheduler_replica_info{replica="east-1:8980"} 1
+# HELP hearth_scheduler_shared_leases Actions assigned (leased) at any replica and not finished.
+# TYPE hearth_scheduler_shared_leases gauge
+hearth_scheduler_shared_leases 2
+# HELP hearth_scheduler_shared_queue_depth Actions waiting in the shared queues, for executors at any replica, by platform.
+# TYPE hearth_scheduler_shared_queue_depth gauge
+hearth_scheduler_shared_queue_depth{platform="OSFamily=linux"} 5
+# HELP hearth_scheduler_shared_up 1 if the shared scheduler state answered this scrape, else 0.
+# TYPE hearth_scheduler_shared_up gauge
+hearth_scheduler_shared_up 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+	shared = &scheduler.SharedStatus{Error: "redis: connection refused"}
+	want = `
+# HELP hearth_scheduler_replica_info This replica of servers sharing scheduler state; always 1.
+# TYPE hearth_scheduler_replica_info gauge
+hearth_scheduler_replica_info{replica="east-1:8980"} 1
+# HELP hearth_scheduler_shared_up 1 if the shared scheduler state answered this scrape, else 0.
+# TYPE hearth_scheduler_shared_up gauge
+hearth_scheduler_shared_up 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+		t.Error(err)
 	}
 }

@@ -72,8 +72,25 @@ func (s *State) Submit(ctx context.Context, mergeKey, shape string, priority int
 // operation that Get returns for as long as the operation lives (req is
 // dropped at completion).
 func (s *State) SubmitMeta(ctx context.Context, mergeKey, shape string, priority int32, req, meta []byte) (name string, joined bool, err error) {
+	return s.SubmitOp(ctx, Submission{Merge: mergeKey, Shape: shape, Priority: priority, Request: req, Meta: meta})
+}
+
+// Submission is an operation to submit.
+type Submission struct {
+	Merge    string // merge key; "" never merges
+	Shape    string
+	Priority int32
+	Request  []byte
+	Meta     []byte
+	// Route is the routing key of a persistent worker action ("" for
+	// others), for ClaimWarm's affinity.
+	Route string
+}
+
+// SubmitOp is SubmitMeta with every field of a submission.
+func (s *State) SubmitOp(ctx context.Context, o Submission) (name string, joined bool, err error) {
 	fresh := uuid.NewString()
-	got, err := submitScript.Run(ctx, s.rdb, nil, s.opts.Prefix, fresh, mergeKey, req, shape, priority, meta).Text()
+	got, err := submitScript.Run(ctx, s.rdb, nil, s.opts.Prefix, fresh, o.Merge, o.Request, o.Shape, o.Priority, o.Meta, o.Route).Text()
 	if err != nil {
 		return "", false, fmt.Errorf("submitting to redis scheduler state: %w", err)
 	}
@@ -91,19 +108,60 @@ type Lease struct {
 // Claim takes the first queued operation of shape and leases it; nil if
 // the queue is empty.
 func (s *State) Claim(ctx context.Context, shape string) (*Lease, error) {
+	l, _, err := s.ClaimWarm(ctx, shape, "", nil, 0)
+	return l, err
+}
+
+// maxDeferred bounds how many queued operations one claim leaves for warm
+// workers at other replicas before it gives up looking further.
+const maxDeferred = 16
+
+// ClaimWarm is Claim for replica self, whose free executors of the shape
+// have idle warm workers for the routing keys warm: an operation of another
+// routing key, queued less than wait ago, for which another replica
+// advertises an idle warm worker (AdvertiseWarm), is left for that replica
+// (at most maxDeferred of them; the next ones are considered). With nothing
+// taken, retry > 0 says when the deferred ones are this replica's to take.
+func (s *State) ClaimWarm(ctx context.Context, shape, self string, warm []string, wait time.Duration) (l *Lease, retry time.Duration, err error) {
 	token := uuid.NewString()
 	deadline := time.Now().Add(s.opts.Lease).UnixMilli()
-	v, err := claimScript.Run(ctx, s.rdb, nil, s.opts.Prefix, shape, token, deadline).Slice()
+	args := make([]any, 0, 7+len(warm))
+	args = append(args, s.opts.Prefix, shape, token, deadline, self, wait.Milliseconds(), maxDeferred)
+	for _, k := range warm {
+		args = append(args, k)
+	}
+	v, err := claimScript.Run(ctx, s.rdb, nil, args...).Slice()
 	if errors.Is(err, redis.Nil) {
-		return nil, nil
+		return nil, 0, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("claiming from redis scheduler state: %w", err)
+		return nil, 0, fmt.Errorf("claiming from redis scheduler state: %w", err)
 	}
 	n, _ := v[2].(int64)
 	req, _ := v[1].(string)
 	name, _ := v[0].(string)
-	return &Lease{Name: name, Token: token, Request: []byte(req), Attempts: int(n)}, nil
+	if name == "" {
+		return nil, time.Duration(max(n, 1)) * time.Millisecond, nil
+	}
+	return &Lease{Name: name, Token: token, Request: []byte(req), Attempts: int(n)}, 0, nil
+}
+
+// AdvertiseWarm tells the other replicas that replica self has idle warm
+// workers, on executors with a free slot, for the routing keys in warm,
+// until ttl from now, and no longer for those in gone.
+func (s *State) AdvertiseWarm(ctx context.Context, self string, warm, gone []string, ttl time.Duration) error {
+	args := make([]any, 0, 4+len(warm)+len(gone))
+	args = append(args, s.opts.Prefix, self, ttl.Milliseconds(), len(warm))
+	for _, k := range warm {
+		args = append(args, k)
+	}
+	for _, k := range gone {
+		args = append(args, k)
+	}
+	if err := advertiseScript.Run(ctx, s.rdb, nil, args...).Err(); err != nil {
+		return fmt.Errorf("advertising warm workers in redis scheduler state: %w", err)
+	}
+	return nil
 }
 
 // Renew extends l; false means the lease is lost and the attempt must stop.
@@ -129,6 +187,27 @@ func (s *State) Complete(ctx context.Context, name, token string, resp *repb.Exe
 		return false, fmt.Errorf("completing in redis scheduler state: %w", err)
 	}
 	return n == 1, nil
+}
+
+// Record stores an operation that is completed from the start (an action
+// cache hit answered by one replica), so that every replica finds it by
+// name: stage COMPLETED with resp and meta, expiring after OperationTTL like
+// any completed operation. It is never queued, leased or merged into.
+func (s *State) Record(ctx context.Context, name string, meta []byte, resp *repb.ExecuteResponse) error {
+	data, err := proto.Marshal(resp)
+	if err != nil {
+		return fmt.Errorf("encoding execute response: %w", err)
+	}
+	key := s.opts.Prefix + "op:" + name
+	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, key, "stage", "4", "attempts", "0", "resp", data, "meta", meta)
+		p.PExpire(ctx, key, s.opts.OperationTTL)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("recording a completed operation in redis scheduler state: %w", err)
+	}
+	return nil
 }
 
 // Reap re-queues (or, out of attempts, fails) operations whose lease lapsed
@@ -224,6 +303,40 @@ func (s *State) Shapes(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("listing shapes in redis scheduler state: %w", err)
 	}
 	return v, nil
+}
+
+// Counts is the size of the shared state: what waits in each shape's queue
+// and how many operations are leased (running at some replica).
+type Counts struct {
+	Queued map[string]int // by shape; every shape ever used, 0 when empty
+	Leased int
+}
+
+// Counts reads the queue length of every shape and the number of leases:
+// two round trips, O(shapes) work in Redis (ZCARD is O(1)), no scan of
+// operations — cheap enough for every /metrics scrape.
+func (s *State) Counts(ctx context.Context) (Counts, error) {
+	shapes, err := s.Shapes(ctx)
+	if err != nil {
+		return Counts{}, err
+	}
+	lens := make([]*redis.IntCmd, len(shapes))
+	var leased *redis.IntCmd
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, sh := range shapes {
+			lens[i] = p.ZCard(ctx, s.opts.Prefix+"q:"+sh)
+		}
+		leased = p.ZCard(ctx, s.opts.Prefix+"leases")
+		return nil
+	})
+	if err != nil {
+		return Counts{}, fmt.Errorf("counting redis scheduler state: %w", err)
+	}
+	c := Counts{Queued: make(map[string]int, len(shapes)), Leased: int(leased.Val())}
+	for i, sh := range shapes {
+		c.Queued[sh] = int(lens[i].Val())
+	}
+	return c, nil
 }
 
 // Lease returns the lease duration in use.

@@ -227,3 +227,125 @@ func TestUnknownOperation(t *testing.T) {
 		t.Fatalf("Complete of an unknown operation: %v %v", ok, err)
 	}
 }
+
+// A recorded operation (a cache hit at one replica) is readable at another,
+// completed, for OperationTTL, and nothing can complete or claim it again.
+func TestRecordedOperationIsCompletedEverywhere(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	a, b := replica(t, srv, Options{OperationTTL: time.Minute}), replica(t, srv, Options{OperationTTL: time.Minute})
+	cached := &repb.ExecuteResponse{Result: &repb.ActionResult{ExitCode: 0, StdoutRaw: []byte("hi")}, CachedResult: true}
+	if err := a.Record(ctx, "hit-1", []byte("meta"), cached); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := b.Get(ctx, "hit-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Stage != repb.ExecutionStage_COMPLETED || !snap.Response.GetCachedResult() || string(snap.Response.GetResult().GetStdoutRaw()) != "hi" || string(snap.Meta) != "meta" {
+		t.Errorf("at B: %+v", snap)
+	}
+	if ttl := srv.Client(t).PTTL(ctx, "{hearth}:s:op:hit-1").Val(); ttl <= 0 || ttl > time.Minute {
+		t.Errorf("TTL %v, want (0, 1m]", ttl)
+	}
+	if ok, err := b.Complete(ctx, "hit-1", "", resp(9)); ok || err != nil {
+		t.Errorf("Complete of a recorded operation: %v %v, want refused", ok, err)
+	}
+	if snap, _ := b.Wait(ctx, "hit-1", time.Second); !snap.Response.GetCachedResult() {
+		t.Errorf("Wait at B: %+v", snap)
+	}
+}
+
+// Counts sees every replica's queued and leased operations, per shape.
+func TestCounts(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	a, b := replica(t, srv, Options{}), replica(t, srv, Options{})
+	if c, err := b.Counts(ctx); err != nil || len(c.Queued) != 0 || c.Leased != 0 {
+		t.Fatalf("empty state: %+v %v", c, err)
+	}
+	for _, m := range []string{"m1", "m2", "m3"} {
+		if _, _, err := a.Submit(ctx, m, "linux", 0, []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := a.Submit(ctx, "w1", "windows", 0, []byte("w1")); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := b.Claim(ctx, "linux"); err != nil || l == nil {
+		t.Fatalf("Claim: %v %v", l, err)
+	}
+	c, err := b.Counts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Queued["linux"] != 2 || c.Queued["windows"] != 1 || len(c.Queued) != 2 || c.Leased != 1 {
+		t.Errorf("Counts = %+v, want linux 2, windows 1, 1 leased", c)
+	}
+}
+
+// ClaimWarm leaves an operation of a routing key to a replica that
+// advertises a warm worker for it (for the wait), takes the ones behind it,
+// and does not defer to its own or to a lapsed advertisement.
+func TestClaimWarmDefersToAdvertisedReplica(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	a, b := replica(t, srv, Options{}), replica(t, srv, Options{})
+	submit := func(merge, route string) string {
+		t.Helper()
+		name, _, err := a.SubmitOp(ctx, Submission{Merge: merge, Shape: "linux", Request: []byte(merge), Route: route})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return name
+	}
+	k1 := submit("k1", "K")
+	plain := submit("plain", "")
+	if err := b.AdvertiseWarm(ctx, "b", []string{"K"}, nil, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	l, _, err := a.ClaimWarm(ctx, "linux", "a", nil, time.Second)
+	if err != nil || l == nil || l.Name != plain {
+		t.Fatalf("A's claim: %+v %v, want %s (K left to b)", l, err, plain)
+	}
+	l, retry, err := a.ClaimWarm(ctx, "linux", "a", nil, time.Second)
+	if err != nil || l != nil || retry <= 0 || retry > time.Second {
+		t.Fatalf("A's second claim: %+v retry %s %v, want nothing and a retry within 1s", l, retry, err)
+	}
+	l, _, err = b.ClaimWarm(ctx, "linux", "b", []string{"K"}, time.Second)
+	if err != nil || l == nil || l.Name != k1 {
+		t.Fatalf("B's claim: %+v %v, want %s", l, err, k1)
+	}
+	// Its own advertisement does not hold a replica back.
+	k2 := submit("k2", "K2")
+	if err := a.AdvertiseWarm(ctx, "a", []string{"K2"}, nil, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if l, _, err := a.ClaimWarm(ctx, "linux", "a", nil, time.Second); err != nil || l == nil || l.Name != k2 {
+		t.Fatalf("claim with only its own advertisement: %+v %v, want %s", l, err, k2)
+	}
+	// Withdrawn, or lapsed, advertisements hold nobody back.
+	k3 := submit("k3", "K")
+	if err := b.AdvertiseWarm(ctx, "b", nil, []string{"K"}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if l, _, err := a.ClaimWarm(ctx, "linux", "a", nil, time.Second); err != nil || l == nil || l.Name != k3 {
+		t.Fatalf("claim after b withdrew: %+v %v, want %s", l, err, k3)
+	}
+	k4 := submit("k4", "K")
+	if err := b.AdvertiseWarm(ctx, "b", []string{"K"}, nil, 50*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if l, _, err := a.ClaimWarm(ctx, "linux", "a", nil, time.Second); err != nil || l == nil || l.Name != k4 {
+		t.Fatalf("claim after b's advertisement lapsed: %+v %v, want %s", l, err, k4)
+	}
+	// Plain Claim never defers.
+	k5 := submit("k5", "K")
+	if err := b.AdvertiseWarm(ctx, "b", []string{"K"}, nil, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := a.Claim(ctx, "linux"); err != nil || l == nil || l.Name != k5 {
+		t.Fatalf("Claim: %+v %v, want %s", l, err, k5)
+	}
+}

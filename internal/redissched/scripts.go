@@ -12,12 +12,25 @@ import "github.com/redis/go-redis/v9"
 // attempts, token (current lease token, absent when not leased), resp
 // (serialized ExecuteResponse once COMPLETED).
 
-// submitScript: KEYS none. ARGV: prefix, name, merge, req, shape, prio, meta.
+// Further fields: route (the routing key of a persistent worker action,
+// "" for others) and queued (Redis time in ms when it was submitted), read
+// by claim's warm-affinity deferral.
+
+// nowMs is Redis's own clock in ms, so that replicas with skewed clocks
+// agree on how long an operation has waited. Writing after TIME needs
+// effects replication: the default since Redis 5 (the only mode in 7), and
+// asked for explicitly for older servers.
+const nowMs = `if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`
+
+// submitScript: KEYS none. ARGV: prefix, name, merge, req, shape, prio, meta, route.
 // If an operation with the merge key exists and is not completed, returns
 // its name (the caller joins it). Otherwise creates the operation, queues it
 // and returns name. Atomic, so two replicas submitting the same action at
 // once end with one operation.
-var submitScript = redis.NewScript(`
+var submitScript = redis.NewScript(nowMs + `
 local p = ARGV[1]
 local name, merge = ARGV[2], ARGV[3]
 if merge ~= '' then
@@ -30,7 +43,8 @@ end
 local seq = redis.call('INCR', p .. 'seq')
 local member = string.format('%016x', seq) .. '|' .. name
 redis.call('HSET', p .. 'op:' .. name, 'req', ARGV[4], 'shape', ARGV[5], 'merge', merge,
-  'member', member, 'prio', ARGV[6], 'stage', '2', 'attempts', '0', 'meta', ARGV[7])
+  'member', member, 'prio', ARGV[6], 'stage', '2', 'attempts', '0', 'meta', ARGV[7],
+  'route', ARGV[8], 'queued', now)
 if merge ~= '' then redis.call('SET', p .. 'merge:' .. merge, name) end
 redis.call('ZADD', p .. 'q:' .. ARGV[5], ARGV[6], member)
 redis.call('SADD', p .. 'shapes', ARGV[5])
@@ -38,26 +52,79 @@ redis.call('PUBLISH', p .. 'queued', ARGV[5])
 return name
 `)
 
-// claimScript: ARGV: prefix, shape, token, deadline_ms. Pops the first
-// queued operation of the shape (lowest priority value, then arrival),
-// leases it to token until deadline_ms and returns {name, req, attempts};
-// nil if the queue is empty. Members whose operation is gone or completed
-// (cancelled while queued) are dropped.
-var claimScript = redis.NewScript(`
+// claimScript: ARGV: prefix, shape, token, deadline_ms, self, wait_ms,
+// limit, warm keys... Leases to token, until deadline_ms, the first queued
+// operation of the shape (lowest priority value, then arrival) that this
+// replica should take, and returns {name, req, attempts}. Members whose
+// operation is gone or completed (cancelled while queued) are dropped.
+//
+// Warm affinity across replicas: an operation with a routing key that is
+// not among this replica's warm keys, queued less than wait_ms ago, while
+// another replica advertises an idle warm worker for that key (see
+// advertiseScript), is left for that replica; the next one is considered,
+// at most limit deferred ones in all. When nothing is taken but something
+// was deferred it returns {”, ”, ms}: try again in ms. Nil if the queue
+// is empty. wait_ms 0 takes the first live operation, as a plain claim.
+var claimScript = redis.NewScript(nowMs + `
 local p = ARGV[1]
-while true do
-  local m = redis.call('ZPOPMIN', p .. 'q:' .. ARGV[2])
-  if #m == 0 then return false end
-  local name = string.sub(m[1], 18)
+local q = p .. 'q:' .. ARGV[2]
+local wait, limit = tonumber(ARGV[6]), tonumber(ARGV[7])
+local mine = {}
+for i = 8, #ARGV do mine[ARGV[i]] = true end
+local deferred, retry = 0, -1
+while deferred < limit do
+  local m = redis.call('ZRANGE', q, deferred, deferred)[1]
+  if not m then break end
+  local name = string.sub(m, 18)
   local op = p .. 'op:' .. name
-  local st = redis.call('HGET', op, 'stage')
-  if st == '2' then
-    local n = redis.call('HINCRBY', op, 'attempts', 1)
-    redis.call('HSET', op, 'stage', '3', 'token', ARGV[3])
-    redis.call('ZADD', p .. 'leases', ARGV[4], name)
-    return {name, redis.call('HGET', op, 'req'), n}
+  local f = redis.call('HMGET', op, 'stage', 'route', 'queued')
+  if f[1] ~= '2' then
+    redis.call('ZREM', q, m)
+  else
+    local left = 0
+    if wait > 0 and f[2] and f[2] ~= '' and not mine[f[2]] then
+      left = (tonumber(f[3]) or 0) + wait - now
+      if left > 0 then
+        local w = p .. 'warm:' .. f[2]
+        local others = redis.call('ZCOUNT', w, now, '+inf')
+        local own = redis.call('ZSCORE', w, ARGV[5])
+        if own and tonumber(own) >= now then others = others - 1 end
+        if others <= 0 then left = 0 end
+      end
+    end
+    if left > 0 then
+      deferred = deferred + 1
+      if retry < 0 or left < retry then retry = left end
+    else
+      redis.call('ZREM', q, m)
+      local n = redis.call('HINCRBY', op, 'attempts', 1)
+      redis.call('HSET', op, 'stage', '3', 'token', ARGV[3])
+      redis.call('ZADD', p .. 'leases', ARGV[4], name)
+      return {name, redis.call('HGET', op, 'req'), n}
+    end
   end
 end
+if retry >= 0 then return {'', '', retry} end
+return false
+`)
+
+// advertiseScript: ARGV: prefix, self, ttl_ms, n, n keys to advertise, keys
+// to withdraw. warm:{key} is a sorted set of the replicas that have an idle
+// warm worker for key on an executor with a free slot, scored by when the
+// advertisement lapses (a dead replica's lapses by itself). Lapsed members
+// are pruned, and the key expires once no replica refreshes it.
+var advertiseScript = redis.NewScript(nowMs + `
+local p, self, ttl, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 5, 4 + n do
+  local w = p .. 'warm:' .. ARGV[i]
+  redis.call('ZADD', w, now + ttl, self)
+  redis.call('ZREMRANGEBYSCORE', w, '-inf', now)
+  if redis.call('PTTL', w) < ttl then redis.call('PEXPIRE', w, ttl) end
+end
+for i = 5 + n, #ARGV do
+  redis.call('ZREM', p .. 'warm:' .. ARGV[i], self)
+end
+return 1
 `)
 
 // renewScript: ARGV: prefix, name, token, deadline_ms. Extends the lease if

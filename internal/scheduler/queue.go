@@ -36,6 +36,9 @@ type shape struct {
 	lastUsed time.Time
 	// pending: the shared queue of this shape may hold work (Config.Shared).
 	pending bool
+	// retrying: a claim is due once actions left to warm workers at other
+	// replicas are this replica's to take (shared_warm.go).
+	retrying bool
 }
 
 // appendShapeKey appends the canonical form of the matching part of a

@@ -66,6 +66,14 @@ type Config struct {
 	// lapsed leases and re-reads what it follows (default 1 s).
 	Shared     Shared
 	SharedPoll time.Duration
+	// Replica names this replica in Status (shared mode; empty otherwise)
+	// and in the shared state's warm-worker advertisements (a random name
+	// when empty).
+	Replica string
+	// SharedWarmWait is how long a replica leaves a persistent worker
+	// action to another replica that advertises an idle warm worker for
+	// it, before starting it cold itself (default 50 ms; negative: never).
+	SharedWarmWait time.Duration
 }
 
 func (c *Config) applyDefaults() {
@@ -89,6 +97,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.SharedPoll == 0 {
 		c.SharedPoll = time.Second
+	}
+	if c.SharedWarmWait == 0 {
+		c.SharedWarmWait = 50 * time.Millisecond
 	}
 }
 
@@ -135,6 +146,11 @@ type Scheduler struct {
 	sharedCancel context.CancelFunc
 	kick         chan struct{}
 	closeOnce    sync.Once
+	replicaID    string
+	// advertised is the set of routing keys last advertised as warm here
+	// (guarded by advertiseMu, held across the Redis call).
+	advertiseMu sync.Mutex
+	advertised  map[string]bool
 }
 
 // New returns a scheduler; Close stops its sweeper.
@@ -157,6 +173,10 @@ func New(cfg Config) *Scheduler {
 		s.shared = cfg.Shared
 		s.sharedCtx, s.sharedCancel = context.WithCancel(context.Background())
 		s.kick = make(chan struct{}, 1)
+		s.replicaID = cfg.Replica
+		if s.replicaID == "" {
+			s.replicaID = uuid.NewString()
+		}
 		go s.runShared()
 	}
 	return s
@@ -226,12 +246,16 @@ func (s *Scheduler) Submit(r Request) (*Operation, error) {
 }
 
 // Completed registers an operation that is already done (an action cache hit),
-// so that WaitExecution and GetOperation can find it.
+// so that WaitExecution and GetOperation can find it — with Shared, at every
+// replica.
 func (s *Scheduler) Completed(instance string, action digest.Digest, resp *repb.ExecuteResponse) *Operation {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	o := s.newOperation(instance, action)
 	s.finishLocked(o, resp)
+	s.mu.Unlock()
+	if s.shared != nil {
+		s.recordShared(o, resp)
+	}
 	return o
 }
 

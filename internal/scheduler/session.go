@@ -294,6 +294,9 @@ func (s *Scheduler) disconnect(e *session) {
 	}
 	e.tasks = nil
 	s.failUnschedulableLocked()
+	if s.shared != nil {
+		s.kickClaim() // withdraws the warm workers it advertised
+	}
 }
 
 // finishedResponse is the executor's response, or an INTERNAL error when it

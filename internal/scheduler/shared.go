@@ -29,16 +29,19 @@ import (
 // executor sessions stay here, in each replica's memory. Without Shared the
 // scheduler keeps everything in memory as it always did.
 type Shared interface {
-	SubmitMeta(ctx context.Context, mergeKey, shape string, priority int32, req, meta []byte) (name string, joined bool, err error)
-	Claim(ctx context.Context, shape string) (*redissched.Lease, error)
+	SubmitOp(ctx context.Context, o redissched.Submission) (name string, joined bool, err error)
+	ClaimWarm(ctx context.Context, shape, self string, warm []string, wait time.Duration) (*redissched.Lease, time.Duration, error)
+	AdvertiseWarm(ctx context.Context, self string, warm, gone []string, ttl time.Duration) error
 	Release(ctx context.Context, l *redissched.Lease) (bool, error)
 	Renew(ctx context.Context, l *redissched.Lease) (bool, error)
 	Complete(ctx context.Context, name, token string, resp *repb.ExecuteResponse) (bool, error)
+	Record(ctx context.Context, name string, meta []byte, resp *repb.ExecuteResponse) error
 	Reap(ctx context.Context, now time.Time) (requeued, failed int, err error)
 	Get(ctx context.Context, name string) (redissched.Snapshot, error)
 	Shapes(ctx context.Context) ([]string, error)
 	Follow(ctx context.Context, done, queued func(string)) error
 	LeaseDuration() time.Duration
+	Counts(ctx context.Context) (redissched.Counts, error)
 }
 
 // sharedTimeout bounds each shared-state call made on a client's behalf.
@@ -125,7 +128,10 @@ func (s *Scheduler) submitShared(r Request) (*Operation, error) {
 	ctx, cancel := context.WithTimeout(s.sharedCtx, sharedTimeout)
 	defer cancel()
 	shape := shapeKey(r.Platform.GetProperties(), actionTimeout(r))
-	name, _, err := s.shared.SubmitMeta(ctx, key, shape, r.Priority, req, encodeMeta(r.Instance, r.ActionDigest))
+	name, _, err := s.shared.SubmitOp(ctx, redissched.Submission{
+		Merge: key, Shape: shape, Priority: r.Priority, Request: req, Meta: encodeMeta(r.Instance, r.ActionDigest),
+		Route: workeraction.RoutingKeyOf(r.Platform.GetProperties(), r.Command),
+	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", cas.ErrUnavailable, err)
 	}
@@ -142,6 +148,18 @@ func (s *Scheduler) submitShared(r Request) (*Operation, error) {
 	s.mu.Unlock()
 	s.kickClaim()
 	return o, nil
+}
+
+// recordShared makes an operation answered here from the action cache
+// known at every replica. A failure costs only that: the client that asked
+// has its result on the Execute stream, and this replica still knows the
+// name.
+func (s *Scheduler) recordShared(o *Operation, resp *repb.ExecuteResponse) {
+	ctx, cancel := context.WithTimeout(s.sharedCtx, sharedTimeout)
+	defer cancel()
+	if err := s.shared.Record(ctx, o.name, encodeMeta(o.instance, o.action), resp); err != nil {
+		s.logger.Warn("recording a cached result's operation in the shared scheduler state; other replicas will not find it", "operation", o.name, "error", err)
+	}
 }
 
 // getShared finds an operation submitted at another replica.
@@ -231,19 +249,22 @@ func (s *Scheduler) kickClaim() {
 // claimRound claims from the shared queues for this replica's free
 // executors until no shape with a free executor has work.
 func (s *Scheduler) claimRound() {
+	s.advertiseWarm(false)
 	for {
 		s.mu.Lock()
 		var cands []*shape
+		var warm [][]string
 		for _, sh := range s.shapes {
 			if sh.pending && len(sh.free) > 0 {
 				cands = append(cands, sh)
+				warm = append(warm, freeWarmKeysLocked(sh))
 			}
 		}
 		s.mu.Unlock()
 		progress := false
-		for _, sh := range cands {
+		for i, sh := range cands {
 			ctx, cancel := context.WithTimeout(s.sharedCtx, sharedTimeout)
-			l, err := s.shared.Claim(ctx, sh.key)
+			l, retry, err := s.shared.ClaimWarm(ctx, sh.key, s.replicaID, warm[i], s.cfg.SharedWarmWait)
 			cancel()
 			if err != nil {
 				s.logger.Warn("claiming from the shared scheduler state", "error", err)
@@ -253,6 +274,9 @@ func (s *Scheduler) claimRound() {
 				s.mu.Lock()
 				sh.pending = false
 				s.mu.Unlock()
+				if retry > 0 {
+					s.retryShapeAfter(sh, retry)
+				}
 				continue
 			}
 			progress = true
@@ -319,6 +343,13 @@ func (s *Scheduler) completeShared(e *session, f *workerapi.Finished) bool {
 	if l == nil {
 		return true
 	}
+	// The warm worker that ran it is idle again: say so before the result
+	// is published, so that a client's next action of the same key, sent
+	// to another replica as soon as it has this result, is left to it.
+	s.mu.Lock()
+	s.reportWarmLocked(e, warmCounts(f.GetWarmWorkers(), f.GetWarmKeys()))
+	s.mu.Unlock()
+	s.advertiseWarm(false)
 	ctx, cancel := context.WithTimeout(s.sharedCtx, sharedTimeout)
 	defer cancel()
 	ok, err := s.shared.Complete(ctx, l.Name, l.Token, finishedResponse(e, f))
@@ -391,6 +422,7 @@ func (s *Scheduler) runShared() {
 }
 
 func (s *Scheduler) pollShared(now time.Time, renew bool) {
+	s.advertiseWarm(true)
 	ctx, cancel := context.WithTimeout(s.sharedCtx, sharedTimeout)
 	defer cancel()
 	requeued, failed, err := s.shared.Reap(ctx, now)

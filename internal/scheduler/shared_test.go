@@ -1,6 +1,8 @@
 package scheduler
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -185,5 +187,70 @@ func TestParseShapeKey(t *testing.T) {
 	}
 	if _, _, ok := parseShapeKey(`"a"="b"x5`); ok {
 		t.Error("malformed key parsed")
+	}
+}
+
+// An operation answered from the action cache at A (Completed) is found at
+// B, completed with the cached result; an unknown name stays NOT_FOUND.
+func TestSharedCachedOperationFoundAtB(t *testing.T) {
+	srv := redistest.Start(t)
+	a, _ := sharedReplica(t, srv, 30*time.Second)
+	b, _ := sharedReplica(t, srv, 30*time.Second)
+	r := request("cached", 0, "OSFamily", "linux")
+	op := a.Completed(r.Instance, r.ActionDigest, &repb.ExecuteResponse{Result: &repb.ActionResult{ExitCode: 0, StdoutRaw: []byte("from cache")}, CachedResult: true})
+	atB, err := b.Get(op.Name())
+	if err != nil {
+		t.Fatalf("B does not know A's cache-hit operation: %v", err)
+	}
+	st := waitDone(t, atB)
+	if !st.Response.GetCachedResult() || string(st.Response.GetResult().GetStdoutRaw()) != "from cache" || st.ActionDigest != r.ActionDigest {
+		t.Errorf("at B: %+v", st)
+	}
+	if _, err := b.Get("no-such-operation"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown name at B: %v, want ErrNotFound", err)
+	}
+}
+
+// Each replica's status names it, lists its own executors, and reads the
+// shared queues and leases of every replica.
+func TestSharedStatusAtEachReplica(t *testing.T) {
+	srv := redistest.Start(t)
+	replicaNamed := func(name string) (*Scheduler, *grpc.ClientConn) {
+		st := redissched.New(srv.Client(t), redissched.Options{})
+		return startScheduler(t, Config{Shared: st, SharedPoll: 100 * time.Millisecond, Replica: name})
+	}
+	a, _ := replicaNamed("replica-a")
+	b, bconn := replicaNamed("replica-b")
+	for _, tag := range []string{"s1", "s2", "s3"} {
+		if _, err := a.Submit(request(tag, 0, "OSFamily", "linux")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := b.StatusWithShared(t.Context())
+	if st.Replica != "replica-b" || st.Shared == nil || st.Shared.Queued != 3 || st.Shared.Leased != 0 || len(st.Executors) != 0 {
+		t.Fatalf("B before any executor: %+v shared %+v", st, st.Shared)
+	}
+	if q := st.Shared.Queues; len(q) != 1 || q[0].Platform != "OSFamily=linux" || q[0].Queued != 3 {
+		t.Errorf("B's view of the queues: %+v", q)
+	}
+	e := connectExecutor(t, bconn, linuxExecutor("at-b", 1))
+	asg := e.nextAssign()
+	st = a.StatusWithShared(t.Context())
+	if st.Replica != "replica-a" || st.Shared.Queued != 2 || st.Shared.Leased != 1 || len(st.Executors) != 0 {
+		t.Errorf("A with B's executor running one: %+v shared %+v", st, st.Shared)
+	}
+	if st := b.StatusWithShared(t.Context()); len(st.Executors) != 1 || st.Executors[0].Running != 1 {
+		t.Errorf("B's own executors: %+v", st.Executors)
+	}
+	e.finish(asg, 0)
+	if plain := a.Status(); plain.Shared != nil || plain.Replica != "replica-a" {
+		t.Errorf("Status (no Redis read): %+v", plain)
+	}
+	// Unreachable shared state: reported, not hung.
+	srv.Stop()
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	if st := a.StatusWithShared(ctx); st.Shared == nil || st.Shared.Error == "" {
+		t.Errorf("with Redis stopped: %+v", st.Shared)
 	}
 }

@@ -1,7 +1,9 @@
 package serverconfig
 
 import (
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/hearth-build/hearth/internal/config"
 )
@@ -26,7 +28,13 @@ type RedisScheduler struct {
 	// Poll is how often each replica reaps lapsed leases and re-reads the
 	// operations it follows, covering lost notifications (0: 1 s).
 	Poll time.Duration
+	// Replica names this replica on its status page, /metrics and logs
+	// ("": host name and gRPC port, e.g. "build-1:8980").
+	Replica string
 }
+
+// maxReplicaName bounds scheduler.redis.replica (a label value).
+const maxReplicaName = 128
 
 func decodeScheduler(d *config.Decoder, path string, v any) *Scheduler {
 	o, ok := d.Object(path, v)
@@ -61,6 +69,19 @@ func decodeRedisScheduler(d *config.Decoder, path string, v any) *RedisScheduler
 				d.Errorf(p, "must be between 10ms and 1m, got %s", t)
 			}
 			r.Poll = t
+		}
+	}
+	if v, p, ok := o.Get("replica"); ok {
+		if name, ok := d.String(p, v); ok {
+			switch {
+			case name == "":
+				d.Errorf(p, "is empty (omit it for host name:port)")
+			case len(name) > maxReplicaName:
+				d.Errorf(p, "is %d bytes, longer than %d", len(name), maxReplicaName)
+			case strings.IndexFunc(name, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) >= 0:
+				d.Errorf(p, "%q holds a space or control character", name)
+			}
+			r.Replica = name
 		}
 	}
 	if r.Lease != 0 && r.Poll != 0 && r.Poll > r.Lease/3 {

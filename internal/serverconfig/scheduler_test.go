@@ -22,6 +22,12 @@ func TestSchedulerRedis(t *testing.T) {
 		{name: "url missing", in: `{scheduler: {redis: {lease: "30s"}}}`, wantErr: "scheduler.redis.url"},
 		{name: "lease too short", in: `{scheduler: {redis: {url: "redis://127.0.0.1:1/0", lease: "100ms"}}}`, wantErr: "scheduler.redis.lease"},
 		{name: "poll beyond a third of the lease", in: `{scheduler: {redis: {url: "redis://127.0.0.1:1/0", lease: "3s", poll: "2s"}}}`, wantErr: "scheduler.redis.poll"},
+		{name: "replica", in: `{scheduler: {redis: {url: "redis://127.0.0.1:6379/1", replica: "east-1"}}}`,
+			want: &RedisScheduler{URL: "redis://127.0.0.1:6379/1", Replica: "east-1"}},
+		{name: "replica empty", in: `{scheduler: {redis: {url: "redis://127.0.0.1:1/0", replica: ""}}}`, wantErr: "scheduler.redis.replica: is empty"},
+		{name: "replica with a space", in: `{scheduler: {redis: {url: "redis://127.0.0.1:1/0", replica: "a b"}}}`, wantErr: "scheduler.redis.replica: \"a b\" holds a space"},
+		{name: "replica too long", in: `{scheduler: {redis: {url: "redis://127.0.0.1:1/0", replica: "` + strings.Repeat("r", 129) + `"}}}`, wantErr: "scheduler.redis.replica: is 129 bytes"},
+		{name: "replica not a string", in: `{scheduler: {redis: {url: "redis://127.0.0.1:1/0", replica: 3}}}`, wantErr: "scheduler.redis.replica"},
 		{name: "unknown field", in: `{scheduler: {redis: {url: "redis://127.0.0.1:1/0", ttl: 5}}}`, wantErr: "ttl"},
 		{name: "unknown backend", in: `{scheduler: {etcd: {}}}`, wantErr: "etcd"},
 	} {

@@ -141,3 +141,31 @@ func TestJournal(t *testing.T) {
 		t.Errorf("generation = %d, want 7 events", s.Generation)
 	}
 }
+
+// A replica sharing scheduler state says which it is and shows the shared
+// queues next to its own executors, in the page and in /status.
+func TestPageShowsReplicaAndSharedState(t *testing.T) {
+	h := Handler(Config{Scheduler: func() scheduler.Status {
+		return scheduler.Status{Replica: "east-1:8980", Executors: []scheduler.ExecutorStatus{{Name: "e1", MaxInflight: 2}},
+			Shared: &scheduler.SharedStatus{Queued: 4, Leased: 3, Queues: []scheduler.SharedQueue{{Platform: "OSFamily=linux", Queued: 4}}}}
+	}, Journal: NewJournal(10, 10)})
+	_, html := get(t, h, "/", "")
+	for _, want := range []string{`<b id="replica">east-1:8980</b>`, `<b id="shared-queued">4</b>`, `<b id="shared-leased">3</b>`, `OSFamily=linux <b>4</b>`, `data-name="e1"`} {
+		if !strings.Contains(html, want) {
+			t.Errorf("the page lacks %q", want)
+		}
+	}
+	_, body := get(t, h, "/status", "")
+	var s Snapshot
+	if err := json.Unmarshal([]byte(body), &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Replica != "east-1:8980" || s.Shared == nil || s.Shared.Queued != 4 || s.Shared.Leased != 3 || len(s.Shared.Queues) != 1 {
+		t.Errorf("/status: replica %q shared %+v", s.Replica, s.Shared)
+	}
+	// Without shared state, neither appears.
+	_, html = get(t, Handler(Config{Scheduler: func() scheduler.Status { return scheduler.Status{} }}), "/", "")
+	if strings.Contains(html, `id="replica"`) || strings.Contains(html, "Shared by every replica") {
+		t.Error("a single server's page shows replica fields")
+	}
+}

@@ -111,6 +111,7 @@ th{background:#f3f3f3} .num{text-align:right} code{font-size:.9em} .bad{color:#a
 <h1>{{.Title}}</h1>
 {{if .Worker}}<p>This is an executor process: the queue, the operations and the other executors are on the server's page. Below: this process's persistent worker pools.</p>{{end}}
 <p class="summary">
+{{with .Replica}}<span>replica <b id="replica">{{.}}</b></span>{{end}}
 <span>generation <b id="generation">{{.Generation}}</b></span>
 <span>queued <b id="queued">{{len .Queue}}</b></span>
 <span>in flight <b id="in-flight">{{len .InFlight}}</b></span>
@@ -119,6 +120,11 @@ th{background:#f3f3f3} .num{text-align:right} code{font-size:.9em} .bad{color:#a
 <span>executors <b id="executor-count">{{len .Executors}}</b></span>
 <span>operations <b id="operations">{{.Operations}}</b></span>
 </p>
+{{with .Shared}}<p class="summary">Shared by every replica:
+<span>queued <b id="shared-queued">{{.Queued}}</b></span>
+<span>leased <b id="shared-leased">{{.Leased}}</b></span>
+{{range .Queues}}<span class="shared-queue">{{.Platform}}{{with .Timeout}} ({{.}}){{end}} <b>{{.Queued}}</b></span>{{end}}
+{{with .Error}}<span class="bad" id="shared-error">shared state unreachable: {{.}}</span>{{end}}</p>{{end}}
 <p>Outcomes: {{range .OutcomeList}}<span class="outcome" data-outcome="{{index . 0}}">{{index . 0}} <b>{{index . 1}}</b></span> {{end}}</p>
 <p><small>{{clock .Time}}{{if gt .RefreshSeconds 0}}, refreshes every {{.RefreshSeconds}} s{{end}} · <a href="/status">/status</a> · <a href="/metrics">/metrics</a></small></p>
 
