@@ -1,4 +1,10 @@
 package builder
 
-// DiffStaging lets the benchmark compare with staging every input.
-var DiffStaging = &diffStaging
+// The switches of the per-action cuts, for the benchmarks that compare with
+// and without each.
+var (
+	// DiffStaging: stage only the difference between a worker's requests.
+	DiffStaging = &diffStaging
+	// CacheTrees: remember validated Directories across actions.
+	CacheTrees = &cacheTrees
+)
