@@ -7,4 +7,6 @@ var (
 	DiffStaging = &diffStaging
 	// CacheTrees: remember validated Directories across actions.
 	CacheTrees = &cacheTrees
+	// AsyncRelease: end a served worker's lease after the result is back.
+	AsyncRelease = &asyncRelease
 )
