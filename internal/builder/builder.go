@@ -85,9 +85,10 @@ func (b *Builder) loadTree(ctx context.Context, fn digest.Function, root digest.
 	return b.trees.Load(ctx, b.CAS, fn, root)
 }
 
-// Close removes the emptied action directories kept for reuse: after it,
-// WorkDir holds nothing the builder made (`hearth run --workspace-path`
-// promises the caller an empty workspace). Build must not run meanwhile.
+// Close waits for the action directories being emptied in the background
+// and removes the emptied ones kept for reuse: after it, WorkDir holds
+// nothing the builder made (`hearth run --workspace-path` promises the
+// caller an empty workspace). Build must not run meanwhile.
 func (b *Builder) Close() error { return b.dirs.removeSpare() }
 
 // Runner runs one action to its response, as Builder does.
@@ -212,7 +213,13 @@ func (b *Builder) runOneShot(ctx context.Context, t Task, cmd *repb.Command, tre
 	if err != nil {
 		return nil, fmt.Errorf("creating action directory: %w", err)
 	}
-	defer b.recycle(actionDir)
+	if len(tree.Files)+len(tree.Dirs)+len(tree.Symlinks) >= bigActionDir && asyncRecycle {
+		// Emptied in the background: deferred calls run before Build
+		// stamps worker_completed and returns the result.
+		defer b.recycleLater(actionDir)
+	} else {
+		defer b.recycle(actionDir)
+	}
 	// An empty input root (common for tool-less actions) needs no staging.
 	if len(tree.Files) > 0 || len(tree.Symlinks) > 0 || len(tree.Dirs) > 1 {
 		if err := inputtree.Stage(ctx, tree, b.Files, inputRoot); err != nil {
@@ -366,6 +373,17 @@ func (b *Builder) recycle(dir string) {
 	if err := b.dirs.put(dir); err != nil {
 		b.logger().Warn("removing action directory", "dir", dir, "err", err)
 	}
+}
+
+// asyncRecycle lets big action directories be emptied in the background;
+// off only in the benchmark that measures it.
+var asyncRecycle = true
+
+// recycleLater is recycle in the background (Close waits for it).
+func (b *Builder) recycleLater(dir string) {
+	b.dirs.putLater(dir, func(err error) {
+		b.logger().Warn("removing action directory", "dir", dir, "err", err)
+	})
 }
 
 func envList(cmd *repb.Command) []string {

@@ -9,4 +9,10 @@ var (
 	CacheTrees = &cacheTrees
 	// AsyncRelease: end a served worker's lease after the result is back.
 	AsyncRelease = &asyncRelease
+	// AsyncRecycle: empty big one-shot action directories after the result.
+	AsyncRecycle = &asyncRecycle
 )
+
+// SettleActionDirs waits for the action directories being emptied in the
+// background.
+func SettleActionDirs(b *Builder) { b.dirs.emptying.Wait() }

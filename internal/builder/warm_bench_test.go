@@ -22,7 +22,7 @@ import (
 // toolFiles/5 directories (node_modules), a tsconfig flag file, one new
 // source and the declarations of deps earlier libraries as non-tool inputs,
 // and two new small outputs the worker writes (index.js, index.d.ts).
-func (r *rig) tscLikeTask(tools *repb.Digest, lib, deps int) builder.Task {
+func (r *rig) tscLikeTask(tools *repb.Digest, lib, deps int, persistent bool) builder.Task {
 	r.t.Helper()
 	out := fmt.Sprintf("bin/lib%05d/", lib)
 	request := []string{
@@ -55,6 +55,9 @@ func (r *rig) tscLikeTask(tools *repb.Digest, lib, deps int) builder.Task {
 		},
 	}
 	platform := &repb.Platform{Properties: []*repb.Platform_Property{{Name: "persistentWorkerKey", Value: "k"}}}
+	if !persistent {
+		platform = nil
+	}
 	cmd := &repb.Command{
 		Arguments:   []string{"tools/testworker", "@args.txt"},
 		Platform:    platform,
@@ -91,7 +94,17 @@ func (r *rig) toolTree(n int) *repb.Digest {
 // ("off-"), so that both sides see the same load; "all" switches every cut
 // at once.
 func BenchmarkWarmToolAction(b *testing.B) {
-	cuts := map[string]*bool{"tree-cache": builder.CacheTrees, "async-release": builder.AsyncRelease}
+	benchmarkCuts(b, true, map[string]*bool{"tree-cache": builder.CacheTrees, "async-release": builder.AsyncRelease})
+}
+
+// BenchmarkOneShotToolAction is BenchmarkWarmToolAction with the actions
+// run one-shot (no persistentWorkerKey): every action stages and removes
+// the whole tool tree.
+func BenchmarkOneShotToolAction(b *testing.B) {
+	benchmarkCuts(b, false, map[string]*bool{"tree-cache": builder.CacheTrees, "async-recycle": builder.AsyncRecycle})
+}
+
+func benchmarkCuts(b *testing.B, persistent bool, cuts map[string]*bool) {
 	names := []string{"all"}
 	for n := range cuts {
 		names = append(names, n)
@@ -107,7 +120,7 @@ func BenchmarkWarmToolAction(b *testing.B) {
 				}
 			}
 			defer set(true)
-			benchmarkWarmToolAction(b, set)
+			benchmarkToolAction(b, persistent, set)
 		})
 	}
 }
@@ -117,7 +130,7 @@ func BenchmarkWarmToolAction(b *testing.B) {
 // between one action's completion and the next one's queueing).
 const turnaround = 5 * time.Millisecond
 
-func benchmarkWarmToolAction(b *testing.B, set func(on bool)) {
+func benchmarkToolAction(b *testing.B, persistent bool, set func(on bool)) {
 	r := newRig(b, workerpool.Options{MemoryLimitBytes: 1 << 30})
 	// The store stack of `hearth serve`'s embedded executor (cmd/hearth):
 	// Directory protos come from memory after their first read.
@@ -125,7 +138,7 @@ func benchmarkWarmToolAction(b *testing.B, set func(on bool)) {
 	tools := r.toolTree(600)
 	tasks := make([]builder.Task, b.N+4)
 	for i := range tasks {
-		tasks[i] = r.tscLikeTask(tools, i, 10)
+		tasks[i] = r.tscLikeTask(tools, i, 10, persistent)
 	}
 	for i, t := range tasks[:4] { // start the worker, stage the tools
 		set(i%2 == 0)
