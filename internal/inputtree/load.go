@@ -110,7 +110,20 @@ func fetchLevel(ctx context.Context, store cas.Store, fn digest.Function, level 
 			fetch = append(fetch, i)
 		}
 	}
-	if len(fetch) == 0 {
+	switch len(fetch) {
+	case 0:
+		return got, nil
+	case 1:
+		// One Directory (a warm action's new root or source directory):
+		// no goroutine to hand it to and wait for.
+		i := fetch[0]
+		d, err := fetchDirectory(ctx, store, fn, level[i])
+		if err == nil {
+			cache.add(level[i].d, d)
+		} else if !errors.Is(err, errAbsent) {
+			return nil, err
+		}
+		got[i] = d
 		return got, nil
 	}
 	ctx, cancel := context.WithCancel(ctx)
