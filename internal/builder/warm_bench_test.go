@@ -14,6 +14,7 @@ import (
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/inputtree"
+	"github.com/hearth-build/hearth/internal/metadatapb"
 	"github.com/hearth-build/hearth/internal/workerpool"
 )
 
@@ -161,6 +162,11 @@ func benchmarkToolAction(b *testing.B, persistent bool, set func(on bool)) {
 		if resp.GetStatus().GetCode() != 0 || resp.GetResult().GetExitCode() != 0 || len(resp.GetResult().GetOutputFiles()) != 2 {
 			b.Fatal(resp.GetStatus(), resp.GetResult())
 		}
+		if persistent {
+			if in := workerInfo(resp); in == nil || in.GetFellBack() || !in.GetWarm() {
+				b.Fatalf("action %d was not served warm: %+v", i, in)
+			}
+		}
 		md := resp.GetResult().GetExecutionMetadata()
 		span := func(from, to interface{ AsTime() time.Time }) time.Duration { return to.AsTime().Sub(from.AsTime()) }
 		s := &sides[btoi(on)]
@@ -192,4 +198,14 @@ func btoi(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+func workerInfo(resp *repb.ExecuteResponse) *metadatapb.PersistentWorkerInfo {
+	for _, a := range resp.GetResult().GetExecutionMetadata().GetAuxiliaryMetadata() {
+		i := &metadatapb.PersistentWorkerInfo{}
+		if a.MessageIs(i) && a.UnmarshalTo(i) == nil {
+			return i
+		}
+	}
+	return nil
 }
