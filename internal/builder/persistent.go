@@ -171,13 +171,10 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 			return nil, nil
 		}
 	}
-	if damaged := damagedInputs(dir, tree, snapshot); len(damaged) > 0 {
+	damaged, keep := checkInputs(dir, tree, snapshot, lease.KeepsMemo() && diffStaging)
+	if len(damaged) > 0 {
 		b.damagedByWorker(plan, damaged)
 		return nil, nil
-	}
-	var keep keptInputs
-	if lease.KeepsMemo() && diffStaging {
-		keep = intactInputs(dir, tree, snapshot)
 	}
 	md.OutputUploadStartTimestamp = timestamppb.Now()
 	collected, err := b.collect(ctx, fn, dir, cmd)
