@@ -28,7 +28,18 @@ const maxSpareDirs = 64
 type actionDirs struct {
 	mu    sync.Mutex
 	spare []string
+	// emptying counts the directories being emptied in the background
+	// (putLater); removeSpare waits for them.
+	emptying sync.WaitGroup
 }
+
+// bigActionDir is the number of staged inputs (files, directories and
+// symlinks) from which an action directory is emptied in the background
+// after the action, rather than before its result is returned: unlinking a
+// toolchain of hundreds of hardlinks takes milliseconds, while emptying a
+// small directory costs less than handing it to a goroutine, and doing it at
+// once keeps it available for the very next action.
+const bigActionDir = 64
 
 // get returns an empty action directory under workDir and its input root.
 func (a *actionDirs) get(workDir string) (actionDir, inputRoot string, err error) {
@@ -75,9 +86,22 @@ func (a *actionDirs) put(actionDir string) error {
 	return nil
 }
 
-// removeSpare removes the directories kept for reuse, so that a work
-// directory the builder is done with is left as it was found.
+// putLater is put on its own goroutine; log reports its error.
+func (a *actionDirs) putLater(actionDir string, log func(error)) {
+	a.emptying.Add(1)
+	go func() {
+		defer a.emptying.Done()
+		if err := a.put(actionDir); err != nil {
+			log(err)
+		}
+	}()
+}
+
+// removeSpare removes the directories kept for reuse (after waiting for
+// those being emptied), so that a work directory the builder is done with
+// is left as it was found.
 func (a *actionDirs) removeSpare() error {
+	a.emptying.Wait()
 	a.mu.Lock()
 	spare := a.spare
 	a.spare = nil

@@ -108,18 +108,31 @@ func reconcile(dir string, tree *inputtree.Tree, kept keptInputs, isTool func(st
 	return reused, nil, nil
 }
 
-// intactInputs returns the inputs of snap whose stat is still the one
-// recorded after staging: those a next request may reuse. (One replaced or
-// removed is left out; one written through is damagedInputs' concern.)
-func intactInputs(dir string, t *inputtree.Tree, snap map[int]inputStat) keptInputs {
-	kept := make(keptInputs, len(snap))
+// checkInputs is damagedInputs (tamper.go) and, when keep is set, the
+// inputs whose stat is still the one recorded after staging, which a next
+// request may reuse, in one pass (one lstat per input). One replaced or
+// removed is neither.
+func checkInputs(dir string, t *inputtree.Tree, snap map[int]inputStat, keep bool) ([]inputtree.File, keptInputs) {
+	var damaged []inputtree.File
+	var kept keptInputs
+	if keep {
+		kept = make(keptInputs, len(snap))
+	}
 	for i, before := range snap {
 		f := &t.Files[i]
 		fi, err := os.Lstat(filepath.Join(dir, filepath.FromSlash(f.Path)))
-		if err != nil || !fi.Mode().IsRegular() || statOf(fi) != before {
-			continue
+		if err != nil {
+			continue // removed: the cache's own link is intact, nothing to keep
 		}
-		kept[f.Path] = keptInput{digest: f.Digest, executable: f.Executable, stat: before}
+		switch now := statOf(fi); {
+		case now == before:
+			if keep && fi.Mode().IsRegular() {
+				kept[f.Path] = keptInput{digest: f.Digest, executable: f.Executable, stat: before}
+			}
+		case now.ino == before.ino:
+			damaged = append(damaged, *f)
+		}
+		// Another inode: replaced, the cache's is untouched; not kept.
 	}
-	return kept
+	return damaged, kept
 }

@@ -38,6 +38,11 @@ func (b *Builder) planWorker(t Task, cmd *repb.Command, tree *inputtree.Tree) (*
 	}), nil
 }
 
+// asyncRelease ends a served worker's lease (cleaning, memory check) after
+// the result is complete, in the background; off only in the benchmark that
+// measures it.
+var asyncRelease = true
+
 // runOnWorker serves the action on a warm worker. When the worker cannot
 // serve it (no capacity, a crash, garbage on the pipe), it marks the plan as
 // fallen back and the caller runs the action one-shot, so the client still
@@ -66,12 +71,11 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 	// passes its tamper check, the workspace is described by no memo.
 	kept, _ := lease.Memo().(keptInputs)
 	lease.SetMemo(nil)
-	// release returns the worker to the pool once its workspace holds
-	// nothing of this action but the inputs in keep (the pool stops a
-	// worker that failed or was killed anyway); a workspace that cannot be
-	// cleaned costs the worker.
-	release := func(keep keptInputs) {
-		released = true
+	// end returns the worker to the pool once its workspace holds nothing
+	// of this action but the inputs in keep (the pool stops a worker that
+	// failed or was killed anyway); a workspace that cannot be cleaned
+	// costs the worker. release is end, now.
+	end := func(keep keptInputs) {
 		if lease.SandboxDir() == "" {
 			paths := make(map[string]bool, len(keep))
 			for p := range keep {
@@ -87,6 +91,10 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 			}
 		}
 		lease.Release()
+	}
+	release := func(keep keptInputs) {
+		released = true
+		end(keep)
 	}
 	plan.Info.Warm, plan.Info.Invocation = lease.Warm(), int32(lease.Invocation())
 	dir := lease.Dir()
@@ -163,26 +171,34 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 			return nil, nil
 		}
 	}
-	if damaged := damagedInputs(dir, tree, snapshot); len(damaged) > 0 {
+	damaged, keep := checkInputs(dir, tree, snapshot, lease.KeepsMemo() && diffStaging)
+	if len(damaged) > 0 {
 		b.damagedByWorker(plan, damaged)
 		return nil, nil
 	}
-	var keep keptInputs
-	if lease.KeepsMemo() && diffStaging {
-		keep = intactInputs(dir, tree, snapshot)
-	}
 	md.OutputUploadStartTimestamp = timestamppb.Now()
 	collected, err := b.collect(ctx, fn, dir, cmd)
-	release(keep)
 	if err != nil {
+		release(keep)
 		return nil, err
 	}
 	result, err := b.streamsResult(ctx, fn, collected, resp.GetOutput())
 	if err != nil {
+		release(keep)
 		return nil, err
 	}
 	result.ExitCode = resp.GetExitCode()
 	md.OutputUploadCompletedTimestamp = timestamppb.Now()
+	// The result is complete: the worker's workspace is cleaned (and its
+	// memory checked) after it went back, off the client's path. The
+	// pool's next Acquire of this key waits for that rather than start
+	// another process.
+	if asyncRelease {
+		released = true
+		w.ReleaseLater(lease, func() { end(keep) })
+	} else {
+		release(keep)
+	}
 	w.Served(plan, elapsed)
 
 	if w.ShouldVerify() {

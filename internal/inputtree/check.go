@@ -178,7 +178,7 @@ func (w *walk) fetch(ctx context.Context, root digest.Digest) error {
 		if depth > MaxDepth {
 			return fmt.Errorf("%w: directory %q is nested deeper than %d levels", ErrInvalid, level[0].path, MaxDepth)
 		}
-		got, err := fetchLevel(ctx, w.store, w.fn, level)
+		got, err := fetchLevel(ctx, w.store, w.fn, level, nil) // presence is the question: no DirCache
 		if err != nil {
 			return err
 		}
@@ -329,7 +329,7 @@ func (w *walk) ensureSummary(ctx context.Context, d digest.Digest, path string) 
 		w.known[d] = s
 		return nil
 	}
-	dirs, err := fetchAll(ctx, w.store, w.fn, d)
+	dirs, err := fetchAll(ctx, w.store, w.fn, d, nil)
 	if err != nil {
 		return fmt.Errorf("directory %q: %w", displayPath(path), err)
 	}

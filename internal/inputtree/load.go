@@ -27,6 +27,11 @@ const fetchParallelism = 16
 // walked. A malformed tree is ErrInvalid; a Directory whose bytes do not match
 // its digest is filecache.ErrCorrupt.
 func Load(ctx context.Context, store cas.Store, fn digest.Function, root digest.Digest) (*Tree, error) {
+	return load(ctx, store, fn, root, nil)
+}
+
+// load is Load, with the Directories in cache (nil: none) not fetched.
+func load(ctx context.Context, store cas.Store, fn digest.Function, root digest.Digest, cache *DirCache) (*Tree, error) {
 	fn, err := digest.Resolve(fn)
 	if err != nil {
 		return nil, fmt.Errorf("%w: input root: %w", ErrInvalid, err)
@@ -35,7 +40,7 @@ func Load(ctx context.Context, store cas.Store, fn digest.Function, root digest.
 	if err != nil {
 		return nil, fmt.Errorf("%w: input root digest: %w", ErrInvalid, err)
 	}
-	dirs, err := fetchAll(ctx, store, fn, root)
+	dirs, err := fetchAll(ctx, store, fn, root, cache)
 	if err != nil {
 		return nil, err
 	}
@@ -52,7 +57,7 @@ type pending struct {
 }
 
 // fetchAll fetches and validates every distinct Directory of the tree.
-func fetchAll(ctx context.Context, store cas.Store, fn digest.Function, root digest.Digest) (map[digest.Digest]*directory, error) {
+func fetchAll(ctx context.Context, store cas.Store, fn digest.Function, root digest.Digest, cache *DirCache) (map[digest.Digest]*directory, error) {
 	dirs := make(map[digest.Digest]*directory)
 	seen := map[digest.Digest]bool{root: true}
 	var missing []digest.Digest
@@ -62,7 +67,7 @@ func fetchAll(ctx context.Context, store cas.Store, fn digest.Function, root dig
 		if depth > MaxDepth {
 			return nil, fmt.Errorf("%w: directory %q is nested deeper than %d levels", ErrInvalid, level[0].path, MaxDepth)
 		}
-		got, err := fetchLevel(ctx, store, fn, level)
+		got, err := fetchLevel(ctx, store, fn, level, cache)
 		if err != nil {
 			return nil, err
 		}
@@ -97,8 +102,30 @@ var errAbsent = errors.New("absent")
 // fetchLevel fetches the Directories of one level with bounded parallelism.
 // An absent Directory leaves a nil entry. The first other failure stops the
 // level and is returned (not the cancellations it causes in the others).
-func fetchLevel(ctx context.Context, store cas.Store, fn digest.Function, level []pending) ([]*directory, error) {
+func fetchLevel(ctx context.Context, store cas.Store, fn digest.Function, level []pending, cache *DirCache) ([]*directory, error) {
 	got := make([]*directory, len(level))
+	var fetch []int // the indexes of level not in cache
+	for i := range level {
+		if got[i] = cache.get(level[i].d); got[i] == nil {
+			fetch = append(fetch, i)
+		}
+	}
+	switch len(fetch) {
+	case 0:
+		return got, nil
+	case 1:
+		// One Directory (a warm action's new root or source directory):
+		// no goroutine to hand it to and wait for.
+		i := fetch[0]
+		d, err := fetchDirectory(ctx, store, fn, level[i])
+		if err == nil {
+			cache.add(level[i].d, d)
+		} else if !errors.Is(err, errAbsent) {
+			return nil, err
+		}
+		got[i] = d
+		return got, nil
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -107,12 +134,15 @@ func fetchLevel(ctx context.Context, store cas.Store, fn digest.Function, level 
 	)
 	next := make(chan int)
 	var wg sync.WaitGroup
-	for range min(fetchParallelism, len(level)) {
+	for range min(fetchParallelism, len(fetch)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range next {
 				d, err := fetchDirectory(ctx, store, fn, level[i])
+				if err == nil {
+					cache.add(level[i].d, d)
+				}
 				if err != nil && !errors.Is(err, errAbsent) {
 					mu.Lock()
 					if firstErr == nil {
@@ -125,7 +155,7 @@ func fetchLevel(ctx context.Context, store cas.Store, fn digest.Function, level 
 			}
 		}()
 	}
-	for i := range level {
+	for _, i := range fetch {
 		next <- i
 	}
 	close(next)

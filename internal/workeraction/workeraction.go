@@ -15,6 +15,7 @@ import (
 	"os"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -268,9 +269,16 @@ type KeyInput struct {
 // tool files are hashed here too, so a client that reuses a key for a changed
 // tool still gets a fresh process.
 func PoolKey(k KeyInput) string {
-	h := sha256.New()
+	// Every field is written as "len:value;" into one buffer, hashed once:
+	// the executor computes this for every action, over every tool file (a
+	// node_modules is hundreds), so it avoids fmt (the bytes are those
+	// fmt.Fprintf("%d:%s;") wrote, so keys stay the same).
+	buf := make([]byte, 0, 256+len(k.Tools)*128)
 	field := func(s string) {
-		fmt.Fprintf(h, "%d:%s;", len(s), s)
+		buf = strconv.AppendInt(buf, int64(len(s)), 10)
+		buf = append(buf, ':')
+		buf = append(buf, s...)
+		buf = append(buf, ';')
 	}
 	field("hearth-worker-key-v1")
 	field(k.Instance)
@@ -278,23 +286,24 @@ func PoolKey(k KeyInput) string {
 	field(k.WorkingDir)
 	field(k.Protocol)
 	field(fmt.Sprint(k.Multiplex, k.Sandboxing, k.Cancellable))
-	field(fmt.Sprint(len(k.Startup)))
+	field(strconv.Itoa(len(k.Startup)))
 	for _, a := range k.Startup {
 		field(a)
 	}
 	env := append([]string(nil), k.Env...)
 	sort.Strings(env)
-	field(fmt.Sprint(len(env)))
+	field(strconv.Itoa(len(env)))
 	for _, e := range env {
 		field(e)
 	}
 	tools := append([]inputtree.File(nil), k.Tools...)
 	sort.Slice(tools, func(i, j int) bool { return tools[i].Path < tools[j].Path })
-	field(fmt.Sprint(len(tools)))
+	field(strconv.Itoa(len(tools)))
 	for _, t := range tools {
 		field(t.Path)
 		field(t.Digest.String())
-		field(fmt.Sprint(t.Executable))
+		field(strconv.FormatBool(t.Executable))
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	sum := sha256.Sum256(buf)
+	return hex.EncodeToString(sum[:])
 }

@@ -193,4 +193,11 @@ func TestToolFilesAndPoolKey(t *testing.T) {
 			t.Errorf("%s did not change the pool key", name)
 		}
 	}
+
+	// Keys outlive a process (the prewarm history): the encoding is fixed.
+	golden := KeyInput{Instance: "i", ClientKey: "k", Startup: []string{"tools/javac", "-v"}, Env: []string{"B=2", "A=1"}, WorkingDir: "w", Protocol: "proto",
+		Multiplex: true, Cancellable: true, Tools: []inputtree.File{{Path: "tools/lib.jar", Digest: d("lib")}, {Path: "tools/javac", Digest: d("javac"), Executable: true}}}
+	if got, want := PoolKey(golden), "a88482b128a1af5f41fbb235a28083862b3e8668daa9d0bfa20161cf09148be3"; got != want {
+		t.Errorf("PoolKey = %s, want %s (the key's encoding changed)", got, want)
+	}
 }

@@ -54,6 +54,9 @@ type Workers struct {
 	// saves are the history writes in flight; Close waits for them.
 	saves  sync.WaitGroup
 	saveMu sync.Mutex // one history write at a time
+	// releases are the leases being ended in the background (ReleaseLater);
+	// Close waits for them before it stops the pool.
+	releases sync.WaitGroup
 
 	// cleaned remembers the workspaces' unchanged tool directories, so
 	// emptying a workspace after a request does not list each one again.
@@ -89,6 +92,7 @@ func (w *Workers) Close() error {
 	w.mu.Lock()
 	w.closed = true
 	w.mu.Unlock()
+	w.releases.Wait()
 	w.saves.Wait()
 	var err error
 	if w.opts.HistoryPath != "" {

@@ -26,7 +26,11 @@
 // after an unknown wait, and the executor's own max_inflight_tasks already
 // bounds concurrency. A warm worker saves start-up time; it is never worth an
 // unbounded wait. The same holds when starting a worker would exceed
-// MaxTotalMemoryBytes even after evicting idle workers.
+// MaxTotalMemoryBytes even after evicting idle workers. The one wait is for
+// a worker whose lease is being released (Lease.Releasing: its request is
+// answered and the caller is cleaning its workspace): that takes
+// milliseconds, so Acquire waits for it, up to Options.ReleaseWait, rather
+// than start another process or answer ErrNoCapacity.
 //
 // Multiplex. A multiplex worker (Spec.Multiplex) carries several requests at
 // once, each with its own non-zero request_id, but only when it also supports

@@ -23,9 +23,10 @@ type Lease struct {
 	warm       bool
 	invocation int
 
-	mu       sync.Mutex
-	used     bool
-	released bool
+	mu        sync.Mutex
+	used      bool
+	releasing bool
+	released  bool
 }
 
 // Dir is where this request's inputs go and its outputs appear: the
@@ -187,7 +188,7 @@ func (l *Lease) finish(discard bool) {
 		return
 	}
 	l.released = true
-	l.mu.Unlock()
+	l.mu.Unlock() // l.releasing is fixed from here on
 
 	p, w := l.pool, l.w
 	if l.sandboxRel != "" {
@@ -206,6 +207,9 @@ func (l *Lease) finish(discard bool) {
 	defer p.mu.Unlock()
 	w.inflight--
 	w.lastUsed = p.opts.Now()
+	if l.releasing {
+		p.releasedLocked(w)
+	}
 	if measured {
 		w.rss = rss
 		w.kp.peakRSS = max(w.kp.peakRSS, rss)

@@ -43,6 +43,7 @@ const (
 	DefaultMaxMultiplexRequests = 8 // Bazel's worker_max_multiplex_instances
 	DefaultCancelGrace          = 2 * time.Second
 	DefaultMaxLogBytes          = 1 << 20
+	DefaultReleaseWait          = time.Second
 	maxSweepInterval            = 30 * time.Second
 	minSweepInterval            = 10 * time.Millisecond
 )
@@ -81,6 +82,10 @@ type Options struct {
 	// CancelGrace is how long a cancellable worker may take to answer a
 	// cancel request before it is killed (default DefaultCancelGrace).
 	CancelGrace time.Duration
+	// ReleaseWait bounds how long Acquire waits for a worker whose lease
+	// is being released (Lease.Releasing) before going on as if it were
+	// busy (default DefaultReleaseWait).
+	ReleaseWait time.Duration
 	// MaxResponseBytes bounds one WorkResponse (default: the codec's).
 	MaxResponseBytes int
 	// MaxLogBytes bounds each stderr log file; one older file is kept
@@ -108,6 +113,7 @@ func (o *Options) validateAndDefault() error {
 		{"idle_timeout", int64(o.IdleTimeout)},
 		{"prewarm", int64(o.Prewarm)},
 		{"cancel grace", int64(o.CancelGrace)},
+		{"release wait", int64(o.ReleaseWait)},
 		{"max response bytes", int64(o.MaxResponseBytes)},
 		{"max log bytes", o.MaxLogBytes},
 		{"sweep interval", int64(o.SweepInterval)},
@@ -130,6 +136,9 @@ func (o *Options) validateAndDefault() error {
 	}
 	if o.CancelGrace == 0 {
 		o.CancelGrace = DefaultCancelGrace
+	}
+	if o.ReleaseWait == 0 {
+		o.ReleaseWait = DefaultReleaseWait
 	}
 	if o.MaxLogBytes == 0 {
 		o.MaxLogBytes = DefaultMaxLogBytes

@@ -76,6 +76,10 @@ type worker struct {
 	lastUsed    time.Time
 	rss         uint64
 	memo        any // see Lease.Memo
+	// releasing counts the leases of inflight being released (see
+	// Lease.Releasing); released is closed when one of them ends.
+	releasing int
+	released  chan struct{}
 }
 
 // New empties opts.Dir, checks the sandbox, and starts the idle sweeper.
@@ -121,9 +125,10 @@ func New(opts Options) (*Pool, error) {
 }
 
 // Acquire returns a lease on a worker of spec.Key: an available started
-// process, else a new one (its start-up is part of this call), else
-// ErrNoCapacity. See the package comment for why it never waits for a busy
-// worker. The lease must be released.
+// process, else one whose lease is being released (see Lease.Releasing),
+// waited for up to Options.ReleaseWait, else a new one (its start-up is
+// part of this call), else ErrNoCapacity. See the package comment for why it never waits
+// for a busy worker. The lease must be released.
 func (p *Pool) Acquire(ctx context.Context, spec *Spec) (*Lease, error) {
 	if err := spec.validate(); err != nil {
 		return nil, err
@@ -131,42 +136,65 @@ func (p *Pool) Acquire(ctx context.Context, spec *Spec) (*Lease, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("workerpool: acquiring a worker of key %s: %w", spec.Key, err)
 	}
-	measured := false
+	measured, mayWait := false, true
+	var waitUntil <-chan time.Time
 	for {
 		p.mu.Lock()
-		lease, starting, needMeasure, err := p.acquireLocked(spec, measured)
+		step := p.acquireLocked(spec, measured, mayWait)
 		p.mu.Unlock()
 		switch {
-		case err != nil:
-			return nil, err
-		case lease != nil:
-			if err := p.makeSandboxDir(lease); err != nil {
+		case step.err != nil:
+			return nil, step.err
+		case step.lease != nil:
+			if err := p.makeSandboxDir(step.lease); err != nil {
 				return nil, err
 			}
-			return lease, nil
-		case needMeasure:
+			return step.lease, nil
+		case step.needMeasure:
 			p.measure()
 			measured = true
 			continue
+		case step.released != nil:
+			if waitUntil == nil {
+				timer := time.NewTimer(p.opts.ReleaseWait)
+				defer timer.Stop()
+				waitUntil = timer.C
+			}
+			select {
+			case <-step.released:
+			case <-waitUntil:
+				mayWait = false // longer than a start-up is worth: go on without it
+			case <-ctx.Done():
+				return nil, fmt.Errorf("workerpool: acquiring a worker of key %s: %w", spec.Key, ctx.Err())
+			}
+			continue
 		}
-		return p.startForLease(ctx, starting)
+		return p.startForLease(ctx, step.starting)
 	}
 }
 
-// acquireLocked decides what Acquire does: a lease on an available worker,
-// a reserved new worker to start, a request to measure memory first, or an
-// error.
-func (p *Pool) acquireLocked(spec *Spec, measured bool) (*Lease, *worker, bool, error) {
+// acquireStep is what Acquire does next; exactly one field is set.
+type acquireStep struct {
+	lease       *Lease          // on an available worker
+	starting    *worker         // reserved, to be started by the caller
+	needMeasure bool            // measure memory, then decide again
+	released    <-chan struct{} // wait for a lease being released, then decide again
+	err         error
+}
+
+// acquireLocked decides what Acquire does next. mayWait allows waiting for a
+// worker whose lease is being released.
+func (p *Pool) acquireLocked(spec *Spec, measured, mayWait bool) acquireStep {
 	if p.closed {
-		return nil, nil, false, ErrClosed
+		return acquireStep{err: ErrClosed}
 	}
 	kp := p.keys[spec.Key]
 	if kp == nil {
 		kp = &keyPool{key: spec.Key, spec: spec.clone()}
 		p.keys[spec.Key] = kp
 	} else if !kp.spec.sameProcess(spec) {
-		return nil, nil, false, fmt.Errorf("%w: key %s is already used by workers with a different command line, environment, protocol or capabilities",
-			ErrInvalidSpec, spec.Key)
+		return acquireStep{err: fmt.Errorf("%w: key %s is already used by workers with a different command line, environment, protocol or capabilities",
+			ErrInvalidSpec, spec.Key)}
 	} else {
 		kp.spec = spec.clone() // newer Tools and limits, for prewarming
 	}
@@ -177,27 +205,33 @@ func (p *Pool) acquireLocked(spec *Spec, measured bool) (*Lease, *worker, bool, 
 		kp.stats.warmHits++
 		lease := p.leaseLocked(w, true)
 		p.topUpLocked(kp)
-		return lease, nil, false, nil
+		return acquireStep{lease: lease}
+	}
+	if mayWait {
+		if released := p.releasingLocked(kp); released != nil {
+			kp.stats.releaseWaits++
+			return acquireStep{released: released}
+		}
 	}
 	if len(kp.workers) >= p.opts.MaxWorkersPerKey {
 		kp.stats.noCapacity++
-		return nil, nil, false, fmt.Errorf("%w: key %s has %d of %d workers, all busy", ErrNoCapacity,
-			spec.Key, len(kp.workers), p.opts.MaxWorkersPerKey)
+		return acquireStep{err: fmt.Errorf("%w: key %s has %d of %d workers, all busy", ErrNoCapacity,
+			spec.Key, len(kp.workers), p.opts.MaxWorkersPerKey)}
 	}
 	if p.opts.MaxTotalMemoryBytes > 0 {
 		if !measured && p.liveWorkersLocked() > 0 {
-			return nil, nil, true, nil
+			return acquireStep{needMeasure: true}
 		}
 		if !p.makeRoomLocked(kp, kp.peakRSS, true) {
 			kp.stats.noCapacity++
-			return nil, nil, false, fmt.Errorf("%w: starting a worker of key %s would exceed max_total_memory_bytes (%d)",
-				ErrNoCapacity, spec.Key, p.opts.MaxTotalMemoryBytes)
+			return acquireStep{err: fmt.Errorf("%w: starting a worker of key %s would exceed max_total_memory_bytes (%d)",
+				ErrNoCapacity, spec.Key, p.opts.MaxTotalMemoryBytes)}
 		}
 	}
 	kp.stats.coldStarts++
 	w := p.newWorkerLocked(kp)
 	w.inflight, w.invocations = 1, 1 // reserved for this caller
-	return nil, w, false, nil
+	return acquireStep{starting: w}
 }
 
 // availableLocked returns the started worker of kp that should take the next

@@ -47,6 +47,9 @@ type KeyStats struct {
 	StartFailures int64 `json:"start_failures"`
 	// NoCapacity counts acquisitions refused with ErrNoCapacity.
 	NoCapacity int64 `json:"no_capacity"`
+	// ReleaseWaits counts acquisitions that waited for a lease being
+	// released (Lease.Releasing) instead of starting a process.
+	ReleaseWaits int64 `json:"release_waits,omitempty"`
 	// Recycles counts stopped processes by reason (closing the pool is not
 	// counted).
 	Recycles map[Reason]int64 `json:"recycles,omitempty"`
@@ -62,8 +65,8 @@ type Stats struct {
 
 // counters are the cumulative parts of KeyStats.
 type counters struct {
-	warmHits, coldStarts, prewarmed, startFailures, noCapacity int64
-	recycles                                                   map[Reason]int64
+	warmHits, coldStarts, prewarmed, startFailures, noCapacity, releaseWaits int64
+	recycles                                                                 map[Reason]int64
 }
 
 func (c *counters) recycled(r Reason) {
@@ -79,6 +82,7 @@ func (c *counters) add(o *counters) {
 	c.prewarmed += o.prewarmed
 	c.startFailures += o.startFailures
 	c.noCapacity += o.noCapacity
+	c.releaseWaits += o.releaseWaits
 	for r, n := range o.recycles {
 		if c.recycles == nil {
 			c.recycles = map[Reason]int64{}
@@ -89,7 +93,7 @@ func (c *counters) add(o *counters) {
 
 func (c *counters) fill(ks *KeyStats) {
 	ks.WarmHits, ks.ColdStarts, ks.Prewarmed = c.warmHits, c.coldStarts, c.prewarmed
-	ks.StartFailures, ks.NoCapacity = c.startFailures, c.noCapacity
+	ks.StartFailures, ks.NoCapacity, ks.ReleaseWaits = c.startFailures, c.noCapacity, c.releaseWaits
 	if len(c.recycles) > 0 {
 		ks.Recycles = maps.Clone(c.recycles)
 	}
@@ -131,13 +135,14 @@ func (p *Pool) Stats() Stats {
 }
 
 // WarmKeys returns, sorted, the keys that have a started process able to
-// take a request now, for the scheduler's routing.
+// take a request now, or as soon as a lease being released ends (Acquire
+// waits for that), for the scheduler's routing.
 func (p *Pool) WarmKeys() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var keys []string
 	for _, kp := range p.keys {
-		if p.availableLocked(kp) != nil {
+		if p.availableLocked(kp) != nil || p.releasingLocked(kp) != nil {
 			keys = append(keys, kp.key)
 		}
 	}
@@ -147,7 +152,8 @@ func (p *Pool) WarmKeys() []string {
 
 // WarmCapacity returns, per key, how many more requests started processes
 // can take now without a cold start (idle singleplex workers, plus the free
-// request slots of multiplex ones), for the scheduler's routing.
+// request slots of multiplex ones; a lease being released counts as free),
+// for the scheduler's routing.
 func (p *Pool) WarmCapacity() map[string]int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -156,8 +162,8 @@ func (p *Pool) WarmCapacity() map[string]int {
 		limit := kp.spec.maxInFlight(p.opts.MaxMultiplexRequests)
 		n := 0
 		for _, w := range kp.workers {
-			if p.takesRequestLocked(w, limit) {
-				n += limit - w.inflight
+			if p.takesRequestAfterReleaseLocked(w, limit) {
+				n += limit - (w.inflight - w.releasing)
 			}
 		}
 		if n > 0 {
