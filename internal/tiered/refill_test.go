@@ -15,8 +15,14 @@ import (
 // cannot keep up with the slow tier's reads.
 type slowDisk struct {
 	cas.Store
-	perWrite time.Duration
+	perWrite atomic.Int64 // nanoseconds
 	writes   atomic.Int64
+}
+
+func newSlowDisk(s cas.Store, perWrite time.Duration) *slowDisk {
+	d := &slowDisk{Store: s}
+	d.perWrite.Store(int64(perWrite))
+	return d
 }
 
 func (s *slowDisk) Create(ctx context.Context, d digest.Digest) (cas.Writer, error) {
@@ -34,7 +40,7 @@ type slowWriter struct {
 
 func (w *slowWriter) Write(p []byte) (int, error) {
 	w.s.writes.Add(1)
-	time.Sleep(w.s.perWrite)
+	time.Sleep(time.Duration(w.s.perWrite.Load()))
 	return w.Writer.Write(p)
 }
 
@@ -46,23 +52,26 @@ func TestColdReadDoesNotWaitForTheDisk(t *testing.T) {
 	r := newRig(t, 1<<30)
 	ctx := context.Background()
 	size := 64 << 20 // 64 one-MiB buffers, 4× the fill's queue
-	// A read that waited for the fill would take at least (64 - 16
-	// queued) × 150 ms = 7.2 s; the read itself takes about a second on
-	// loopback.
-	slow := &slowDisk{Store: r.fast, perWrite: 150 * time.Millisecond}
+	// The disk takes 300 ms per 1 MiB write (3.3 MiB/s), far slower than
+	// the read even under -race on a loaded machine. A read that waited for
+	// its fill would return only after (64 - 16 queued) = 48 disk writes;
+	// one whose fill gave up returns after about the 16 the queue held.
+	// Counting writes rather than timing the read keeps the test
+	// independent of the machine's speed.
+	slow := newSlowDisk(r.fast, 300*time.Millisecond)
 	r.store = New(slow, r.slow, r.index, nil)
 	data, d := blob(t, size)
 	if err := cas.Put(ctx, r.slow, d, data); err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
 	got := readAll(t, r.store, d)
-	took := time.Since(start)
+	writes := slow.writes.Load()
+	slow.perWrite.Store(0) // let the background fill run at full speed
 	if !bytes.Equal(got, data) {
 		t.Fatal("the cold read returned different bytes")
 	}
-	if took > 4*time.Second {
-		t.Errorf("the cold read took %v: it waited for the fast tier's writes", took)
+	if writes >= 40 {
+		t.Errorf("the cold read returned after %d fast-tier writes: it waited for the disk", writes)
 	}
 	r.store.Wait()
 	if !has(t, r.fast, d) {
@@ -92,7 +101,7 @@ func TestLossyWriter(t *testing.T) {
 	ctx := context.Background()
 	data, d := blob(t, 40<<20)
 	for _, lossy := range []bool{true, false} {
-		slow := &slowDisk{Store: r.fast, perWrite: 20 * time.Millisecond}
+		slow := newSlowDisk(r.fast, 20*time.Millisecond)
 		w, err := slow.Create(ctx, d)
 		if err != nil {
 			t.Fatal(err)
