@@ -210,7 +210,7 @@ func uploadSmall(b *testing.B, ctx context.Context, conn grpc.ClientConnInterfac
 
 // startHearth builds cmd/hearth (no -race) and starts `hearth server` with
 // the stores block on s3 and Redis; it returns the gRPC address.
-func startHearth(b *testing.B, s3 *s3test.Server, redisURL string) string {
+func startHearth(b testing.TB, s3 *s3test.Server, redisURL string) string {
 	b.Helper()
 	dir := b.TempDir()
 	bin := filepath.Join(dir, "hearth")

@@ -3,6 +3,7 @@ package tiered
 import (
 	"bytes"
 	"context"
+	"io"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -134,6 +135,44 @@ func TestLossyWriter(t *testing.T) {
 		}
 		if !has(t, r.fast, d) {
 			t.Fatal("a blocking copy was not committed")
+		}
+	}
+}
+
+// TestFillWithoutEOF: a reader that stops after the blob's size without
+// asking for the EOF (ByteStream's Read, through an io.LimitReader) and
+// closes still fills the fast tier, inline for a small blob and in the
+// background for one whose fill fell behind.
+func TestFillWithoutEOF(t *testing.T) {
+	r := newRig(t, 1<<30)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name     string
+		size     int
+		perWrite time.Duration
+	}{
+		{"inline", 300_000, 0},
+		{"fell behind", 40 << 20, 200 * time.Millisecond},
+	} {
+		slow := newSlowDisk(r.fast, tc.perWrite)
+		r.store = New(slow, r.slow, r.index, nil)
+		data, d := blob(t, tc.size)
+		if err := cas.Put(ctx, r.slow, d, data); err != nil {
+			t.Fatal(err)
+		}
+		rd, err := r.store.Open(ctx, d, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(io.LimitReader(rd, d.Size))
+		rd.Close()
+		slow.perWrite.Store(0)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%s: read %d bytes, %v", tc.name, len(got), err)
+		}
+		r.store.Wait()
+		if !has(t, r.fast, d) {
+			t.Errorf("%s: a read of exactly the blob's bytes did not fill the fast tier", tc.name)
 		}
 	}
 }

@@ -163,14 +163,18 @@ func (f *fillReader) Read(p []byte) (int, error) {
 		}
 		f.read += int64(n)
 	}
-	if err == io.EOF && f.w != nil && f.read == f.d.Size && f.w.fellBehind() {
+	// The fill finishes once every byte of the blob has passed, not at
+	// EOF: a reader that knows the size stops there (ByteStream's Read
+	// reads through an io.LimitReader, which never asks for the EOF), and
+	// a fill that waited for EOF was discarded by Close on every such read.
+	if f.w != nil && f.read == f.d.Size && f.w.fellBehind() {
 		// The disk could not keep up with the read: fill from a read of
 		// our own, at the disk's pace, off the client's path.
 		f.w.Close()
 		f.w = nil
 		f.s.refill(f.d)
 	}
-	if err == io.EOF && f.w != nil && f.read == f.d.Size {
+	if f.w != nil && f.read == f.d.Size {
 		// The fill's Commit (an fsync of the whole blob) is off the
 		// client's path: the fast tier is a cache, and the client already
 		// has every byte.
