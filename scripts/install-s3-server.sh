@@ -21,8 +21,18 @@ if [[ -x "$dir/weed" ]] && "$dir/weed" version >/dev/null 2>&1; then
 fi
 echo "install-s3-server: building github.com/seaweedfs/seaweedfs/weed@$SEAWEEDFS_VERSION into $dir (slow: tens of minutes)"
 mkdir -p "$dir.tmp"
-# Outside any module, so the module's own go.mod pins its dependencies.
-(cd / && GOFLAGS=-mod=mod GOBIN="$dir.tmp" go install "github.com/seaweedfs/seaweedfs/weed@$SEAWEEDFS_VERSION")
+# Built as the main module inside its own (read-only) module-cache copy:
+# `go install pkg@version` refuses a module whose go.mod has replace
+# directives, and SeaweedFS's has (a deleted upstream replaced by its fork),
+# so the module is fetched first and built where its go.mod and go.sum apply.
+src="$(cd / && GOFLAGS=-mod=mod go mod download -json "github.com/seaweedfs/seaweedfs@$SEAWEEDFS_VERSION" |
+  sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+if [[ -z "$src" || ! -d "$src/weed" ]]; then
+  echo "install-s3-server: could not fetch github.com/seaweedfs/seaweedfs@$SEAWEEDFS_VERSION from the Go module proxy" >&2
+  exit 1
+fi
+# -trimpath and no symbol tables: a smaller binary, and a shorter link.
+(cd "$src" && GOFLAGS=-mod=readonly go build -trimpath -ldflags='-s -w' -o "$dir.tmp/weed" ./weed)
 "$dir.tmp/weed" version
 rm -rf "$dir"
 mv "$dir.tmp" "$dir"
