@@ -272,6 +272,11 @@ func (s *server) close() {
 		s.rdbAC.Close()
 	}
 	s.closeStores()
+	// After the executors: their outputs were stored relaxed; this syncs
+	// them and records the clean stop (internal/cas/relaxed.go).
+	if err := s.disk.Close(); err != nil {
+		slog.Warn("closing the CAS disk store", "err", err)
+	}
 	s.unlock()
 }
 

@@ -61,6 +61,12 @@ type Disk struct {
 	// evictedBlobs and evictedBytes count evictions, for metrics.
 	evictedBlobs, evictedBytes atomic.Int64
 	evictor                    evictor // guarded by evictMu
+
+	relaxed relaxedSyncer
+	// uncleanSince, when set, is the time from which blob files may be
+	// unsynced relaxed writes of a process that did not stop cleanly; the
+	// rebuild verifies those (relaxed.go).
+	uncleanSince time.Time
 }
 
 var _ Store = (*Disk)(nil)
@@ -101,10 +107,18 @@ func NewDisk(dir string, opts DiskOptions) (*Disk, error) {
 	for _, fn := range digest.Supported {
 		d.fnDirs[fn] = filepath.Join(abs, digest.Lower(fn))
 	}
+	d.relaxed.init(d)
 	if err := d.makeDirs(); err != nil {
 		return nil, err
 	}
 	start := time.Now()
+	since, unclean, err := d.readRelaxedMarker()
+	if err != nil {
+		return nil, err
+	}
+	if unclean {
+		d.uncleanSince = since
+	}
 	removedTmp, err := d.removeTemps()
 	if err != nil {
 		return nil, err
@@ -112,6 +126,18 @@ func NewDisk(dir string, opts DiskOptions) (*Disk, error) {
 	st, err := d.rebuild()
 	if err != nil {
 		return nil, err
+	}
+	if unclean {
+		// Every blob that might be unsynced was just verified.
+		d.logger.Warn("cas: the previous process stopped without syncing its relaxed writes; verified the blobs written since",
+			"since", since, "verified", st.verified, "removed_damaged", st.damaged)
+		if err := os.Remove(filepath.Join(abs, relaxedMarkerName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("cas: removing %s: %w", relaxedMarkerName, err)
+		}
+		if err := syncDir(abs); err != nil {
+			return nil, err
+		}
+		d.uncleanSince = time.Time{}
 	}
 	d.logger.Info("cas: disk store opened", "dir", abs, "blobs", d.count.Load(), "bytes", d.totalBytes.Load(),
 		"max_bytes", d.maxBytes, "removed_uploads", removedTmp, "unknown_files", st.unknown,
