@@ -235,12 +235,25 @@ func (s *stager) walk(ctx context.Context, h *dirHandle, i int) error {
 // directory is fine (a symlink in its place still fails to open).
 func makeDir(parent int, path string, reuse bool) (*dirHandle, error) {
 	name := baseName(path)
-	if err := unix.Mkdirat(parent, name, 0o755); err != nil && !(reuse && errors.Is(err, unix.EEXIST)) {
-		return nil, fmt.Errorf("inputtree: creating directory %q: %w", path, err)
+	existed := false
+	if err := unix.Mkdirat(parent, name, 0o755); err != nil {
+		if !reuse || !errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("inputtree: creating directory %q: %w", path, err)
+		}
+		existed = true
 	}
 	fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("inputtree: opening directory %q: %w", path, err)
+	}
+	// A directory a reused workspace already has usually has its mode:
+	// fstat is a read, where fchmod stamps the inode's ctime, a journal
+	// update per directory on every request.
+	if existed {
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil && st.Mode&0o7777 == 0o755 {
+			return newDirHandle(fd), nil
+		}
 	}
 	// mkdir's mode is filtered by the umask; actions need 0755 to write
 	// outputs beside their inputs whatever the executor's umask is.
