@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/fsutil"
 )
 
 // DiskOptions configures NewDisk.
@@ -27,6 +28,10 @@ type DiskOptions struct {
 	// Logger receives startup statistics and anomalies (unknown files,
 	// damaged blobs). Nil means slog.Default().
 	Logger *slog.Logger
+	// SpareFiles is how many empty upload files are kept created ahead of
+	// need in tmp/ (fsutil.SpareFiles), so that a small upload does not
+	// wait for an inode allocation; 0 creates each when its upload starts.
+	SpareFiles int
 }
 
 // Disk is a durable blob store in a directory:
@@ -63,6 +68,7 @@ type Disk struct {
 	evictor                    evictor // guarded by evictMu
 
 	relaxed relaxedSyncer
+	spares  *fsutil.SpareFiles // nil without DiskOptions.SpareFiles
 	// uncleanSince, when set, is the time from which blob files may be
 	// unsynced relaxed writes of a process that did not stop cleanly; the
 	// rebuild verifies those (relaxed.go).
@@ -143,7 +149,18 @@ func NewDisk(dir string, opts DiskOptions) (*Disk, error) {
 		"max_bytes", d.maxBytes, "removed_uploads", removedTmp, "unknown_files", st.unknown,
 		"removed_damaged", st.damaged, "took", time.Since(start))
 	d.evict(d.clock.Load() + 1)
+	if opts.SpareFiles > 0 {
+		d.spares = fsutil.NewSpareFiles(d.tmpDir, "upload-*", opts.SpareFiles)
+	}
 	return d, nil
+}
+
+// createTemp starts an upload's file in tmp/.
+func (d *Disk) createTemp() (*os.File, error) {
+	if d.spares != nil {
+		return d.spares.Create()
+	}
+	return os.CreateTemp(d.tmpDir, "upload-*")
 }
 
 // makeDirs creates the top of the layout and makes the directories durable,

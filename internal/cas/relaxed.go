@@ -215,9 +215,15 @@ func (s *relaxedSyncer) close() error {
 }
 
 // Close makes every blob committed with relaxed durability durable and
-// records the clean stop, so that the next NewDisk need not verify them.
-// The store must not be written to meanwhile or after.
-func (d *Disk) Close() error { return d.relaxed.close() }
+// records the clean stop, so that the next NewDisk need not verify them, and
+// removes the spare upload files. The store must not be written to
+// meanwhile or after.
+func (d *Disk) Close() error {
+	if d.spares != nil {
+		d.spares.Close()
+	}
+	return d.relaxed.close()
+}
 
 // readRelaxedMarker reads the marker a previous process left: blobs at least as
 // new as the returned time may be unsynced. ok is false after a clean stop.

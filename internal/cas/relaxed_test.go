@@ -178,3 +178,46 @@ func mustKey(t *testing.T, dg digest.Digest) blobKey {
 	}
 	return k
 }
+
+// With spare upload files, uploads (committed, abandoned, relaxed) behave
+// as without, tmp/ holds only the spares, and Close removes them.
+func TestDiskSpareFiles(t *testing.T) {
+	dir := t.TempDir()
+	d, err := NewDisk(dir, DiskOptions{Logger: quietLogger(), SpareFiles: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []digest.Digest
+	for i := range 10 {
+		data := []byte{byte(i), 'x'}
+		if i%2 == 0 {
+			want = append(want, mustPut(t, d, digest.SHA256, data))
+		} else {
+			want = append(want, relaxedPut(t, d, data))
+		}
+	}
+	for i, dg := range want {
+		if got := mustGet(t, d, dg); !bytes.Equal(got, []byte{byte(i), 'x'}) {
+			t.Fatalf("blob %d reads %q", i, got)
+		}
+	}
+	abandoned := digest.Compute(digest.SHA256, []byte("abandoned"))
+	w, err := d.Create(context.Background(), abandoned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("aban"))
+	w.Close()
+	if n := len(tmpEntries(t, dir)); n > 4 {
+		t.Fatalf("tmp/ holds %d files; at most the 4 spares expected", n)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := tmpEntries(t, dir); len(n) != 0 {
+		t.Fatalf("Close left %v in tmp/", n)
+	}
+	if m := missing(t, newDisk(t, dir, 0), append(want, abandoned)...); len(m) != 1 || m[0] != abandoned {
+		t.Fatalf("after reopening, missing %v; want only the abandoned upload", m)
+	}
+}
