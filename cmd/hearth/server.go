@@ -176,7 +176,7 @@ func openServer(f serverFlags, logger *slog.Logger) (_ *server, err error) {
 	}
 	s := &server{f: f, unlock: unlock, reg: metrics.NewRegistry(), journal: statuspage.NewJournal(100, 30)}
 	start := time.Now()
-	s.disk, err = cas.NewDisk(filepath.Join(f.data, "cas"), cas.DiskOptions{MaxBytes: diskMax, Logger: logger})
+	s.disk, err = cas.NewDisk(filepath.Join(f.data, "cas"), cas.DiskOptions{MaxBytes: diskMax, Logger: logger, SpareFiles: casSpareFiles})
 	if err != nil {
 		return nil, fmt.Errorf("opening CAS: %w", err)
 	}
@@ -263,6 +263,11 @@ func (s *server) operationInstance(name string) (string, bool) {
 	return st.Instance, true
 }
 
+// casSpareFiles is how many upload files the disk CAS keeps created ahead
+// of need (cas.DiskOptions.SpareFiles): Bazel uploads an action's new
+// inputs, and executors its outputs, a few small blobs at a time.
+const casSpareFiles = 16
+
 func (s *server) close() {
 	s.access.stop()
 	s.lis.Close()
@@ -272,6 +277,11 @@ func (s *server) close() {
 		s.rdbAC.Close()
 	}
 	s.closeStores()
+	// After the executors: their outputs were stored relaxed; this syncs
+	// them and records the clean stop (internal/cas/relaxed.go).
+	if err := s.disk.Close(); err != nil {
+		slog.Warn("closing the CAS disk store", "err", err)
+	}
 	s.unlock()
 }
 

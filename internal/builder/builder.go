@@ -299,7 +299,7 @@ func (b *Builder) runOneShot(ctx context.Context, t Task, cmd *repb.Command, tre
 	}
 	// stdout and stderr are kept even for a timed-out or cancelled action:
 	// they are often the only clue to what went wrong.
-	upCtx := context.WithoutCancel(ctx)
+	upCtx := outputContext(context.WithoutCancel(ctx))
 	for _, s := range []struct {
 		capture *streamCapture
 		dst     **repb.Digest
@@ -328,11 +328,21 @@ func (b *Builder) collect(ctx context.Context, fn digest.Function, inputRoot str
 		ctx, cancel = context.WithTimeout(ctx, b.MaxUploadTimeout)
 		defer cancel()
 	}
-	result, err := outputs.Collect(ctx, b.CAS, fn, inputRoot, cmd)
+	result, err := outputs.Collect(outputContext(ctx), b.CAS, fn, inputRoot, cmd)
 	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return nil, fmt.Errorf("uploading outputs took longer than max_upload_timeout (%s): %w", b.MaxUploadTimeout, context.DeadlineExceeded)
 	}
 	return result, err
+}
+
+// outputContext marks the uploads of an action's outputs as relaxed: a disk
+// CAS on this machine (hearth serve's) makes them visible at once and
+// durable a moment later, off the reply path (internal/cas/relaxed.go). An
+// output lost to a power loss reads as absent, like an evicted one, and the
+// action cache entry naming it as a miss; outputs are reproducible, a
+// client's uploads are not, and those stay durable before their ack.
+func outputContext(ctx context.Context) context.Context {
+	return cas.WithRelaxedDurability(ctx)
 }
 
 func (b *Builder) logger() *slog.Logger {

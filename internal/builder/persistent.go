@@ -236,7 +236,7 @@ func (b *Builder) streamsResult(ctx context.Context, fn digest.Function, result 
 	if result == nil {
 		result = &repb.ActionResult{}
 	}
-	ctx = context.WithoutCancel(ctx)
+	ctx = outputContext(context.WithoutCancel(ctx))
 	out, err := outputs.UploadBytes(ctx, b.CAS, fn, nil)
 	if err != nil {
 		return nil, err

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/fsutil"
 )
 
 // DiskOptions configures NewDisk.
@@ -27,6 +28,10 @@ type DiskOptions struct {
 	// Logger receives startup statistics and anomalies (unknown files,
 	// damaged blobs). Nil means slog.Default().
 	Logger *slog.Logger
+	// SpareFiles is how many empty upload files are kept created ahead of
+	// need in tmp/ (fsutil.SpareFiles), so that a small upload does not
+	// wait for an inode allocation; 0 creates each when its upload starts.
+	SpareFiles int
 }
 
 // Disk is a durable blob store in a directory:
@@ -61,6 +66,13 @@ type Disk struct {
 	// evictedBlobs and evictedBytes count evictions, for metrics.
 	evictedBlobs, evictedBytes atomic.Int64
 	evictor                    evictor // guarded by evictMu
+
+	relaxed relaxedSyncer
+	spares  *fsutil.SpareFiles // nil without DiskOptions.SpareFiles
+	// uncleanSince, when set, is the time from which blob files may be
+	// unsynced relaxed writes of a process that did not stop cleanly; the
+	// rebuild verifies those (relaxed.go).
+	uncleanSince time.Time
 }
 
 var _ Store = (*Disk)(nil)
@@ -101,10 +113,18 @@ func NewDisk(dir string, opts DiskOptions) (*Disk, error) {
 	for _, fn := range digest.Supported {
 		d.fnDirs[fn] = filepath.Join(abs, digest.Lower(fn))
 	}
+	d.relaxed.init(d)
 	if err := d.makeDirs(); err != nil {
 		return nil, err
 	}
 	start := time.Now()
+	since, unclean, err := d.readRelaxedMarker()
+	if err != nil {
+		return nil, err
+	}
+	if unclean {
+		d.uncleanSince = since
+	}
 	removedTmp, err := d.removeTemps()
 	if err != nil {
 		return nil, err
@@ -113,11 +133,34 @@ func NewDisk(dir string, opts DiskOptions) (*Disk, error) {
 	if err != nil {
 		return nil, err
 	}
+	if unclean {
+		// Every blob that might be unsynced was just verified.
+		d.logger.Warn("cas: the previous process stopped without syncing its relaxed writes; verified the blobs written since",
+			"since", since, "verified", st.verified, "removed_damaged", st.damaged)
+		if err := os.Remove(filepath.Join(abs, relaxedMarkerName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("cas: removing %s: %w", relaxedMarkerName, err)
+		}
+		if err := syncDir(abs); err != nil {
+			return nil, err
+		}
+		d.uncleanSince = time.Time{}
+	}
 	d.logger.Info("cas: disk store opened", "dir", abs, "blobs", d.count.Load(), "bytes", d.totalBytes.Load(),
 		"max_bytes", d.maxBytes, "removed_uploads", removedTmp, "unknown_files", st.unknown,
 		"removed_damaged", st.damaged, "took", time.Since(start))
 	d.evict(d.clock.Load() + 1)
+	if opts.SpareFiles > 0 {
+		d.spares = fsutil.NewSpareFiles(d.tmpDir, "upload-*", opts.SpareFiles)
+	}
 	return d, nil
+}
+
+// createTemp starts an upload's file in tmp/.
+func (d *Disk) createTemp() (*os.File, error) {
+	if d.spares != nil {
+		return d.spares.Create()
+	}
+	return os.CreateTemp(d.tmpDir, "upload-*")
 }
 
 // makeDirs creates the top of the layout and makes the directories durable,

@@ -36,7 +36,14 @@ func (d *Disk) Create(ctx context.Context, dg digest.Digest) (Writer, error) {
 	if e := d.pin(k); e != nil {
 		return &presentWriter{d: d, k: k, e: e}, nil
 	}
-	f, err := os.CreateTemp(d.tmpDir, "upload-*")
+	relaxed := isRelaxed(ctx)
+	if relaxed {
+		if err := d.relaxed.begin(); err != nil {
+			d.logger.Warn("cas: storing a blob durably instead of relaxed", "err", err)
+			relaxed = false
+		}
+	}
+	f, err := d.createTemp()
 	if errors.Is(err, fs.ErrNotExist) {
 		// Someone removed tmp/ behind our back; recreate it once.
 		if err = os.MkdirAll(d.tmpDir, dirMode); err == nil {
@@ -44,9 +51,12 @@ func (d *Disk) Create(ctx context.Context, dg digest.Digest) (Writer, error) {
 		}
 	}
 	if err != nil {
+		if relaxed {
+			d.relaxed.end("")
+		}
 		return nil, fmt.Errorf("cas: starting the upload of %s %s: %w", k.fn, k.digest(), err)
 	}
-	return &fileWriter{d: d, k: k, f: f, tmp: f.Name()}, nil
+	return &fileWriter{d: d, k: k, f: f, tmp: f.Name(), relaxed: relaxed}, nil
 }
 
 // pin returns the present entry of k with one more pin, or nil.
@@ -142,6 +152,9 @@ type fileWriter struct {
 	err       error // sticky: a failed write fails the commit
 	committed bool
 	closed    bool
+	// relaxed: Commit leaves the fsyncs to the background syncer
+	// (relaxed.go); the syncer hears of the writer's end exactly once.
+	relaxed bool
 }
 
 func (w *fileWriter) Write(p []byte) (int, error) {
@@ -179,6 +192,7 @@ const writebackWindow = 8 << 20
 // Commit makes the blob durable and visible: chmod 0444 and fsync the temp
 // file, rename it into place, fsync the directory. Only then does the index
 // show the blob, so nothing acknowledged or visible can be lost in a crash.
+// A relaxed writer's Commit skips both fsyncs (relaxed.go).
 func (w *fileWriter) Commit() error {
 	if w.committed {
 		return nil
@@ -196,12 +210,20 @@ func (w *fileWriter) Commit() error {
 		w.err = err
 		return err
 	}
-	stamp, added, err := w.d.install(w.k, w.tmp)
+	stamp, added, err := w.d.install(w.k, w.tmp, !w.relaxed)
 	if err != nil {
 		w.err = err
 		return err
 	}
 	w.committed = true
+	if w.relaxed {
+		w.relaxed = false
+		if added {
+			w.d.relaxed.end(w.d.blobPath(w.k))
+		} else {
+			w.d.relaxed.end("")
+		}
+	}
 	if !added {
 		// A concurrent writer stored the blob first; ours is a duplicate.
 		if err := removeFile(w.tmp); err != nil {
@@ -220,7 +242,7 @@ func (w *fileWriter) finishFile() error {
 	f := w.f
 	w.f = nil
 	err := f.Chmod(blobMode)
-	if err == nil {
+	if err == nil && !w.relaxed {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -237,6 +259,10 @@ func (w *fileWriter) Close() error {
 		return nil
 	}
 	w.closed = true
+	if w.relaxed {
+		w.relaxed = false
+		w.d.relaxed.end("")
+	}
 	var err error
 	if w.f != nil {
 		err = w.f.Close()
@@ -254,10 +280,11 @@ func (w *fileWriter) Close() error {
 	return err
 }
 
-// install moves the durable temp file tmp into place as blob k. If k is
-// already present (a concurrent writer won) it leaves tmp for the caller to
-// remove and reports added = false. stamp is k's recency stamp.
-func (d *Disk) install(k blobKey, tmp string) (stamp int64, added bool, err error) {
+// install moves the durable temp file tmp into place as blob k (and, if
+// durable, fsyncs the directory). If k is already present (a concurrent
+// writer won) it leaves tmp for the caller to remove and reports added =
+// false. stamp is k's recency stamp.
+func (d *Disk) install(k blobKey, tmp string, durable bool) (stamp int64, added bool, err error) {
 	s := &d.shards[k.shard()]
 	for {
 		s.mu.Lock()
@@ -293,7 +320,7 @@ func (d *Disk) install(k blobKey, tmp string) (stamp int64, added bool, err erro
 		}
 	}
 	renamed := err == nil
-	if err == nil {
+	if err == nil && durable {
 		err = syncDir(filepath.Dir(final))
 	}
 

@@ -1,8 +1,10 @@
 package cas
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -28,8 +30,9 @@ import (
 
 // rebuildStats counts what the rebuild found besides blobs.
 type rebuildStats struct {
-	unknown int64 // files and directories that are not blobs, left alone
-	damaged int64 // blob files of the wrong size, removed
+	unknown  int64 // files and directories that are not blobs, left alone
+	damaged  int64 // blob files of the wrong size (or bytes), removed
+	verified int64 // blob files hashed after an unclean stop
 }
 
 // maxUnknownLogged caps the warnings about unknown files, so that a directory
@@ -159,7 +162,7 @@ func (d *Disk) rebuildShardDir(s *shard, fn digest.Function, i int, st *rebuildS
 			continue // always present without a file; harmless
 		}
 		var stamp int64
-		if d.maxBytes > 0 {
+		if d.maxBytes > 0 || !d.uncleanSince.IsZero() {
 			fi, err := de.Info()
 			if errors.Is(err, fs.ErrNotExist) {
 				continue
@@ -175,8 +178,25 @@ func (d *Disk) rebuildShardDir(s *shard, fn digest.Function, i int, st *rebuildS
 				}
 				continue
 			}
-			stamp = fi.ModTime().UnixNano()
-			newest = max(newest, stamp)
+			if !d.uncleanSince.IsZero() && !fi.ModTime().Before(d.uncleanSince) {
+				atomic.AddInt64(&st.verified, 1)
+				ok, err := blobFileMatches(filepath.Join(dir, name), k)
+				if err != nil {
+					return 0, err
+				}
+				if !ok {
+					atomic.AddInt64(&st.damaged, 1)
+					d.logger.Warn("cas: removing a blob file whose bytes do not match its name (unsynced when the previous process stopped)", "path", filepath.Join(dir, name))
+					if err := removeFile(filepath.Join(dir, name)); err != nil {
+						return 0, fmt.Errorf("cas: removing damaged blob %s: %w", filepath.Join(dir, name), err)
+					}
+					continue
+				}
+			}
+			if d.maxBytes > 0 {
+				stamp = fi.ModTime().UnixNano()
+				newest = max(newest, stamp)
+			}
 		}
 		e := &chunk[used]
 		used++
@@ -218,4 +238,19 @@ func isLowerHex(s string) bool {
 		}
 	}
 	return true
+}
+
+// blobFileMatches reports whether the file at path holds exactly k's bytes.
+func blobFileMatches(path string, k blobKey) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, fmt.Errorf("cas: verifying %s: %w", path, err)
+	}
+	defer f.Close()
+	h := digest.NewHasher(k.fn)
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return false, fmt.Errorf("cas: verifying %s: %w", path, err)
+	}
+	return n == k.size && hex.EncodeToString(h.Sum(nil)) == k.digest().Hash, nil
 }

@@ -57,6 +57,10 @@ const sideChannelName = "side_channel.json"
 // FromConfig builds an executor from a NativeLink-style local worker
 // configuration: it purges the work directory, resolves the platform
 // properties (query_cmd), and turns each setting into behaviour.
+// fileCacheSpareFiles is how many entry files the input file cache keeps
+// created ahead of need (filecache.Options.SpareFiles).
+const fileCacheSpareFiles = 16
+
 func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executor, error) {
 	logger := deps.Logger
 	if logger == nil {
@@ -87,10 +91,11 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 		return nil, err
 	}
 	cacheBytes := int64(DefaultFileCacheBytes)
+	// Enough for a few actions' new inputs; each spare is an open file.
 	if dc := w.DirectoryCache; dc != nil && dc.MaxSizeBytes > 0 {
 		cacheBytes = int64(dc.MaxSizeBytes)
 	}
-	files, err := filecache.New(filepath.Join(w.WorkDirectory, "files"), deps.FileSource, filecache.Options{MaxBytes: cacheBytes, Logger: logger})
+	files, err := filecache.New(filepath.Join(w.WorkDirectory, "files"), deps.FileSource, filecache.Options{MaxBytes: cacheBytes, Logger: logger, SpareFiles: fileCacheSpareFiles})
 	if err != nil {
 		return nil, fmt.Errorf("input file cache: %w", err)
 	}

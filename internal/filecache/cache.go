@@ -44,6 +44,7 @@ import (
 
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/fsutil"
 )
 
 // ErrCorrupt is returned (wrapped) when the bytes a source yields for a blob
@@ -63,6 +64,13 @@ type Options struct {
 	// Logger receives startup statistics and anomalies. Nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// SpareFiles is how many empty files for copied entries are kept
+	// created ahead of need (fsutil.SpareFiles): Bazel marks every input
+	// executable, and an executable entry is a copy, so a new input would
+	// otherwise wait for an inode allocation on the action's path. 0
+	// creates each when it is needed. Spares left by a process that died
+	// are purged with the rest at the next start.
+	SpareFiles int
 }
 
 // pather is implemented by stores whose blobs are plain files (cas.Disk). The
@@ -76,6 +84,7 @@ type pather interface {
 type Cache struct {
 	dir      string // absolute
 	tmpDir   string
+	spares   *fsutil.SpareFiles // nil without Options.SpareFiles
 	src      cas.Store
 	srcFiles pather // nil if src has no files to link from
 	maxBytes int64
@@ -164,6 +173,9 @@ func New(dir string, src cas.Store, opts Options) (*Cache, error) {
 	}
 	if err := c.makeDirs(); err != nil {
 		return nil, err
+	}
+	if opts.SpareFiles > 0 {
+		c.spares = fsutil.NewSpareFiles(c.tmpDir, "fetch-*", opts.SpareFiles)
 	}
 	c.logger.Info("filecache: opened", "dir", abs, "max_bytes", c.maxBytes, "purged_entries", removed,
 		"link_from_source", c.srcFiles != nil)

@@ -115,12 +115,17 @@ func TestLinkModesAndInodes(t *testing.T) {
 		name       string
 		src        cas.Store
 		sameAsDisk bool // plain variant is a link to the Disk's own file
+		spares     int
 	}{
 		{name: "disk source links", src: disk, sameAsDisk: true},
 		{name: "store without files copies", src: plainSource{disk}},
+		{name: "copies into spare files", src: plainSource{disk}, spares: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newCache(t, tc.src, 0)
+			c, err := New(filepath.Join(t.TempDir(), "cache"), tc.src, Options{Logger: quiet(), SpareFiles: tc.spares})
+			if err != nil {
+				t.Fatal(err)
+			}
 			out := t.TempDir()
 			plain, exec := filepath.Join(out, "plain"), filepath.Join(out, "exec")
 			if err := c.Link(ctx, d, false, plain); err != nil {
@@ -158,8 +163,16 @@ func TestLinkModesAndInodes(t *testing.T) {
 			if err := c.Link(ctx, d, true, again); !errors.Is(err, os.ErrExist) {
 				t.Errorf("Link onto an existing file: %v, want ErrExist", err)
 			}
-			if ents, _ := os.ReadDir(c.tmpDir); len(ents) != 0 {
-				t.Errorf("tmp/ holds %d leftovers", len(ents))
+			// The spare files (empty, waiting for the next copy) are all
+			// tmp/ may hold.
+			ents, _ := os.ReadDir(c.tmpDir)
+			for _, e := range ents {
+				if fi, err := e.Info(); err != nil || fi.Size() != 0 {
+					t.Errorf("tmp/ holds a leftover %s", e.Name())
+				}
+			}
+			if len(ents) > tc.spares {
+				t.Errorf("tmp/ holds %d files, more than the %d spares", len(ents), tc.spares)
 			}
 		})
 	}

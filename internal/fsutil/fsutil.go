@@ -1,7 +1,8 @@
-// Package fsutil owns the two file-system disciplines every part of Hearth
+// Package fsutil owns the file-system disciplines every part of Hearth
 // shares: publishing a file so that it survives a crash once acknowledged
-// (write to a temporary file, fsync, rename, fsync the directory), and
-// removing a directory tree that an action may have left read-only.
+// (write to a temporary file, fsync, rename, fsync the directory), removing
+// a directory tree that an action may have left read-only, and creating the
+// temporary files of small writes ahead of need (SpareFiles).
 package fsutil
 
 import (

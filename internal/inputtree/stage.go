@@ -20,6 +20,12 @@ import (
 // fetch latency rather than for cores.
 const stageParallelism = 32
 
+// inlineStageMax is how many files the walk links itself, with no link
+// workers: a warm worker's request with diff staging has a handful of new
+// inputs, and handing each to a goroutine costs more than the link, and
+// under load every hand-off waits for a CPU.
+var inlineStageMax = 8 // a variable for the tests of both paths
+
 // Stage materializes t under dir, which must exist and be empty: directories
 // with mode 0755, files as hardlinks from cache (read-only, executable where
 // the tree says so), symlinks as symlinks. On error dir holds part of the
@@ -67,25 +73,30 @@ func StageWith(ctx context.Context, t *Tree, cache *filecache.Cache, dir string,
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s := &stager{t: t, cache: cache, opts: opts, cancel: cancel, jobs: make(chan linkJob, 2*stageParallelism)}
+	s := &stager{t: t, cache: cache, opts: opts, cancel: cancel}
 	if opts.Reuse && opts.Skip != nil {
 		s.present = presentDirs(t, opts.Skip)
 	}
 	var wg sync.WaitGroup
-	for range stageParallelism {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.linkFiles(ctx)
-		}()
+	if stagedFiles(t, opts.Skip) > inlineStageMax {
+		s.jobs = make(chan linkJob, 2*stageParallelism)
+		for range stageParallelism {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.linkFiles(ctx)
+			}()
+		}
 	}
 	root := newDirHandle(rootfd)
 	if err := s.walk(ctx, root, 0); err != nil {
 		s.fail(err)
 	}
 	root.release()
-	close(s.jobs)
-	wg.Wait()
+	if s.jobs != nil {
+		close(s.jobs)
+		wg.Wait()
+	}
 	return s.err
 }
 
@@ -112,7 +123,7 @@ type stager struct {
 	cache  *filecache.Cache
 	opts   StageOptions
 	cancel context.CancelFunc
-	jobs   chan linkJob
+	jobs   chan linkJob // nil: the walk links each file itself
 
 	// present marks the directories with nothing to stage below them that
 	// certainly exist already (see StageOptions.Reuse); nil without Reuse.
@@ -196,6 +207,12 @@ func (s *stager) walk(ctx context.Context, h *dirHandle, i int) error {
 		if s.opts.Skip != nil && s.opts.Skip(&s.t.Files[f]) {
 			continue
 		}
+		if s.jobs == nil {
+			if err := s.link(ctx, h, f); err != nil {
+				return err
+			}
+			continue
+		}
 		h.acquire()
 		select {
 		case s.jobs <- linkJob{dir: h, file: f}:
@@ -235,12 +252,25 @@ func (s *stager) walk(ctx context.Context, h *dirHandle, i int) error {
 // directory is fine (a symlink in its place still fails to open).
 func makeDir(parent int, path string, reuse bool) (*dirHandle, error) {
 	name := baseName(path)
-	if err := unix.Mkdirat(parent, name, 0o755); err != nil && !(reuse && errors.Is(err, unix.EEXIST)) {
-		return nil, fmt.Errorf("inputtree: creating directory %q: %w", path, err)
+	existed := false
+	if err := unix.Mkdirat(parent, name, 0o755); err != nil {
+		if !reuse || !errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("inputtree: creating directory %q: %w", path, err)
+		}
+		existed = true
 	}
 	fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("inputtree: opening directory %q: %w", path, err)
+	}
+	// A directory a reused workspace already has usually has its mode:
+	// fstat is a read, where fchmod stamps the inode's ctime, a journal
+	// update per directory on every request.
+	if existed {
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil && st.Mode&0o7777 == 0o755 {
+			return newDirHandle(fd), nil
+		}
 	}
 	// mkdir's mode is filtered by the umask; actions need 0755 to write
 	// outputs beside their inputs whatever the executor's umask is.
@@ -256,13 +286,36 @@ func makeDir(parent int, path string, reuse bool) (*dirHandle, error) {
 func (s *stager) linkFiles(ctx context.Context) {
 	for j := range s.jobs {
 		if ctx.Err() == nil {
-			f := &s.t.Files[j.file]
-			if err := s.cache.LinkAt(ctx, f.Digest, f.Executable, j.dir.fd, baseName(f.Path)); err != nil {
-				s.fail(fmt.Errorf("inputtree: staging file %q: %w", f.Path, err))
+			if err := s.link(ctx, j.dir, j.file); err != nil {
+				s.fail(err)
 			}
 		}
 		j.dir.release()
 	}
+}
+
+// link links Files[file] into the directory open as dir.
+func (s *stager) link(ctx context.Context, dir *dirHandle, file int) error {
+	f := &s.t.Files[file]
+
+	if err := s.cache.LinkAt(ctx, f.Digest, f.Executable, dir.fd, baseName(f.Path)); err != nil {
+		return fmt.Errorf("inputtree: staging file %q: %w", f.Path, err)
+	}
+	return nil
+}
+
+// stagedFiles counts the files of t that skip leaves in, stopping past
+// inlineStageMax.
+func stagedFiles(t *Tree, skip func(*File) bool) int {
+	n := 0
+	for i := range t.Files {
+		if skip == nil || !skip(&t.Files[i]) {
+			if n++; n > inlineStageMax {
+				break
+			}
+		}
+	}
+	return n
 }
 
 // baseName is the last component of a path built by Load.

@@ -148,6 +148,17 @@ func cacheInodes(t *testing.T, dir string) map[uint64]bool {
 }
 
 func TestStage(t *testing.T) {
+	// The walk linking each file itself, and link workers.
+	for _, inline := range []int{1000, 0} {
+		t.Run(fmt.Sprintf("inline up to %d files", inline), func(t *testing.T) {
+			defer func(was int) { inlineStageMax = was }(inlineStageMax)
+			inlineStageMax = inline
+			testStage(t)
+		})
+	}
+}
+
+func testStage(t *testing.T) {
 	// A restrictive umask must not leak into the staged modes.
 	old := syscall.Umask(0o077)
 	defer syscall.Umask(old)
