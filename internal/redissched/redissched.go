@@ -174,6 +174,25 @@ func (s *State) Renew(ctx context.Context, l *Lease) (bool, error) {
 	return n == 1, nil
 }
 
+// Adopt takes over the lease that token holds on operation name, for a
+// replica other than the claimer (whose executor now reports the attempt
+// there, after the claimer went away): like Renew it extends the lease,
+// and it returns the lease with the operation's request and attempt count.
+// Nil if token lost the lease (reaped and re-queued, completed, released).
+func (s *State) Adopt(ctx context.Context, name, token string) (*Lease, error) {
+	deadline := time.Now().Add(s.opts.Lease).UnixMilli()
+	v, err := adoptScript.Run(ctx, s.rdb, nil, s.opts.Prefix, name, token, deadline).Slice()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("adopting a lease in redis scheduler state: %w", err)
+	}
+	req, _ := v[0].(string)
+	n, _ := v[1].(int64)
+	return &Lease{Name: name, Token: token, Request: []byte(req), Attempts: int(n)}, nil
+}
+
 // Complete records resp as the result of the attempt holding token ("" for
 // any: a cancel). It returns false if the operation was already completed
 // or token lost its lease (the result is then ignored).

@@ -151,6 +151,10 @@ type Scheduler struct {
 	// (guarded by advertiseMu, held across the Redis call).
 	advertiseMu sync.Mutex
 	advertised  map[string]bool
+
+	// adopted and refused count the attempts executors reported at
+	// Register that this replica took over, or cancelled (adopt.go).
+	adopted, refused int64
 }
 
 // New returns a scheduler; Close stops its sweeper.
