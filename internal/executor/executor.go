@@ -2,7 +2,8 @@
 // registers the executor's platform and capacity over Hearth's worker API,
 // takes assigned actions, runs each through the builder, writes results to
 // the action cache as its upload strategy says, reports them, heartbeats, and
-// reconnects when the stream breaks. It runs in `hearth worker` and, embedded,
+// reconnects when the stream breaks, carrying the actions it runs over to the
+// next session (tasks.go). It runs in `hearth worker` and, embedded,
 // in `hearth serve`.
 package executor
 
