@@ -206,6 +206,7 @@ func TestReplicasBazelSurvivesKill(t *testing.T) {
 	// after the lapse. (w1 runs three at a time with more queued, so it
 	// was running some when A died.)
 	line, ok := b.log.find(`msg="executor reported running actions" executor=w1 `)
+	t.Logf("B: %s", line)
 	if !ok || strings.Contains(line, " adopted=0 ") {
 		t.Errorf("B adopted none of the actions w1 ran for A (%q):\n%s", line, b.log.tail(30))
 	}
