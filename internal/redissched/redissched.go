@@ -178,19 +178,25 @@ func (s *State) Renew(ctx context.Context, l *Lease) (bool, error) {
 // replica other than the claimer (whose executor now reports the attempt
 // there, after the claimer went away): like Renew it extends the lease,
 // and it returns the lease with the operation's request and attempt count.
-// Nil if token lost the lease (reaped and re-queued, completed, released).
-func (s *State) Adopt(ctx context.Context, name, token string) (*Lease, error) {
+// Nil if token lost the lease; then done tells whether the operation is
+// completed (a result was taken already, perhaps this attempt's) rather
+// than reaped and re-queued, released or unknown.
+func (s *State) Adopt(ctx context.Context, name, token string) (l *Lease, done bool, err error) {
 	deadline := time.Now().Add(s.opts.Lease).UnixMilli()
-	v, err := adoptScript.Run(ctx, s.rdb, nil, s.opts.Prefix, name, token, deadline).Slice()
+	res, err := adoptScript.Run(ctx, s.rdb, nil, s.opts.Prefix, name, token, deadline).Result()
 	if errors.Is(err, redis.Nil) {
-		return nil, nil
+		return nil, false, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("adopting a lease in redis scheduler state: %w", err)
+		return nil, false, fmt.Errorf("adopting a lease in redis scheduler state: %w", err)
+	}
+	v, ok := res.([]any)
+	if !ok || len(v) != 2 {
+		return nil, res == int64(4), nil
 	}
 	req, _ := v[0].(string)
 	n, _ := v[1].(int64)
-	return &Lease{Name: name, Token: token, Request: []byte(req), Attempts: int(n)}, nil
+	return &Lease{Name: name, Token: token, Request: []byte(req), Attempts: int(n)}, false, nil
 }
 
 // Complete records resp as the result of the attempt holding token ("" for

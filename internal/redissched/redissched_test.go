@@ -364,14 +364,14 @@ func TestAdoptTakesOverALiveLease(t *testing.T) {
 	if err != nil || l == nil {
 		t.Fatal(l, err)
 	}
-	if got, err := b.Adopt(ctx, name, "not-the-token"); err != nil || got != nil {
-		t.Fatalf("Adopt with a wrong token: %+v %v", got, err)
+	if got, done, err := b.Adopt(ctx, name, "not-the-token"); err != nil || got != nil || done {
+		t.Fatalf("Adopt with a wrong token: %+v %v %v", got, done, err)
 	}
-	if got, err := b.Adopt(ctx, "no-such-op", l.Token); err != nil || got != nil {
-		t.Fatalf("Adopt of an unknown operation: %+v %v", got, err)
+	if got, done, err := b.Adopt(ctx, "no-such-op", l.Token); err != nil || got != nil || done {
+		t.Fatalf("Adopt of an unknown operation: %+v %v %v", got, done, err)
 	}
-	got, err := b.Adopt(ctx, name, l.Token)
-	if err != nil || got == nil || got.Name != name || got.Token != l.Token || string(got.Request) != "the request" || got.Attempts != 1 {
+	got, done, err := b.Adopt(ctx, name, l.Token)
+	if err != nil || done || got == nil || got.Name != name || got.Token != l.Token || string(got.Request) != "the request" || got.Attempts != 1 {
 		t.Fatalf("Adopt: %+v %v", got, err)
 	}
 	// A's lease would have lapsed 1.5 s from now; adopted, it lives on.
@@ -381,8 +381,8 @@ func TestAdoptTakesOverALiveLease(t *testing.T) {
 	if ok, err := b.Complete(ctx, name, got.Token, resp(4)); err != nil || !ok {
 		t.Fatalf("Complete by the adopter: %v %v", ok, err)
 	}
-	if got, err := b.Adopt(ctx, name, l.Token); err != nil || got != nil {
-		t.Fatalf("Adopt of a completed operation: %+v %v", got, err)
+	if got, done, err := b.Adopt(ctx, name, l.Token); err != nil || got != nil || !done {
+		t.Fatalf("Adopt of a completed operation: %+v done=%v %v", got, done, err)
 	}
 	if s, _ := a.Get(ctx, name); s.Response.GetResult().GetExitCode() != 4 || s.Attempts != 1 {
 		t.Fatalf("after the adopter's completion: %+v", s)
@@ -393,7 +393,7 @@ func TestAdoptTakesOverALiveLease(t *testing.T) {
 	if rq, _, _ := b.Reap(ctx, time.Now().Add(time.Minute)); rq != 1 {
 		t.Fatalf("reaped %d, want 1", rq)
 	}
-	if got, err := b.Adopt(ctx, name2, l2.Token); err != nil || got != nil {
-		t.Fatalf("Adopt of a re-queued operation: %+v %v", got, err)
+	if got, done, err := b.Adopt(ctx, name2, l2.Token); err != nil || got != nil || done {
+		t.Fatalf("Adopt of a re-queued operation: %+v %v %v", got, done, err)
 	}
 }

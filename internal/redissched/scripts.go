@@ -226,12 +226,14 @@ return 1
 // adoptScript: ARGV: prefix, name, token, deadline_ms. The takeover of a
 // running attempt by a replica that did not claim it: if token still holds
 // the lease (stage EXECUTING), extends it to deadline_ms, as renewScript
-// does, and returns {req, attempts}; false if the lease was lost. One
-// script, so the renewal and the request read agree.
+// does, and returns {req, attempts}; 4 if the operation is completed; false
+// if the lease was lost otherwise (re-queued, another attempt's, unknown).
+// One script, so the renewal and the request read agree.
 var adoptScript = redis.NewScript(`
 local p = ARGV[1]
 local op = p .. 'op:' .. ARGV[2]
 local f = redis.call('HMGET', op, 'stage', 'token', 'req', 'attempts')
+if f[1] == '4' then return 4 end
 if f[1] ~= '3' or f[2] ~= ARGV[3] then return false end
 redis.call('ZADD', p .. 'leases', ARGV[4], ARGV[2])
 return {f[3], tonumber(f[4])}

@@ -19,9 +19,10 @@ import (
 // take an attempt over: the operation's name and, with shared state, the
 // lease token. A replica adopts an attempt whose lease the token still
 // holds (Shared.Adopt renews it and returns the request), or one it runs
-// itself on an older session of the same executor; it refuses the others
-// (lease lapsed and re-queued, completed, unknown, no shared state) with a
-// Cancel and ignores their results. Adoption happens in Connect, before the
+// itself on an older session of the same executor; it cancels the others
+// and ignores their results: those already done (the executor reports a
+// result again when it cannot tell whether the dead replica read it) and
+// the refused ones (lease lapsed and re-queued, unknown, no shared state). Adoption happens in Connect, before the
 // session's reader starts, so a result the executor held while
 // disconnected, sent right after Register, completes the operation with the
 // adopted token: still exactly one result per operation.
@@ -72,27 +73,34 @@ func (s *Scheduler) movableLocked(e *session, id string) *Operation {
 	return o
 }
 
+// reported is what the shared state answered for a reported attempt.
+type reported struct {
+	lease *redissched.Lease // adopted
+	done  bool              // the operation is completed
+}
+
 // adoptLeases takes over, in the shared state, the leases of the reported
 // attempts this replica does not run itself: by id, those whose token still
 // holds. It runs before the session is registered, without the lock.
-func (s *Scheduler) adoptLeases(ctx context.Context, e *session, ids []string) map[string]*redissched.Lease {
+func (s *Scheduler) adoptLeases(ctx context.Context, e *session, ids []string) map[string]reported {
 	if s.shared == nil || len(ids) == 0 {
 		return nil
 	}
-	leases := map[string]*redissched.Lease{}
+	answers := map[string]reported{}
 	for _, id := range ids {
 		name, _, token, ok := parseTaskID(id)
 		if !ok || token == "" {
 			continue
 		}
 		s.mu.Lock()
-		local := s.movableLocked(e, id) != nil
+		o := s.ops[name]
+		local := s.movableLocked(e, id) != nil || o != nil && o.completedAt != (time.Time{})
 		s.mu.Unlock()
 		if local {
 			continue
 		}
 		actx, cancel := context.WithTimeout(ctx, sharedTimeout)
-		l, err := s.shared.Adopt(actx, name, token)
+		l, done, err := s.shared.Adopt(actx, name, token)
 		cancel()
 		if err != nil {
 			// Refused: the lease lapses and the action runs again, as
@@ -100,20 +108,18 @@ func (s *Scheduler) adoptLeases(ctx context.Context, e *session, ids []string) m
 			s.logger.Warn("adopting a running action in the shared scheduler state", "operation", name, "executor", e.name, "error", err)
 			continue
 		}
-		if l != nil {
-			leases[id] = l
-		}
+		answers[id] = reported{lease: l, done: done}
 	}
-	return leases
+	return answers
 }
 
 // takeOverLocked makes the reported attempts ids this session's: each one
-// adopted (moved from an older session here, or with its lease in leases)
-// runs on e as if assigned here; each other one is cancelled. Refused ones
-// still count as busy slots until their Finished arrives, since the
-// executor runs them until it has seen the Cancel.
-func (s *Scheduler) takeOverLocked(e *session, ids []string, leases map[string]*redissched.Lease) {
-	adopted := 0
+// adopted (moved from an older session here, or with its lease in answers)
+// runs on e as if assigned here; each other one is cancelled. Those still
+// count as busy slots until their Finished arrives, since the executor runs
+// them until it has seen the Cancel.
+func (s *Scheduler) takeOverLocked(e *session, ids []string, answers map[string]reported) {
+	adopted, done := 0, 0
 	for _, id := range ids {
 		if _, dup := e.tasks[id]; dup {
 			continue
@@ -127,18 +133,34 @@ func (s *Scheduler) takeOverLocked(e *session, ids []string, leases map[string]*
 			adopted++
 			continue
 		}
-		if o := s.adoptLeaseLocked(e, id, leases[id]); o != nil {
+		if o := s.adoptLeaseLocked(e, id, answers[id].lease); o != nil {
 			adopted++
 			continue
+		}
+		if answers[id].done || s.doneLocked(id) {
+			done++
 		}
 		e.tasks[id] = nil
 		e.cancel(id)
 	}
+	refused := len(e.tasks) - adopted - done
 	s.adopted += int64(adopted)
-	s.refused += int64(len(e.tasks) - adopted)
+	s.alreadyDone += int64(done)
+	s.refused += int64(refused)
 	if len(ids) > 0 {
-		s.logger.Info("executor reported running actions", "executor", e.name, "adopted", adopted, "refused", len(e.tasks)-adopted)
+		s.logger.Info("executor reported running actions", "executor", e.name, "adopted", adopted, "done", done, "refused", refused)
 	}
+}
+
+// doneLocked reports whether this replica knows attempt id's operation as
+// completed.
+func (s *Scheduler) doneLocked(id string) bool {
+	name, _, _, ok := parseTaskID(id)
+	if !ok {
+		return false
+	}
+	o := s.ops[name]
+	return o != nil && o.completedAt != (time.Time{})
 }
 
 // adoptLeaseLocked mirrors the shared operation of attempt id, whose lease

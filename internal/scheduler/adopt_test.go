@@ -124,6 +124,27 @@ func TestHandoverToAnotherReplica(t *testing.T) {
 	if st := b.Status(); st.TasksAdopted != 1 || st.TasksRefused != 0 {
 		t.Errorf("B counts %d adopted, %d refused; want 1, 0", st.TasksAdopted, st.TasksRefused)
 	}
+	// Reported again (the executor was unsure its result had been read),
+	// at B, which knows the operation is done, and at C, which reads so
+	// in the shared state: cancelled, counted as done, not refused.
+	c, cconn := sharedReplica(t, srv, lease)
+	for who, at := range map[string]struct {
+		s    *Scheduler
+		conn *grpc.ClientConn
+	}{"B": {b, bconn}, "C": {c, cconn}} {
+		again := connectExecutor(t, at.conn, reconnecting("again", 1, asg.GetTaskId()))
+		if id := again.nextCancel(); id != asg.GetTaskId() {
+			t.Errorf("%s cancelled %s, want %s", who, id, asg.GetTaskId())
+		}
+		again.finish(asg, 1)
+		waitRunning(t, at.s, 0)
+		if st := at.s.Status(); st.TasksDone != 1 || st.TasksRefused != 0 || st.TasksAdopted != map[string]int64{"B": 1, "C": 0}[who] {
+			t.Errorf("%s counts %d adopted, %d done, %d refused after the repeated report", who, st.TasksAdopted, st.TasksDone, st.TasksRefused)
+		}
+	}
+	if st := waitDone(t, atB); st.Response.GetResult().GetExitCode() != 9 {
+		t.Errorf("a repeated result changed the operation: exit %d", st.Response.GetResult().GetExitCode())
+	}
 }
 
 // When the executor reports the attempt only after its lease lapsed and B
@@ -219,7 +240,14 @@ func TestHandoverInMemory(t *testing.T) {
 		t.Errorf("the moved action ran %d times, want 1", attempts)
 	}
 	waitRunning(t, s, 0)
-	if st := s.Status(); st.TasksAdopted != 1 || st.TasksRefused != 2 {
-		t.Errorf("%d adopted, %d refused; want 1, 2", st.TasksAdopted, st.TasksRefused)
+	if st := s.Status(); st.TasksAdopted != 1 || st.TasksRefused != 2 || st.TasksDone != 0 {
+		t.Errorf("%d adopted, %d done, %d refused; want 1, 0, 2", st.TasksAdopted, st.TasksDone, st.TasksRefused)
+	}
+	e3 := connectExecutor(t, conn, reconnecting("e", 2, a1.GetTaskId()))
+	if id := e3.nextCancel(); id != a1.GetTaskId() {
+		t.Fatalf("Cancel of %s, want the finished %s", id, a1.GetTaskId())
+	}
+	if st := s.Status(); st.TasksDone != 1 {
+		t.Errorf("a finished attempt reported again: %d done, want 1", st.TasksDone)
 	}
 }

@@ -153,9 +153,10 @@ type Scheduler struct {
 	advertiseMu sync.Mutex
 	advertised  map[string]bool
 
-	// adopted and refused count the attempts executors reported at
-	// Register that this replica took over, or cancelled (adopt.go).
-	adopted, refused int64
+	// adopted, alreadyDone and refused count the attempts executors
+	// reported at Register that this replica took over, found completed,
+	// or cancelled otherwise (adopt.go).
+	adopted, alreadyDone, refused int64
 }
 
 // New returns a scheduler; Close stops its sweeper.
