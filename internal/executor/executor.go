@@ -289,6 +289,9 @@ func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient
 		e.log.Info("drained: every running action reported; ending the session")
 		// The scheduler reads every result before the end of the stream,
 		// then ends the session, and the Recv loop below returns.
+		e.tmu.Lock()
+		l.drained = true
+		e.tmu.Unlock()
 		sendMu.Lock()
 		stream.CloseSend()
 		sendMu.Unlock()

@@ -232,3 +232,30 @@ func TestSessionBreakGraceCancels(t *testing.T) {
 		t.Errorf("B adopted %d, refused %d; want nothing reported", st.TasksAdopted, st.TasksRefused)
 	}
 }
+
+// A result reported just before the session broke is reported again at the
+// next session (the dead replica may never have read it): B finds the
+// operation done and counts it so, and the client's result stands.
+func TestResultReportedAgainAfterBreak(t *testing.T) {
+	p := startReplicaPair(t, 2*time.Second, "0.1")
+	p.runExecutor(t, time.Minute)
+	waitFor(t, "executor registered at A", 5*time.Second, func() bool { return executorsAt(p.a) == 1 })
+	var r executed
+	select {
+	case r = <-p.submitAtB(t):
+	case <-time.After(15 * time.Second):
+		t.Fatal("no result")
+	}
+	p.target.Store(nil)
+	p.a.kill()
+	p.target.Store(p.b.lis)
+	waitFor(t, "executor registered at B", 5*time.Second, func() bool { return executorsAt(p.b) == 1 })
+	waitFor(t, "B counted the repeated result", 5*time.Second, func() bool { return p.b.sched.Status().TasksDone == 1 })
+	if st := p.b.sched.Status(); st.TasksAdopted != 0 || st.TasksRefused != 0 {
+		t.Errorf("B adopted %d, refused %d; want neither", st.TasksAdopted, st.TasksRefused)
+	}
+	waitFor(t, "the repeated result's slot freed", 5*time.Second, func() bool { return running(&cluster{sched: p.b.sched}) == 0 })
+	if r.resp.GetResult().GetExitCode() != 0 || p.attemptsOf(t, r.name) != 1 || p.readMarks(t) != "start end" {
+		t.Errorf("result %v after %d attempts, runs %q", r.resp, p.attemptsOf(t, r.name), p.readMarks(t))
+	}
+}

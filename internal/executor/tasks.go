@@ -42,6 +42,9 @@ type link struct {
 	// sent are the results reported on it, newest last, within
 	// resendWindow (guarded by Executor.tmu).
 	sent []sentResult
+	// drained: the executor ended it after every result was reported
+	// (Drain), and the scheduler read them all before the stream ended.
+	drained bool
 }
 
 type sentResult struct {
@@ -112,6 +115,9 @@ func (e *Executor) detach(l *link) {
 	defer e.tmu.Unlock()
 	if e.cur == l {
 		e.cur = nil
+	}
+	if l.drained {
+		l.sent = nil
 	}
 	for _, r := range l.sent {
 		if time.Since(r.at) <= resendWindow {
