@@ -81,11 +81,15 @@ type reported struct {
 
 // adoptLeases takes over, in the shared state, the leases of the reported
 // attempts this replica does not run itself: by id, those whose token still
-// holds. It runs before the session is registered, without the lock.
+// holds. It runs before the session is registered, without the lock, one
+// round trip per attempt, all within sharedTimeout: an unreachable shared
+// state delays the session that long at most.
 func (s *Scheduler) adoptLeases(ctx context.Context, e *session, ids []string) map[string]reported {
 	if s.shared == nil || len(ids) == 0 {
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, sharedTimeout)
+	defer cancel()
 	answers := map[string]reported{}
 	for _, id := range ids {
 		name, _, token, ok := parseTaskID(id)
@@ -99,9 +103,7 @@ func (s *Scheduler) adoptLeases(ctx context.Context, e *session, ids []string) m
 		if local {
 			continue
 		}
-		actx, cancel := context.WithTimeout(ctx, sharedTimeout)
-		l, done, err := s.shared.Adopt(actx, name, token)
-		cancel()
+		l, done, err := s.shared.Adopt(ctx, name, token)
 		if err != nil {
 			// Refused: the lease lapses and the action runs again, as
 			// before handover existed.
