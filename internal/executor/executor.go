@@ -255,7 +255,7 @@ func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient
 		defer sendMu.Unlock()
 		return stream.Send(m)
 	}
-	l := &link{send: send}
+	l := &link{send: send, keep: resendMax(e.opts.MaxInflight)}
 	defer e.detach(l)
 	if err := e.attach(l, e.register()); err != nil {
 		return err

@@ -22,8 +22,14 @@ import (
 // after are reported again on the next one. Nothing acknowledges a result,
 // so one sent just before the scheduler died may never have been read;
 // reporting it twice is harmless, since a scheduler only takes a result of
-// an attempt it holds (or adopts) the lease of, once.
+// an attempt it holds (or adopts) the lease of, once. At most
+// resendMax(MaxInflight) of them, newest first, so that a busy executor's
+// next Register (and the replica's adoption round trips) stay small: the
+// window that matters is the moment before the break, when at most a few
+// slots' worth of results can have been in flight.
 const resendWindow = 10 * time.Second
+
+func resendMax(maxInflight int) int { return 4*maxInflight + 16 }
 
 // task is one assigned attempt, from its Assign until its result is
 // reported (or it is abandoned).
@@ -39,6 +45,8 @@ type task struct {
 // link is one session's stream as the tasks see it.
 type link struct {
 	send func(*workerapi.ExecutorMessage) error
+	// keep bounds sent (resendMax).
+	keep int
 	// sent are the results reported on it, newest last, within
 	// resendWindow (guarded by Executor.tmu).
 	sent []sentResult
@@ -98,10 +106,11 @@ func (e *Executor) attach(l *link, reg *workerapi.Register) error {
 	return nil
 }
 
-// record notes f as reported on l, forgetting what left resendWindow.
+// record notes f as reported on l, forgetting what left resendWindow or
+// exceeds l.keep.
 func (l *link) record(f *workerapi.Finished) {
 	now := time.Now()
-	i := 0
+	i := min(len(l.sent), max(0, len(l.sent)+1-l.keep))
 	for i < len(l.sent) && now.Sub(l.sent[i].at) > resendWindow {
 		i++
 	}
