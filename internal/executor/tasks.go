@@ -94,7 +94,11 @@ func (e *Executor) attach(l *link, reg *workerapi.Register) error {
 	if n := len(reg.RunningTaskIds); n > 0 {
 		e.log.Info("reported the actions of an earlier session", "running", n-len(held), "finished", len(held))
 	}
+	// A held result's warm report is as old as the result: the scheduler
+	// takes the one in each Finished as current.
+	keys, counts := e.warm()
 	for _, f := range held {
+		f.WarmKeys, f.WarmWorkers = keys, counts
 		if err := l.send(finishedMsg(f)); err != nil {
 			return err
 		}
