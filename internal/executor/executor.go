@@ -94,11 +94,14 @@ type Executor struct {
 	drain     chan struct{} // closed by Drain
 
 	// The tasks, across sessions (tasks.go). tmu guards them, the live
-	// session cur (nil between sessions) and graceGen, which voids a
-	// pending grace timer when bumped.
-	tmu          sync.Mutex
-	tasks        map[string]*task
-	cur          *link
+	// session cur (nil between sessions), brokenSince and graceGen, which
+	// voids a pending grace timer when bumped.
+	tmu   sync.Mutex
+	tasks map[string]*task
+	cur   *link
+	// brokenSince is when the first session broke since the last one
+	// that lasted (zero: none broke since).
+	brokenSince  time.Time
 	graceGen     uint64
 	tasksChanged chan struct{} // closed and replaced as tasks finish
 	taskWG       sync.WaitGroup
@@ -261,6 +264,8 @@ func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient
 		return err
 	}
 	e.log.Info("connected to scheduler")
+	lasting := time.AfterFunc(e.sessionLasts(), func() { e.lasted(l) })
+	defer lasting.Stop()
 
 	var wg sync.WaitGroup
 	defer wg.Wait()

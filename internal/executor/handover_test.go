@@ -199,20 +199,35 @@ func TestSessionBreakKeepsActionAndReportsHeldResult(t *testing.T) {
 	}
 }
 
-// Past the grace without a session, the executor cancels the action and
-// forgets it: the next session reports nothing, and the action runs again
-// once its lease lapses.
+// Past the grace without a lasting session, the executor cancels the action
+// and forgets it: the next session reports nothing, and the action runs
+// again once its lease lapses. Sessions that a server ends at once (here
+// one without the worker API) do not extend the grace.
 func TestSessionBreakGraceCancels(t *testing.T) {
+	t.Run("unreachable", func(t *testing.T) { testGraceCancels(t, nil, func() {}) })
+	t.Run("sessions end at once", func(t *testing.T) {
+		lis := bufconn.Listen(1 << 20)
+		gs := grpc.NewServer()
+		go gs.Serve(lis)
+		t.Cleanup(gs.Stop)
+		testGraceCancels(t, lis, gs.Stop)
+	})
+}
+
+// testGraceCancels points the executor at meanwhile from A's death until
+// the grace passed, then stops it and points the executor at B.
+func testGraceCancels(t *testing.T, meanwhile *bufconn.Listener, stop func()) {
 	p := startReplicaPair(t, time.Second, "3")
 	p.runExecutor(t, 200*time.Millisecond)
 	waitFor(t, "executor registered at A", 5*time.Second, func() bool { return executorsAt(p.a) == 1 })
 	result := p.submitAtB(t)
 	waitFor(t, "the action started", 10*time.Second, func() bool { return p.readMarks(t) == "start" })
-	p.target.Store(nil)
+	p.target.Store(meanwhile)
 	p.a.kill()
 	time.Sleep(time.Second) // the grace passes
 	p.target.Store(p.b.lis)
-	waitFor(t, "executor registered at B", 5*time.Second, func() bool { return executorsAt(p.b) == 1 })
+	stop()
+	waitFor(t, "executor registered at B", 15*time.Second, func() bool { return executorsAt(p.b) == 1 })
 	select {
 	case r := <-result:
 		if resp := r.resp; resp.GetStatus().GetCode() != 0 || resp.GetResult().GetExitCode() != 0 {

@@ -76,7 +76,6 @@ func (e *Executor) changedLocked() {
 func (e *Executor) attach(l *link, reg *workerapi.Register) error {
 	e.tmu.Lock()
 	defer e.tmu.Unlock()
-	e.graceGen++ // a pending grace timer is void
 	var held []*workerapi.Finished
 	for id, t := range e.tasks {
 		if t.abandoned {
@@ -148,18 +147,49 @@ func (e *Executor) detach(l *link) {
 		return
 	}
 	e.log.Info("scheduler session ended; actions keep running for the next session", "actions", len(e.tasks), "grace", e.opts.ReconnectGrace)
+	if !e.brokenSince.IsZero() {
+		return // the grace runs from the first break since a lasting session
+	}
+	e.brokenSince = time.Now()
 	e.graceGen++
-	gen := e.graceGen
-	time.AfterFunc(e.opts.ReconnectGrace, func() {
+	e.armGraceLocked(e.graceGen, e.opts.ReconnectGrace)
+}
+
+// armGraceLocked gives up the tasks after d unless gen is void by then (a
+// lasting session came). A session that is up when it fires but has not
+// lasted yet (sessionLasts) is given until then: one that a scheduler ends
+// at once, again and again, must not keep the tasks forever.
+func (e *Executor) armGraceLocked(gen uint64, d time.Duration) {
+	time.AfterFunc(d, func() {
 		e.tmu.Lock()
 		defer e.tmu.Unlock()
-		if gen != e.graceGen || e.cur != nil {
-			return // a session came (and perhaps went) since
+		if gen != e.graceGen {
+			return
 		}
+		if e.cur != nil {
+			e.armGraceLocked(gen, e.sessionLasts())
+			return
+		}
+		e.brokenSince = time.Time{}
 		if n := e.abandonLocked(); n > 0 {
-			e.log.Warn("no scheduler session within the grace; cancelled the actions of the last one", "actions", n, "grace", e.opts.ReconnectGrace)
+			e.log.Warn("no lasting scheduler session within the grace; cancelled the actions of the last one", "actions", n, "grace", e.opts.ReconnectGrace)
 		}
 	})
+}
+
+// sessionLasts is how long a session must stay up to end the grace of the
+// tasks of earlier ones: a heartbeat interval, enough for the scheduler to
+// have answered their report.
+func (e *Executor) sessionLasts() time.Duration { return e.opts.HeartbeatInterval }
+
+// lasted is called once session l has stayed up for sessionLasts.
+func (e *Executor) lasted(l *link) {
+	e.tmu.Lock()
+	defer e.tmu.Unlock()
+	if e.cur == l {
+		e.brokenSince = time.Time{}
+		e.graceGen++
+	}
 }
 
 // abandonLocked cancels every running task and drops every held result; it
