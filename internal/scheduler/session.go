@@ -148,10 +148,10 @@ func (s *Scheduler) Connect(stream workerapi.Scheduler_ConnectServer) error {
 	// The attempts it still runs from an earlier session are taken over
 	// before anything else of this stream is read, and before new work
 	// fills the slots they occupy.
-	leases := s.adoptLeases(stream.Context(), e, reg.GetRunningTaskIds())
+	answers := s.adoptLeases(stream.Context(), e, reg.GetRunningTaskIds())
 	s.mu.Lock()
 	s.executors[e] = true
-	s.takeOverLocked(e, reg.GetRunningTaskIds(), leases)
+	s.takeOverLocked(e, reg.GetRunningTaskIds(), answers)
 	s.reportWarmLocked(e, warmCounts(reg.GetWarmWorkers(), reg.GetWarmKeys()))
 	for _, sh := range s.shapes {
 		if sh.acceptedBy(&e.caps) {
