@@ -103,7 +103,7 @@ func (s *Scheduler) adoptLeases(ctx context.Context, e *session, ids []string) m
 		if local {
 			continue
 		}
-		l, done, err := s.shared.Adopt(ctx, name, token)
+		l, done, err := s.shared.Adopt(ctx, name, token, s.replicaID)
 		if err != nil {
 			// Refused: the lease lapses and the action runs again, as
 			// before handover existed.

@@ -251,3 +251,39 @@ func TestHandoverInMemory(t *testing.T) {
 		t.Errorf("a finished attempt reported again: %d done, want 1", st.TasksDone)
 	}
 }
+
+// A partition rather than a death: the executor reaches B while A still
+// has its session, B adopts the attempt, and A's release when it notices
+// the session gone leaves it with B (before, it re-queued the action under
+// B's feet). One attempt, B's result.
+func TestHandoverWhileTheClaimerLives(t *testing.T) {
+	srv := redistest.Start(t)
+	const lease = time.Second
+	a, aconn := sharedReplica(t, srv, lease)
+	b, bconn := sharedReplica(t, srv, lease)
+	ea := connectExecutor(t, aconn, linuxExecutor("w", 1))
+	op, err := a.Submit(request("partition", 0, "OSFamily", "linux"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	asg := ea.nextAssign()
+	eb := connectExecutor(t, bconn, reconnecting("w", 1, asg.GetTaskId()))
+	waitRunning(t, b, 1)
+	ea.cancel() // A notices now, and releases what it had leased
+	waitExecutors(t, a, 0)
+	time.Sleep(lease + lease/2)
+	eb.noCancel()
+	eb.noAssign()
+	eb.finish(asg, 6)
+	atB, err := b.Get(op.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := waitDone(t, atB); st.Response.GetResult().GetExitCode() != 6 {
+		t.Errorf("exit %d, want the adopted attempt's 6", st.Response.GetResult().GetExitCode())
+	}
+	shared := redissched.New(srv.Client(t), redissched.Options{})
+	if snap, err := shared.Get(t.Context(), op.Name()); err != nil || snap.Attempts != 1 {
+		t.Errorf("shared state: %+v %v, want 1 attempt", snap, err)
+	}
+}
