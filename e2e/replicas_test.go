@@ -116,8 +116,9 @@ func startReplicas(t *testing.T) (a, b, w1, w2 *hearthProcess, proxy *rrProxy, r
 // TestReplicasBazelSurvivesKill: Bazel builds through two replicas on shared
 // state; replica A (Bazel's and w1's) is killed with SIGKILL mid-build.
 // Bazel reconnects through the proxy to B, w1 to the next server it lists,
-// B, which knows A's operations: queued ones run there, running ones run
-// again once their lease lapses; w1 keeps executing there. The build
+// B, which knows A's operations: queued ones run there, and the ones w1 was
+// running keep running: w1 reports them to B, which adopts them instead of
+// re-running them after their lease lapses; w1 keeps executing there. The build
 // completes with every output right. Then, in a second build, Redis is
 // restarted mid-way and the build still completes.
 func TestReplicasBazelSurvivesKill(t *testing.T) {
@@ -184,8 +185,8 @@ func TestReplicasBazelSurvivesKill(t *testing.T) {
 		if _, err := b.log.waitFor(ctx, w1.done, `msg="executor connected" executor=w1 `); err != nil {
 			t.Fatalf("w1 did not move to B: %v\nB:\n%s\nw1:\n%s", err, b.log.tail(30), w1.log.tail(30))
 		}
-		// w1's session with A ended only once the actions it ran there
-		// had stopped, so what it completes from now on came from B.
+		// What w1 ran for A when A died may still be finishing; what it
+		// completes beyond that number came from B.
 		onW1, _ := countCompletions(t, completions, w1.cmd.Dir)
 		w1AtKill = total(onW1)
 		t.Logf("w1 moved to B %s after the kill, having completed %d actions", time.Since(killed).Round(time.Millisecond), w1AtKill)
@@ -200,10 +201,28 @@ func TestReplicasBazelSurvivesKill(t *testing.T) {
 	if onW1, _ := countCompletions(t, completions, w1.cmd.Dir); total(onW1) <= w1AtKill {
 		t.Errorf("w1 completed no action after A was killed (%d before, %d at the end)\nw1:\n%s", w1AtKill, total(onW1), w1.log.tail(30))
 	}
-	// A died holding leases on what w1 ran: B re-queued them (each
-	// replica reaps, A cannot any more).
-	if _, ok := b.log.find(`msg="actions whose lease lapsed`); !ok {
-		t.Errorf("B never re-queued the actions A had leased:\n%s", b.log.tail(30))
+	// A died holding leases on what w1 ran: w1 reported those actions
+	// when it reconnected, and B adopted them instead of re-running them
+	// after the lapse. (w1 runs three at a time with more queued, so it
+	// was running some when A died.)
+	line, ok := b.log.find(`msg="executor reported running actions" executor=w1 `)
+	t.Logf("B: %s", line)
+	if !ok || strings.Contains(line, " adopted=0 ") {
+		t.Errorf("B adopted none of the actions w1 ran for A (%q):\n%s", line, b.log.tail(30))
+	}
+	if n, _ := metricSum(scrape(t, b.HTTPAddr), "hearth_scheduler_task_handovers_total", "result=adopted"); n == 0 {
+		t.Errorf("B's hearth_scheduler_task_handovers_total{result=\"adopted\"} is 0 after %q", line)
+	}
+	// Before handover, every action running at the kill ran again once
+	// its lease lapsed. Now one runs twice only when a call it made to A
+	// was in flight at the kill (an output upload fails UNAVAILABLE, B
+	// takes that result, Bazel retries): seen in 1 of 4 runs, so logged,
+	// not asserted.
+	onW1, ran := countCompletions(t, completions, w1.cmd.Dir)
+	for name, n := range ran {
+		if n > 1 {
+			t.Logf("%s ran to completion %d times across the kill of A, %d of them on w1", name, n, onW1[name])
+		}
 	}
 
 	// Run everything again, not from the cache, with a Redis restart in

@@ -2,7 +2,8 @@
 // registers the executor's platform and capacity over Hearth's worker API,
 // takes assigned actions, runs each through the builder, writes results to
 // the action cache as its upload strategy says, reports them, heartbeats, and
-// reconnects when the stream breaks. It runs in `hearth worker` and, embedded,
+// reconnects when the stream breaks, carrying the actions it runs over to the
+// next session (tasks.go). It runs in `hearth worker` and, embedded,
 // in `hearth serve`.
 package executor
 
@@ -70,7 +71,12 @@ type Options struct {
 	// (metrics).
 	Finished          func(resp *repb.ExecuteResponse)
 	HeartbeatInterval time.Duration
-	Logger            *slog.Logger
+	// ReconnectGrace is how long actions keep running after the session
+	// with the scheduler broke, for the next session (perhaps with another
+	// replica) to take them over (tasks.go); then they are cancelled.
+	// Default one minute; negative: cancel them at once.
+	ReconnectGrace time.Duration
+	Logger         *slog.Logger
 }
 
 // Runner runs one action and returns the client's response; it reports
@@ -86,6 +92,19 @@ type Executor struct {
 
 	drainOnce sync.Once
 	drain     chan struct{} // closed by Drain
+
+	// The tasks, across sessions (tasks.go). tmu guards them, the live
+	// session cur (nil between sessions), brokenSince and graceGen, which
+	// voids a pending grace timer when bumped.
+	tmu   sync.Mutex
+	tasks map[string]*task
+	cur   *link
+	// brokenSince is when the first session broke since the last one
+	// that lasted (zero: none broke since).
+	brokenSince  time.Time
+	graceGen     uint64
+	tasksChanged chan struct{} // closed and replaced as tasks finish
+	taskWG       sync.WaitGroup
 }
 
 // New checks the options.
@@ -108,7 +127,13 @@ func New(opts Options) (*Executor, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Executor{opts: opts, log: opts.Logger.With("executor", opts.Name), drain: make(chan struct{})}, nil
+	if opts.ReconnectGrace == 0 {
+		opts.ReconnectGrace = time.Minute
+	}
+	return &Executor{
+		opts: opts, log: opts.Logger.With("executor", opts.Name), drain: make(chan struct{}),
+		tasks: map[string]*task{}, tasksChanged: make(chan struct{}),
+	}, nil
 }
 
 // FileCache returns the executor's input file cache (nil if it has none).
@@ -117,7 +142,8 @@ func (e *Executor) FileCache() *filecache.Cache { return e.opts.Files }
 // Drain makes Run stop taking actions, finish the ones it runs, end its
 // session cleanly (the scheduler re-queues whatever it had assigned and this
 // executor did not start) and return. Cancelling Run's context still stops
-// everything at once: that is the end of the drain's grace.
+// everything at once: that is the end of the drain's grace. Drained while no
+// session is up, Run returns at once and cancels what it still runs.
 func (e *Executor) Drain() {
 	e.drainOnce.Do(func() { close(e.drain) })
 }
@@ -132,11 +158,13 @@ func (e *Executor) draining() bool {
 }
 
 // Run keeps a session with the scheduler at conn until ctx ends, reconnecting
-// with backoff when the stream breaks.
+// with backoff when the stream breaks; the actions it runs carry over from
+// one session to the next (tasks.go). When it returns nothing runs any more.
 func (e *Executor) Run(ctx context.Context, conn grpc.ClientConnInterface) error {
 	if e.opts.Close != nil {
 		defer e.opts.Close()
 	}
+	defer e.stopTasks()
 	backoff := 100 * time.Millisecond
 	for {
 		start := time.Now()
@@ -214,9 +242,10 @@ func (e *Executor) register() *workerapi.Register {
 	return reg
 }
 
-// session is one stream's life. Actions still running when it ends are
-// cancelled: the scheduler has already given them to another executor.
+// session is one stream's life. Actions still running when it ends keep
+// running for the next session to report (tasks.go).
 func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient) error {
+	runCtx := ctx // the tasks' parent: they outlive the session
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := client.Connect(ctx)
@@ -229,40 +258,45 @@ func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient
 		defer sendMu.Unlock()
 		return stream.Send(m)
 	}
-	if err := send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Register{Register: e.register()}}); err != nil {
+	l := &link{send: send, keep: resendMax(e.opts.MaxInflight)}
+	defer e.detach(l)
+	if err := e.attach(l, e.register()); err != nil {
 		return err
 	}
 	e.log.Info("connected to scheduler")
+	lasting := time.AfterFunc(e.sessionLasts(), func() { e.lasted(l) })
+	defer lasting.Stop()
 
-	var tasksMu sync.Mutex
-	tasks := map[string]context.CancelFunc{}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
 
-	// Joined like the tasks, so that a session leaves nothing running
-	// behind it when the executor reconnects.
+	// Joined, so that a session leaves no goroutine of its own behind it
+	// when the executor reconnects.
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		e.heartbeat(ctx, send)
 	}()
-	// running counts the tasks alone, for the drain.
-	var running sync.WaitGroup
-	stopTaking := false // guarded by tasksMu
+	stopTaking := false // guarded by e.tmu
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		if !e.waitDrain(ctx, send) {
 			return
 		}
-		tasksMu.Lock()
+		e.tmu.Lock()
 		stopTaking = true
-		tasksMu.Unlock()
-		running.Wait()
+		e.tmu.Unlock()
+		if !e.waitTasks(ctx) {
+			return
+		}
 		e.log.Info("drained: every running action reported; ending the session")
 		// The scheduler reads every result before the end of the stream,
 		// then ends the session, and the Recv loop below returns.
+		e.tmu.Lock()
+		l.drained = true
+		e.tmu.Unlock()
 		sendMu.Lock()
 		stream.CloseSend()
 		sendMu.Unlock()
@@ -275,48 +309,41 @@ func (e *Executor) session(ctx context.Context, client workerapi.SchedulerClient
 		switch msg := m.GetMsg().(type) {
 		case *workerapi.SchedulerMessage_Assign:
 			a := msg.Assign
-			tasksMu.Lock()
+			e.tmu.Lock()
 			if stopTaking {
-				tasksMu.Unlock()
+				e.tmu.Unlock()
 				// Not started, so not reported: the scheduler re-queues it
 				// when the session ends.
 				e.log.Info("draining: leaving an assigned action to the scheduler", "task", a.GetTaskId())
 				continue
 			}
-			tctx, tcancel := context.WithCancel(ctx)
-			tasks[a.GetTaskId()] = tcancel
-			wg.Add(1)
-			running.Add(1)
-			tasksMu.Unlock()
+			if _, dup := e.tasks[a.GetTaskId()]; dup {
+				e.tmu.Unlock()
+				continue
+			}
+			tctx, tcancel := context.WithCancel(runCtx)
+			e.start(a.GetTaskId(), tcancel)
+			e.tmu.Unlock()
 			go func() {
-				defer wg.Done()
-				defer running.Done()
+				defer e.taskWG.Done()
 				defer tcancel()
 				resp := e.runTask(tctx, a)
-				tasksMu.Lock()
-				delete(tasks, a.GetTaskId())
-				tasksMu.Unlock()
-				if ctx.Err() != nil {
-					// The session is gone and the scheduler re-queues the
-					// action: a result now would race the new attempt.
+				if e.isAbandoned(a.GetTaskId()) {
+					// Given up after the grace: the scheduler has re-queued
+					// it, and this result is nobody's.
+					e.deliver(a.GetTaskId(), nil)
 					return
 				}
 				if e.opts.Finished != nil {
 					e.opts.Finished(resp)
 				}
 				keys, counts := e.warm()
-				if err := send(&workerapi.ExecutorMessage{Msg: &workerapi.ExecutorMessage_Finished{Finished: &workerapi.Finished{
+				e.deliver(a.GetTaskId(), &workerapi.Finished{
 					TaskId: a.GetTaskId(), Response: resp, WarmKeys: keys, WarmWorkers: counts,
-				}}}); err != nil {
-					e.log.Warn("reporting a result failed; the scheduler will re-run the action", "task", a.GetTaskId(), "err", err)
-				}
+				})
 			}()
 		case *workerapi.SchedulerMessage_Cancel:
-			tasksMu.Lock()
-			if c := tasks[msg.Cancel.GetTaskId()]; c != nil {
-				c()
-			}
-			tasksMu.Unlock()
+			e.cancelTask(msg.Cancel.GetTaskId())
 		}
 	}
 }

@@ -76,6 +76,10 @@ type server struct {
 	store cas.Store
 	ac    *actioncache.Disk
 	sched *scheduler.Scheduler
+	lis   *bufconn.Listener
+	// kill stops the server as a SIGKILL would: the scheduler's background
+	// work, then every stream.
+	kill func()
 }
 
 // startServer starts a server whose CAS holds blobs, storing under dir.
@@ -108,7 +112,7 @@ func startServer(t *testing.T, dir string, schedCfg scheduler.Config, blobs ...[
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close(); gs.Stop(); sched.Close() })
-	return &server{conn: conn, disk: disk, store: store, ac: ac, sched: sched}
+	return &server{conn: conn, disk: disk, store: store, ac: ac, sched: sched, lis: lis, kill: func() { sched.Close(); gs.Stop() }}
 }
 
 // startClusterWithCAS starts a cluster whose CAS already holds blobs.

@@ -63,7 +63,7 @@ func TestPlatformLabel(t *testing.T) {
 func TestSchedulerObserver(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := NewScheduler(reg, func() scheduler.Status {
-		return scheduler.Status{Executors: []scheduler.ExecutorStatus{{Name: "a", Running: 2}, {Name: "b", Running: 1}}}
+		return scheduler.Status{Executors: []scheduler.ExecutorStatus{{Name: "a", Running: 2}, {Name: "b", Running: 1}}, TasksAdopted: 4, TasksDone: 2, TasksRefused: 1}
 	})
 	plat := &repb.Platform{Properties: []*repb.Platform_Property{{Name: "OSFamily", Value: "linux"}}}
 	m.Queued(scheduler.OpEvent{Name: "op1", Platform: plat})
@@ -100,9 +100,17 @@ func TestSchedulerObserver(t *testing.T) {
 		if f.GetMetric()[0].Gauge != nil {
 			got[f.GetName()] = f.GetMetric()[0].GetGauge().GetValue()
 		}
+		if f.GetName() == "hearth_scheduler_task_handovers_total" {
+			for _, m := range f.GetMetric() {
+				got["handovers_"+m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			}
+		}
 	}
 	if got["hearth_scheduler_executors_connected"] != 2 || got["hearth_scheduler_actions_running"] != 3 {
 		t.Errorf("status gauges = %v, want 2 executors and 3 running", got)
+	}
+	if got["handovers_adopted"] != 4 || got["handovers_done"] != 2 || got["handovers_refused"] != 1 {
+		t.Errorf("handover counters = %v, want 4 adopted, 2 done, 1 refused", got)
 	}
 }
 

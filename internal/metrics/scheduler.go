@@ -24,6 +24,9 @@ import (
 //	hearth_scheduler_executors_connected             executor sessions
 //	hearth_scheduler_actions_running                 actions on executors
 //	hearth_scheduler_operations                      operations known (running, queued, finished and kept)
+//	hearth_scheduler_task_handovers_total{result}    running attempts that reconnecting executors reported:
+//	                                                 adopted (taken over, e.g. from a killed replica), done
+//	                                                 (completed already: a result reported again) or refused (cancelled)
 //
 // Platforms are labelled by their sorted properties (persistent worker
 // hints left out), at most 20 distinct platforms, then "other".
@@ -86,6 +89,18 @@ func NewScheduler(reg prometheus.Registerer, status func() scheduler.Status) *Sc
 			return float64(n)
 		})
 		gauge("hearth_scheduler_operations", "Operations the scheduler knows, finished ones included until they expire.", func(s scheduler.Status) float64 { return float64(s.Operations) })
+		// Counted by the scheduler since start, so read at the scrape
+		// like the gauges.
+		for result, f := range map[string]func(scheduler.Status) int64{
+			"adopted": func(s scheduler.Status) int64 { return s.TasksAdopted },
+			"done":    func(s scheduler.Status) int64 { return s.TasksDone },
+			"refused": func(s scheduler.Status) int64 { return s.TasksRefused },
+		} {
+			register(reg, prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "hearth_scheduler_task_handovers_total", ConstLabels: prometheus.Labels{"result": result},
+				Help: "Running attempts that executors reported when they reconnected here: adopted (taken over, as from a replica that went away), done (completed already: a result reported again) or refused (cancelled: their lease had lapsed, ...).",
+			}, func() float64 { return float64(f(status())) }))
+		}
 	}
 	return m
 }

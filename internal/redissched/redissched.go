@@ -103,6 +103,9 @@ type Lease struct {
 	Token    string
 	Request  []byte
 	Attempts int
+	// Adopter is the replica that adopted the lease (Adopt), "" for the
+	// claimer's.
+	Adopter string
 }
 
 // Claim takes the first queued operation of shape and leases it; nil if
@@ -172,6 +175,35 @@ func (s *State) Renew(ctx context.Context, l *Lease) (bool, error) {
 		return false, fmt.Errorf("renewing lease in redis scheduler state: %w", err)
 	}
 	return n == 1, nil
+}
+
+// Adopt takes over the lease that token holds on operation name, for
+// replica self, not the claimer (whose executor now reports the attempt
+// there, after the claimer went away): like Renew it extends the lease, and
+// it returns the lease with the operation's request and attempt count. From
+// then on only self may Release it.
+// Nil if token lost the lease; then done tells whether the operation is
+// completed (a result was taken already, perhaps this attempt's) rather
+// than reaped and re-queued, released or unknown.
+func (s *State) Adopt(ctx context.Context, name, token, self string) (l *Lease, done bool, err error) {
+	if self == "" {
+		return nil, false, errors.New("adopting a lease needs the adopter's name")
+	}
+	deadline := time.Now().Add(s.opts.Lease).UnixMilli()
+	res, err := adoptScript.Run(ctx, s.rdb, nil, s.opts.Prefix, name, token, deadline, self).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("adopting a lease in redis scheduler state: %w", err)
+	}
+	v, ok := res.([]any)
+	if !ok || len(v) != 2 {
+		return nil, res == int64(4), nil
+	}
+	req, _ := v[0].(string)
+	n, _ := v[1].(int64)
+	return &Lease{Name: name, Token: token, Request: []byte(req), Attempts: int(n), Adopter: self}, false, nil
 }
 
 // Complete records resp as the result of the attempt holding token ("" for
@@ -287,9 +319,10 @@ func (s *State) Wait(ctx context.Context, name string, poll time.Duration) (Snap
 }
 
 // Release puts a claimed operation back in its queue, in its original place,
-// when the claimer cannot start it after all; false if l lost its lease.
+// when the claimer cannot start it after all; false if l lost its lease, or
+// another replica adopted it (then it runs there).
 func (s *State) Release(ctx context.Context, l *Lease) (bool, error) {
-	n, err := releaseScript.Run(ctx, s.rdb, nil, s.opts.Prefix, l.Name, l.Token).Int()
+	n, err := releaseScript.Run(ctx, s.rdb, nil, s.opts.Prefix, l.Name, l.Token, l.Adopter).Int()
 	if err != nil {
 		return false, fmt.Errorf("releasing lease in redis scheduler state: %w", err)
 	}

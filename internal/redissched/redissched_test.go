@@ -349,3 +349,85 @@ func TestClaimWarmDefersToAdvertisedReplica(t *testing.T) {
 		t.Fatalf("Claim: %+v %v, want %s", l, err, k5)
 	}
 }
+
+// A replica other than the claimer adopts a running attempt with its token:
+// the lease is extended (a reap at the old deadline leaves it), the request
+// and attempt count come back, and the adopter's Complete with that token is
+// the result. A lost token (wrong, reaped, completed) adopts nothing.
+func TestAdoptTakesOverALiveLease(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	opts := Options{Lease: 2 * time.Second}
+	a, b := replica(t, srv, opts), replica(t, srv, opts)
+	name, _, _ := a.Submit(ctx, "m", "x", 0, []byte("the request"))
+	l, err := a.Claim(ctx, "x")
+	if err != nil || l == nil {
+		t.Fatal(l, err)
+	}
+	if got, done, err := b.Adopt(ctx, name, "not-the-token", "b"); err != nil || got != nil || done {
+		t.Fatalf("Adopt with a wrong token: %+v %v %v", got, done, err)
+	}
+	if got, done, err := b.Adopt(ctx, "no-such-op", l.Token, "b"); err != nil || got != nil || done {
+		t.Fatalf("Adopt of an unknown operation: %+v %v %v", got, done, err)
+	}
+	got, done, err := b.Adopt(ctx, name, l.Token, "b")
+	if err != nil || done || got == nil || got.Name != name || got.Token != l.Token || string(got.Request) != "the request" || got.Attempts != 1 {
+		t.Fatalf("Adopt: %+v %v", got, err)
+	}
+	// A's lease would have lapsed 1.5 s from now; adopted, it lives on.
+	if rq, failed, err := b.Reap(ctx, time.Now().Add(opts.Lease-500*time.Millisecond)); err != nil || rq+failed != 0 {
+		t.Fatalf("Reap after the adoption: %d %d %v, want nothing reaped", rq, failed, err)
+	}
+	if ok, err := b.Complete(ctx, name, got.Token, resp(4)); err != nil || !ok {
+		t.Fatalf("Complete by the adopter: %v %v", ok, err)
+	}
+	if got, done, err := b.Adopt(ctx, name, l.Token, "b"); err != nil || got != nil || !done {
+		t.Fatalf("Adopt of a completed operation: %+v done=%v %v", got, done, err)
+	}
+	if s, _ := a.Get(ctx, name); s.Response.GetResult().GetExitCode() != 4 || s.Attempts != 1 {
+		t.Fatalf("after the adopter's completion: %+v", s)
+	}
+	// Reaped and re-queued: the old token adopts nothing.
+	name2, _, _ := a.Submit(ctx, "m2", "x", 0, []byte("r2"))
+	l2, _ := a.Claim(ctx, "x")
+	if rq, _, _ := b.Reap(ctx, time.Now().Add(time.Minute)); rq != 1 {
+		t.Fatalf("reaped %d, want 1", rq)
+	}
+	if got, done, err := b.Adopt(ctx, name2, l2.Token, "b"); err != nil || got != nil || done {
+		t.Fatalf("Adopt of a re-queued operation: %+v %v %v", got, done, err)
+	}
+}
+
+// Once B adopted A's lease, A (which notices its executor gone only now)
+// cannot release it; B can, and then the operation is queued again.
+func TestAdoptedLeaseReleasedByAdopterOnly(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	a, b := replica(t, srv, Options{}), replica(t, srv, Options{})
+	name, _, _ := a.Submit(ctx, "m", "x", 0, []byte("r"))
+	claimed, err := a.Claim(ctx, "x")
+	if err != nil || claimed == nil {
+		t.Fatal(claimed, err)
+	}
+	adopted, _, err := b.Adopt(ctx, name, claimed.Token, "replica-b")
+	if err != nil || adopted == nil || adopted.Adopter != "replica-b" {
+		t.Fatalf("Adopt: %+v %v", adopted, err)
+	}
+	if ok, err := a.Release(ctx, claimed); err != nil || ok {
+		t.Fatalf("the claimer released an adopted lease: %v %v", ok, err)
+	}
+	if s, _ := a.Get(ctx, name); s.Stage != repb.ExecutionStage_EXECUTING {
+		t.Fatalf("stage after the claimer's release: %v", s.Stage)
+	}
+	if ok, err := b.Release(ctx, adopted); err != nil || !ok {
+		t.Fatalf("the adopter's release: %v %v", ok, err)
+	}
+	again, err := a.Claim(ctx, "x")
+	if err != nil || again == nil || again.Name != name || again.Attempts != 2 {
+		t.Fatalf("claim after the adopter's release: %+v %v", again, err)
+	}
+	// A fresh claim is the claimer's own again.
+	if ok, err := a.Release(ctx, again); err != nil || !ok {
+		t.Fatalf("release of the new claim: %v %v", ok, err)
+	}
+}

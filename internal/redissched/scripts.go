@@ -10,7 +10,8 @@ import "github.com/redis/go-redis/v9"
 // key), member (queue member, kept so a re-queue restores the original
 // place), prio, stage (QUEUED=2, EXECUTING=3, COMPLETED=4 as in REAPI),
 // attempts, token (current lease token, absent when not leased), resp
-// (serialized ExecuteResponse once COMPLETED).
+// (serialized ExecuteResponse once COMPLETED), adopter (the replica that
+// adopted the current lease from its claimer, absent otherwise).
 
 // Further fields: route (the routing key of a persistent worker action,
 // "" for others) and queued (Redis time in ms when it was submitted), read
@@ -193,7 +194,7 @@ for _, name in ipairs(expired) do
       failed = failed + 1
     else
       redis.call('HSET', op, 'stage', '2')
-      redis.call('HDEL', op, 'token')
+      redis.call('HDEL', op, 'token', 'adopter')
       local f = redis.call('HMGET', op, 'shape', 'prio', 'member')
       redis.call('ZADD', p .. 'q:' .. f[1], f[2], f[3])
       redis.call('PUBLISH', p .. 'done:' .. name, '2')
@@ -205,20 +206,41 @@ end
 return {requeued, failed}
 `)
 
-// releaseScript: ARGV: prefix, name, token. Puts back a claimed operation
-// the claimer could not start (its executor went away first) at its original
-// place, if token still holds the lease; the attempt still counts. Returns 1
-// if it was put back.
+// releaseScript: ARGV: prefix, name, token, adopter. Puts back a claimed
+// operation the claimer could not start (its executor went away first) at
+// its original place, if token still holds the lease and adopter is its
+// adopter ("" for the claimer: refused once another replica adopted it);
+// the attempt still counts. Returns 1 if it was put back.
 var releaseScript = redis.NewScript(`
 local p = ARGV[1]
 local op = p .. 'op:' .. ARGV[2]
 if redis.call('HGET', op, 'stage') ~= '3' or redis.call('HGET', op, 'token') ~= ARGV[3] then return 0 end
+if (redis.call('HGET', op, 'adopter') or '') ~= ARGV[4] then return 0 end
 redis.call('ZREM', p .. 'leases', ARGV[2])
 redis.call('HSET', op, 'stage', '2')
-redis.call('HDEL', op, 'token')
+redis.call('HDEL', op, 'token', 'adopter')
 local f = redis.call('HMGET', op, 'shape', 'prio', 'member')
 redis.call('ZADD', p .. 'q:' .. f[1], f[2], f[3])
 redis.call('PUBLISH', p .. 'done:' .. ARGV[2], '2')
 redis.call('PUBLISH', p .. 'queued', f[1])
 return 1
+`)
+
+// adoptScript: ARGV: prefix, name, token, deadline_ms, self. The takeover
+// of a running attempt by replica self, which did not claim it: if token
+// still holds the lease (stage EXECUTING), extends it to deadline_ms, as
+// renewScript does, records self as its adopter (so that the claimer, when
+// it notices its executor gone, cannot release it: releaseScript) and
+// returns {req, attempts}; 4 if the operation is completed; false if the
+// lease was lost otherwise (re-queued, another attempt's, unknown). One
+// script, so the renewal and the request read agree.
+var adoptScript = redis.NewScript(`
+local p = ARGV[1]
+local op = p .. 'op:' .. ARGV[2]
+local f = redis.call('HMGET', op, 'stage', 'token', 'req', 'attempts')
+if f[1] == '4' then return 4 end
+if f[1] ~= '3' or f[2] ~= ARGV[3] then return false end
+redis.call('ZADD', p .. 'leases', ARGV[4], ARGV[2])
+redis.call('HSET', op, 'adopter', ARGV[5])
+return {f[3], tonumber(f[4])}
 `)

@@ -1,8 +1,6 @@
 package scheduler
 
 import (
-	"strconv"
-
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 )
 
@@ -82,9 +80,7 @@ func (s *Scheduler) pullLocked(e *session) {
 
 func (s *Scheduler) assignLocked(o *Operation, e *session) {
 	o.attempts++
-	// Unique per attempt, so a late result of an abandoned one is told
-	// apart; cheaper than another random UUID.
-	o.taskID = o.name + "/" + strconv.Itoa(o.attempts)
+	o.taskID = taskIDOf(o)
 	o.executor = e
 	if n := e.warm[o.routeKey]; o.routeKey != "" && n > 0 {
 		// The executor will use one of its idle warm workers; until it

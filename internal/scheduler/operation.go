@@ -54,6 +54,10 @@ type Operation struct {
 	// lease is this replica's claim on a shared operation it runs
 	// (Config.Shared), nil otherwise.
 	lease *redissched.Lease
+	// released is the token of the last lease this replica gave back
+	// (requeueSharedLocked): an executor that reports that attempt later
+	// is refused, since the release re-queues it.
+	released string
 
 	mu      sync.Mutex
 	state   State

@@ -3,7 +3,8 @@
 // the merging of identical in-flight actions, platform matching, the sessions
 // of connected executors (Hearth's worker API stream) and their warm-worker
 // capacity for affinity, re-queueing of actions whose executor disappeared,
-// cancellation of actions nobody waits for, and the expiry of finished
+// adoption of the running actions an executor reports when it reconnects
+// (adopt.go: from a replica that went away, with shared state), cancellation of actions nobody waits for, and the expiry of finished
 // operations.
 package scheduler
 
@@ -151,6 +152,11 @@ type Scheduler struct {
 	// (guarded by advertiseMu, held across the Redis call).
 	advertiseMu sync.Mutex
 	advertised  map[string]bool
+
+	// adopted, alreadyDone and refused count the attempts executors
+	// reported at Register that this replica took over, found completed,
+	// or cancelled otherwise (adopt.go).
+	adopted, alreadyDone, refused int64
 }
 
 // New returns a scheduler; Close stops its sweeper.

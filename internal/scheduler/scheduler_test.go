@@ -31,6 +31,15 @@ type testExecutor struct {
 
 func startScheduler(t *testing.T, cfg Config) (*Scheduler, *grpc.ClientConn) {
 	t.Helper()
+	s, conn, _ := startKillableScheduler(t, cfg)
+	return s, conn
+}
+
+// startKillableScheduler is startScheduler that also returns kill, which
+// stops the scheduler as a SIGKILL would: its background work (no renewal,
+// no release reaches the shared state) and its server (every stream breaks).
+func startKillableScheduler(t *testing.T, cfg Config) (*Scheduler, *grpc.ClientConn, func()) {
+	t.Helper()
 	s := New(cfg)
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer()
@@ -43,7 +52,7 @@ func startScheduler(t *testing.T, cfg Config) (*Scheduler, *grpc.ClientConn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close(); gs.Stop(); s.Close() })
-	return s, conn
+	return s, conn, func() { s.Close(); gs.Stop() }
 }
 
 func connectExecutor(t *testing.T, conn *grpc.ClientConn, reg *workerapi.Register) *testExecutor {

@@ -33,7 +33,8 @@ type session struct {
 	freeIdx map[*shape]int
 	free    bool
 	// tasks holds every attempt assigned and not yet confirmed finished,
-	// including cancelled ones, so capacity stays honest.
+	// including cancelled ones, so capacity stays honest; nil for an
+	// attempt reported at Register and refused (adopt.go).
 	tasks map[string]*Operation
 	out   chan *workerapi.SchedulerMessage
 	dead  bool
@@ -132,7 +133,7 @@ func (s *Scheduler) Connect(stream workerapi.Scheduler_ConnectServer) error {
 		shapes:      map[*shape]struct{}{},
 		freeIdx:     map[*shape]int{},
 		tasks:       map[string]*Operation{},
-		out:         make(chan *workerapi.SchedulerMessage, 2*int(reg.GetMaxInflight())+64),
+		out:         make(chan *workerapi.SchedulerMessage, 2*int(reg.GetMaxInflight())+64+len(reg.GetRunningTaskIds())),
 		caps: capabilities{
 			props:      map[string][]string{},
 			minimums:   setOf(reg.GetMinimumProperties()),
@@ -144,8 +145,13 @@ func (s *Scheduler) Connect(stream workerapi.Scheduler_ConnectServer) error {
 	}
 	s.logger.Info("executor connected", "executor", e.name, "max_inflight", e.maxInflight, "properties", e.caps.props)
 
+	// The attempts it still runs from an earlier session are taken over
+	// before anything else of this stream is read, and before new work
+	// fills the slots they occupy.
+	answers := s.adoptLeases(stream.Context(), e, reg.GetRunningTaskIds())
 	s.mu.Lock()
 	s.executors[e] = true
+	s.takeOverLocked(e, reg.GetRunningTaskIds(), answers)
 	s.reportWarmLocked(e, warmCounts(reg.GetWarmWorkers(), reg.GetWarmKeys()))
 	for _, sh := range s.shapes {
 		if sh.acceptedBy(&e.caps) {
@@ -288,7 +294,7 @@ func (s *Scheduler) disconnect(e *session) {
 	s.reportWarmLocked(e, nil)
 	s.logger.Info("executor disconnected", "executor", e.name, "running", len(e.tasks))
 	for id, o := range e.tasks {
-		if o.taskID == id {
+		if o != nil && o.taskID == id {
 			s.requeueLocked(o, "executor "+e.name+" disconnected")
 		}
 	}

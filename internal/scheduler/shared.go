@@ -34,6 +34,7 @@ type Shared interface {
 	AdvertiseWarm(ctx context.Context, self string, warm, gone []string, ttl time.Duration) error
 	Release(ctx context.Context, l *redissched.Lease) (bool, error)
 	Renew(ctx context.Context, l *redissched.Lease) (bool, error)
+	Adopt(ctx context.Context, name, token, self string) (l *redissched.Lease, done bool, err error)
 	Complete(ctx context.Context, name, token string, resp *repb.ExecuteResponse) (bool, error)
 	Record(ctx context.Context, name string, meta []byte, resp *repb.ExecuteResponse) error
 	Reap(ctx context.Context, now time.Time) (requeued, failed int, err error)
@@ -364,6 +365,7 @@ func (s *Scheduler) completeShared(e *session, f *workerapi.Finished) bool {
 func (s *Scheduler) requeueSharedLocked(o *Operation, why string) {
 	l := o.lease
 	o.lease, o.executor, o.taskID = nil, nil, ""
+	o.released = l.Token
 	o.setStage(repb.ExecutionStage_QUEUED, nil)
 	if o.attempts >= s.cfg.MaxAttempts {
 		s.completeSharedAsync(l.Name, l.Token, &repb.ExecuteResponse{Status: &status.Status{

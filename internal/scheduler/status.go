@@ -33,6 +33,16 @@ type Status struct {
 	Operations int    `json:"operations"`
 	// Executors are this replica's own.
 	Executors []ExecutorStatus `json:"executors"`
+	// TasksAdopted counts the running attempts that executors reported
+	// when they (re)connected here and this replica took over (from a
+	// replica that went away, or from an older session); TasksDone the
+	// reported ones whose operation was completed already (a result the
+	// executor reports again, unsure the dead replica read it);
+	// TasksRefused the others, cancelled (their lease had lapsed, ...).
+	// All since start.
+	TasksAdopted int64 `json:"tasks_adopted"`
+	TasksDone    int64 `json:"tasks_done"`
+	TasksRefused int64 `json:"tasks_refused"`
 	// Shared is the state every replica shares, as Redis holds it; only
 	// from StatusWithShared.
 	Shared *SharedStatus `json:"shared,omitempty"`
@@ -64,7 +74,8 @@ type SharedQueue struct {
 func (s *Scheduler) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := Status{Replica: s.cfg.Replica, Queued: s.queued, Operations: len(s.ops), Executors: []ExecutorStatus{}}
+	st := Status{Replica: s.cfg.Replica, Queued: s.queued, Operations: len(s.ops), Executors: []ExecutorStatus{},
+		TasksAdopted: s.adopted, TasksDone: s.alreadyDone, TasksRefused: s.refused}
 	for e := range s.executors {
 		es := ExecutorStatus{
 			Name: e.name, Properties: e.caps.props, MaxInflight: e.maxInflight,

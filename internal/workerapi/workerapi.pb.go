@@ -297,9 +297,15 @@ type Register struct {
 	// Names of properties whose values are numeric minimums (cpu_count, memory_kb...).
 	MinimumProperties []string `protobuf:"bytes,6,rep,name=minimum_properties,json=minimumProperties,proto3" json:"minimum_properties,omitempty"`
 	// How many idle warm persistent workers the executor has per routing key.
-	WarmWorkers   []*WarmWorkers `protobuf:"bytes,7,rep,name=warm_workers,json=warmWorkers,proto3" json:"warm_workers,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	WarmWorkers []*WarmWorkers `protobuf:"bytes,7,rep,name=warm_workers,json=warmWorkers,proto3" json:"warm_workers,omitempty"`
+	// The task ids of attempts assigned in an earlier session that the
+	// executor still runs, or has finished and not yet reported. A scheduler
+	// adopts each one it can (this session counts it as busy, and its
+	// Finished, sent after this Register, completes the operation) and sends
+	// Cancel for the others, whose results it ignores.
+	RunningTaskIds []string `protobuf:"bytes,8,rep,name=running_task_ids,json=runningTaskIds,proto3" json:"running_task_ids,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Register) Reset() {
@@ -377,6 +383,13 @@ func (x *Register) GetMinimumProperties() []string {
 func (x *Register) GetWarmWorkers() []*WarmWorkers {
 	if x != nil {
 		return x.WarmWorkers
+	}
+	return nil
+}
+
+func (x *Register) GetRunningTaskIds() []string {
+	if x != nil {
+		return x.RunningTaskIds
 	}
 	return nil
 }
@@ -516,7 +529,8 @@ type Assign struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Identifies this attempt; Started/Finished echo it. A new id is used
 	// when an action is re-queued, so a late result of an abandoned attempt is
-	// recognised and dropped.
+	// recognised and dropped. Opaque to the executor: with shared scheduler
+	// state it carries what another replica needs to adopt the attempt.
 	TaskId          string                  `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
 	InstanceName    string                  `protobuf:"bytes,2,opt,name=instance_name,json=instanceName,proto3" json:"instance_name,omitempty"`
 	DigestFunction  v2.DigestFunction_Value `protobuf:"varint,3,opt,name=digest_function,json=digestFunction,proto3,enum=build.bazel.remote.execution.v2.DigestFunction_Value" json:"digest_function,omitempty"`
@@ -797,7 +811,7 @@ const file_hearth_workerapi_v1_workerapi_proto_rawDesc = "" +
 	"\x03msg\"4\n" +
 	"\bProperty\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xda\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\x84\x03\n" +
 	"\bRegister\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12=\n" +
 	"\n" +
@@ -807,7 +821,8 @@ const file_hearth_workerapi_v1_workerapi_proto_rawDesc = "" +
 	"\x12max_action_timeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x10maxActionTimeout\x12\x1b\n" +
 	"\twarm_keys\x18\x05 \x03(\tR\bwarmKeys\x12-\n" +
 	"\x12minimum_properties\x18\x06 \x03(\tR\x11minimumProperties\x12C\n" +
-	"\fwarm_workers\x18\a \x03(\v2 .hearth.workerapi.v1.WarmWorkersR\vwarmWorkers\"3\n" +
+	"\fwarm_workers\x18\a \x03(\v2 .hearth.workerapi.v1.WarmWorkersR\vwarmWorkers\x12(\n" +
+	"\x10running_task_ids\x18\b \x03(\tR\x0erunningTaskIds\"3\n" +
 	"\vWarmWorkers\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04idle\x18\x02 \x01(\x05R\x04idle\"\xac\x01\n" +

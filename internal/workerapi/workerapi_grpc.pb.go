@@ -33,8 +33,11 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type SchedulerClient interface {
 	// Connect is the executor's session. The first ExecutorMessage must be a
-	// Register; the session (and every action assigned on it) ends with the
-	// stream. Actions still running on a closed session are re-queued.
+	// Register. When the stream breaks the executor keeps running what it was
+	// assigned for a grace period, and reports those tasks in the Register of
+	// its next session (with any scheduler replica): a scheduler that can take
+	// an attempt over adopts it, and cancels the others. Attempts nobody
+	// adopts are re-queued.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecutorMessage, SchedulerMessage], error)
 }
 
@@ -64,8 +67,11 @@ type Scheduler_ConnectClient = grpc.BidiStreamingClient[ExecutorMessage, Schedul
 // for forward compatibility.
 type SchedulerServer interface {
 	// Connect is the executor's session. The first ExecutorMessage must be a
-	// Register; the session (and every action assigned on it) ends with the
-	// stream. Actions still running on a closed session are re-queued.
+	// Register. When the stream breaks the executor keeps running what it was
+	// assigned for a grace period, and reports those tasks in the Register of
+	// its next session (with any scheduler replica): a scheduler that can take
+	// an attempt over adopts it, and cancels the others. Attempts nobody
+	// adopts are re-queued.
 	Connect(grpc.BidiStreamingServer[ExecutorMessage, SchedulerMessage]) error
 	mustEmbedUnimplementedSchedulerServer()
 }
