@@ -180,6 +180,7 @@ func openServer(f serverFlags, logger *slog.Logger) (_ *server, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening CAS: %w", err)
 	}
+	undo = append(undo, func() { s.disk.Close() })
 	logger.Info("CAS index loaded", "blobs", s.disk.Count(), "bytes", s.disk.SizeBytes(), "took", time.Since(start).Round(time.Millisecond))
 	base, closeStores, err := openCASStores(f, s.disk, logger)
 	if err != nil {
@@ -198,7 +199,11 @@ func openServer(f serverFlags, logger *slog.Logger) (_ *server, err error) {
 		}
 		undo = append(undo, func() { s.rdbAC.Close() })
 		logger.Info("action cache in Redis", "url_host", s.rdbAC.Options().Addr, "db", s.rdbAC.Options().DB, "ttl", f.acRedis.TTL)
-	} else if s.acDisk, err = actioncache.NewDisk(filepath.Join(f.data, "ac")); err != nil {
+	} else if s.acDisk, err = actioncache.NewDisk(filepath.Join(f.data, "ac")); err == nil {
+		// The embedded executors write a result on every action's path.
+		s.acDisk.KeepSpareFiles(acSpareFiles)
+		undo = append(undo, s.acDisk.Close)
+	} else {
 		return nil, fmt.Errorf("opening action cache: %w", err)
 	}
 	// Listening now, before anything uses the address: with --listen on
@@ -268,6 +273,9 @@ func (s *server) operationInstance(name string) (string, bool) {
 // inputs, and executors its outputs, a few small blobs at a time.
 const casSpareFiles = 16
 
+// acSpareFiles is the same for the disk action cache.
+const acSpareFiles = 4
+
 func (s *server) close() {
 	s.access.stop()
 	s.lis.Close()
@@ -281,6 +289,9 @@ func (s *server) close() {
 	// them and records the clean stop (internal/cas/relaxed.go).
 	if err := s.disk.Close(); err != nil {
 		slog.Warn("closing the CAS disk store", "err", err)
+	}
+	if s.acDisk != nil {
+		s.acDisk.Close()
 	}
 	s.unlock()
 }

@@ -46,6 +46,8 @@ type Disk struct {
 	madeDirs *sync.Map // string → struct{}
 	// durable: Put fsyncs the file and its directory (see Relaxed).
 	durable bool
+	// spares, when set, are Put's temporary files created ahead of need.
+	spares *fsutil.SpareFiles
 }
 
 // NewDisk opens (creating if needed) an action cache rooted at dir.
@@ -136,10 +138,33 @@ func (d *Disk) Put(ctx context.Context, instance string, action digest.Digest, r
 	if err := d.ensureDir(dir); err != nil {
 		return err
 	}
+	if d.spares != nil {
+		f, err := d.spares.Create()
+		if err != nil {
+			return fmt.Errorf("creating a temporary file for %s: %w", p, err)
+		}
+		return fsutil.PublishFile(f, p, data, d.durable)
+	}
 	if !d.durable {
 		return fsutil.WriteFileAtomicNoSync(d.tmp, p, data)
 	}
 	return fsutil.WriteFileDurably(d.tmp, p, data)
+}
+
+// KeepSpareFiles makes Put take its temporary files from n created ahead of
+// need (fsutil.SpareFiles: a file's creation is the slow part of writing a
+// small one), for this Disk and the Relaxed views made after. Call it once,
+// before the first Put; Close removes the spares.
+func (d *Disk) KeepSpareFiles(n int) {
+	d.spares = fsutil.NewSpareFiles(d.tmp, ".tmp-*", n)
+}
+
+// Close removes the spare files, if any. The cache must not be written to
+// after.
+func (d *Disk) Close() {
+	if d.spares != nil {
+		d.spares.Close()
+	}
 }
 
 // Relaxed returns a view of the same cache whose Put skips the fsyncs (the
@@ -150,7 +175,7 @@ func (d *Disk) Put(ctx context.Context, instance string, action digest.Digest, r
 // reply path. UpdateActionResult from clients always goes through the
 // durable Disk.
 func (d *Disk) Relaxed() *Disk {
-	return &Disk{root: d.root, tmp: d.tmp, madeDirs: d.madeDirs, durable: false}
+	return &Disk{root: d.root, tmp: d.tmp, madeDirs: d.madeDirs, durable: false, spares: d.spares}
 }
 
 // ensureDir creates dir and any missing parents, fsyncing each parent whose

@@ -212,3 +212,36 @@ func TestDiskSurvivesKill(t *testing.T) {
 		}
 	}
 }
+
+// Puts through spare temporary files store what they store without them,
+// through the durable Disk and its Relaxed view, and Close leaves tmp/
+// empty.
+func TestDiskSpareFiles(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	d, err := NewDisk(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.KeepSpareFiles(2)
+	relaxed := d.Relaxed()
+	for i := range int32(6) {
+		store := Store(d)
+		if i%2 == 1 {
+			store = relaxed
+		}
+		a := digest.Compute(digest.SHA256, []byte(fmt.Sprint("action ", i)))
+		if err := store.Put(ctx, "", a, resultWithExitCode(i)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := d.Get(ctx, "", a)
+		if err != nil || got.GetExitCode() != i {
+			t.Fatalf("action %d: %v, %v", i, got, err)
+		}
+	}
+	d.Close()
+	ents, err := os.ReadDir(filepath.Join(dir, "tmp"))
+	if err != nil || len(ents) != 0 {
+		t.Fatalf("tmp/ after Close: %v, %v", ents, err)
+	}
+}

@@ -37,6 +37,14 @@ func writeFile(tmpDir, final string, data []byte, durable bool) (err error) {
 	if err != nil {
 		return fmt.Errorf("creating a temporary file for %s: %w", final, err)
 	}
+	return PublishFile(f, final, data, durable)
+}
+
+// PublishFile writes data to f, an empty temporary file on final's file
+// system (a SpareFiles one, say), and renames it to final; durable, it
+// fsyncs the file first and the directory after. f is closed, and removed
+// on failure.
+func PublishFile(f *os.File, final string, data []byte, durable bool) (err error) {
 	defer func() {
 		if err != nil {
 			f.Close()
