@@ -201,22 +201,7 @@ func ToolFiles(t *inputtree.Tree, startup []string, workingDir string) []inputtr
 	if len(marked) > 0 {
 		return marked
 	}
-	named := map[string]bool{}
-	for _, a := range startup {
-		p := strings.TrimPrefix(a, "./")
-		if workingDir != "" {
-			p = workingDir + "/" + p
-		}
-		named[p] = true
-		// --flag=path forms name tools too (e.g. --jvm_flag=..., -jar=x.jar).
-		if _, v, ok := strings.Cut(a, "="); ok {
-			v = strings.TrimPrefix(v, "./")
-			if workingDir != "" {
-				v = workingDir + "/" + v
-			}
-			named[v] = true
-		}
-	}
+	named := namedPaths(startup, workingDir)
 	repos := map[string]bool{}
 	for _, f := range t.Files {
 		if named[f.Path] {
@@ -233,6 +218,69 @@ func ToolFiles(t *inputtree.Tree, startup []string, workingDir string) []inputtr
 		}
 	}
 	return tools
+}
+
+// namedPaths returns the input paths the startup arguments name.
+func namedPaths(startup []string, workingDir string) map[string]bool {
+	named := map[string]bool{}
+	for _, a := range startup {
+		p := strings.TrimPrefix(a, "./")
+		if workingDir != "" {
+			p = workingDir + "/" + p
+		}
+		named[p] = true
+		// --flag=path forms name tools too (e.g. --jvm_flag=..., -jar=x.jar).
+		if _, v, ok := strings.Cut(a, "="); ok {
+			v = strings.TrimPrefix(v, "./")
+			if workingDir != "" {
+				v = workingDir + "/" + v
+			}
+			named[v] = true
+		}
+	}
+	return named
+}
+
+// ToolSetID names the files ToolFiles(t, startup, workingDir) returns
+// without listing them, so that an executor can remember what it derived
+// from them (the pool key hashes every tool file, hundreds for a
+// node_modules): an external repository's files are named by the digest of
+// its Directory, which covers every name, mode and byte below it, and a
+// named file outside one by its path, digest and mode. Equal IDs mean equal
+// tool files. It returns "" when the client marked its tool inputs: those
+// are only known by listing them.
+func ToolSetID(t *inputtree.Tree, startup []string, workingDir string) string {
+	for i := range t.Files {
+		if t.Files[i].ToolInput {
+			return ""
+		}
+	}
+	named := namedPaths(startup, workingDir)
+	var b strings.Builder
+	repos := map[string]bool{}
+	for i := range t.Files {
+		f := &t.Files[i]
+		if !named[f.Path] {
+			continue
+		}
+		if repo, ok := externalRepo(f.Path); ok {
+			repos[repo] = true
+			continue
+		}
+		fmt.Fprintf(&b, "f%d:%s;%s;%t;", len(f.Path), f.Path, f.Digest, f.Executable)
+	}
+	found := 0
+	for i := range t.Dirs {
+		d := &t.Dirs[i]
+		if repos[d.Path+"/"] {
+			fmt.Fprintf(&b, "r%d:%s;%s;", len(d.Path), d.Path, d.Digest)
+			found++
+		}
+	}
+	if found != len(repos) {
+		return "" // cannot happen for a tree Load made; list them then
+	}
+	return b.String()
 }
 
 // externalRepo returns "external/NAME/" for a path inside a Bazel external

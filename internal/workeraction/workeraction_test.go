@@ -201,3 +201,46 @@ func TestToolFilesAndPoolKey(t *testing.T) {
 		t.Errorf("PoolKey = %s, want %s (the key's encoding changed)", got, want)
 	}
 }
+
+func TestToolSetID(t *testing.T) {
+	d := func(s string) digest.Digest { return digest.Compute(digest.SHA256, []byte(s)) }
+	startup := []string{"/usr/bin/node", "external/npm/main.js", "tools/run.sh"}
+	tree := func(repo, runSh, src string, runExec bool) *inputtree.Tree {
+		return &inputtree.Tree{
+			Dirs: []inputtree.Dir{{Path: ""}, {Path: "external"}, {Path: "external/npm", Digest: d(repo)}, {Path: "src"}, {Path: "tools"}},
+			Files: []inputtree.File{
+				{Path: "external/npm/main.js", Digest: d("main " + repo)},
+				{Path: "src/a.ts", Digest: d(src)},
+				{Path: "tools/run.sh", Digest: d(runSh), Executable: runExec},
+			},
+		}
+	}
+	base := ToolSetID(tree("npm v1", "run v1", "a v1", true), startup, "")
+	if base == "" {
+		t.Fatal("no ID for tools named by their startup arguments")
+	}
+	for _, tc := range []struct {
+		name string
+		tree *inputtree.Tree
+		same bool
+	}{
+		{"another source file", tree("npm v1", "run v1", "a v2", true), true},
+		{"another repository tree", tree("npm v2", "run v1", "a v1", true), false},
+		{"another named file", tree("npm v1", "run v2", "a v1", true), false},
+		{"the named file not executable", tree("npm v1", "run v1", "a v1", false), false},
+	} {
+		if got := ToolSetID(tc.tree, startup, ""); (got == base) != tc.same || got == "" {
+			t.Errorf("%s: ID %q vs %q, want same=%v", tc.name, got, base, tc.same)
+		}
+	}
+	marked := tree("npm v1", "run v1", "a v1", true)
+	marked.Files[2].ToolInput = true
+	if got := ToolSetID(marked, startup, ""); got != "" {
+		t.Errorf("marked tool inputs have an ID %q; they are only known by listing them", got)
+	}
+	noDirs := tree("npm v1", "run v1", "a v1", true)
+	noDirs.Dirs = nil
+	if got := ToolSetID(noDirs, startup, ""); got != "" {
+		t.Errorf("a repository without its Directory has an ID %q", got)
+	}
+}

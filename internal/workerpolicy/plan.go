@@ -70,27 +70,24 @@ func (w *Workers) Plan(a Action) *Plan {
 	}
 	// The tools are named by the tool's own startup arguments; the
 	// entrypoint is the executor's, the same for every key.
-	tools := workeraction.ToolFiles(a.Tree, startup, "")
 	argv := append(append([]string(nil), a.Entrypoint...), startup...)
-	key := workeraction.PoolKey(workeraction.KeyInput{
+	in := workeraction.KeyInput{
 		Instance: a.Instance, ClientKey: hints.ClientKey, Startup: argv, Env: a.Env, Protocol: hints.Protocol,
-		Multiplex: hints.Multiplex, Sandboxing: hints.Sandboxing, Cancellable: hints.Cancellable, Tools: tools,
-	})
+		Multiplex: hints.Multiplex, Sandboxing: hints.Sandboxing, Cancellable: hints.Cancellable,
+	}
+	ts := w.toolSetFor(in, a.Tree, startup)
 	plan := &Plan{
 		Spec: &workerpool.Spec{
-			Key: key, Family: family(a.Instance, hints.ClientKey, argv),
+			Key: ts.key, Family: family(a.Instance, hints.ClientKey, argv),
 			Argv: argv, Env: a.Env, Protocol: protocol,
 			Multiplex: hints.Multiplex, Sandboxing: hints.Sandboxing, Cancellable: hints.Cancellable,
-			Tools: make([]workerpool.Tool, 0, len(tools)),
+			Tools: ts.spec,
 		},
 		Request: request,
-		Info:    &metadatapb.PersistentWorkerInfo{PoolKey: key, ClientKey: hints.ClientKey},
-		tools:   make(map[string]bool, len(tools)),
+		Info:    &metadatapb.PersistentWorkerInfo{PoolKey: ts.key, ClientKey: hints.ClientKey},
+		tools:   ts.paths,
 	}
-	for _, f := range tools {
-		plan.tools[f.Path] = true
-		plan.Spec.Tools = append(plan.Spec.Tools, workerpool.Tool{Path: f.Path, Digest: f.Digest, Executable: f.Executable})
-	}
+	key := ts.key
 	w.mu.Lock()
 	r := w.record(key)
 	r.clientKey = hints.ClientKey

@@ -61,6 +61,8 @@ type Workers struct {
 	// cleaned remembers the workspaces' unchanged tool directories, so
 	// emptying a workspace after a request does not list each one again.
 	cleaned wsclean.Index
+	// toolSets remembers what plans derived from recent tool sets.
+	toolSets toolSets
 
 	mu      sync.Mutex
 	keys    map[string]*keyRecord

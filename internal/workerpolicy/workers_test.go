@@ -377,3 +377,34 @@ func TestCleanWorkspaceKeeping(t *testing.T) {
 		t.Fatalf("left %q, want %q", left, want)
 	}
 }
+
+// Tools named by the startup arguments (Bazel < 6 marks none) are
+// remembered by their ToolSetID: a repeated tool set gets the key a fresh
+// derivation gives, and a changed tool a new one, memo or not.
+func TestPlanRemembersUnmarkedToolSets(t *testing.T) {
+	action := func(repo, src string) Action {
+		a := workerAction([]string{"node", "external/npm/main.js", "@args.txt"}, "persistentWorkerKey", "k")
+		a.Tree = &inputtree.Tree{
+			Dirs: []inputtree.Dir{{Path: ""}, {Path: "external"}, {Path: "external/npm", Digest: d(repo)}},
+			Files: []inputtree.File{
+				{Path: "args.txt", Digest: d(src)},
+				{Path: "external/npm/lib.js", Digest: d("lib " + repo)},
+				{Path: "external/npm/main.js", Digest: d("main " + repo)},
+			},
+		}
+		return a
+	}
+	w := newWorkers(t, Options{})
+	first := w.Plan(action("npm v1", "a"))
+	again := w.Plan(action("npm v1", "b")) // remembered
+	fresh := newWorkers(t, Options{}).Plan(action("npm v1", "b"))
+	if first.Spec.Key != again.Spec.Key || again.Spec.Key != fresh.Spec.Key {
+		t.Fatalf("keys of one tool set: %s, remembered %s, fresh %s", first.Spec.Key, again.Spec.Key, fresh.Spec.Key)
+	}
+	if !again.IsTool("external/npm/lib.js") || again.IsTool("args.txt") || len(again.Spec.Tools) != 2 {
+		t.Fatalf("remembered tools %+v", again.Spec.Tools)
+	}
+	if changed := w.Plan(action("npm v2", "b")); changed.Spec.Key == first.Spec.Key {
+		t.Fatal("a changed tool repository kept the remembered pool key")
+	}
+}
