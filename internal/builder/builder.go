@@ -10,12 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"golang.org/x/sys/unix"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -24,6 +26,7 @@ import (
 	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/errcode"
 	"github.com/hearth-build/hearth/internal/filecache"
+	"github.com/hearth-build/hearth/internal/fsutil"
 	"github.com/hearth-build/hearth/internal/inputtree"
 	"github.com/hearth-build/hearth/internal/metadatapb"
 	"github.com/hearth-build/hearth/internal/outputs"
@@ -67,6 +70,12 @@ type Builder struct {
 	// hashed and decoded again for each.
 	treesOnce sync.Once
 	trees     *inputtree.DirCache
+
+	// spareDirs are directories created ahead of need for the new
+	// directories of warm requests (made on first use; nil when WorkDir is
+	// not on the workspaces' file system).
+	spareDirsOnce sync.Once
+	spareDirs     *fsutil.SpareDirs
 }
 
 // dirCacheBytes bounds the encoded Directories the builder remembers: a
@@ -89,7 +98,31 @@ func (b *Builder) loadTree(ctx context.Context, fn digest.Function, root digest.
 // and removes the emptied ones kept for reuse: after it, WorkDir holds
 // nothing the builder made (`hearth run --workspace-path` promises the
 // caller an empty workspace). Build must not run meanwhile.
-func (b *Builder) Close() error { return b.dirs.removeSpare() }
+func (b *Builder) Close() error {
+	if b.spareDirs != nil {
+		b.spareDirs.Close()
+	}
+	return b.dirs.removeSpare()
+}
+
+// spareDirsFor returns the spare directories for staging into workspace,
+// or nil if they cannot be renamed there (another file system).
+func (b *Builder) spareDirsFor(workspace string) *fsutil.SpareDirs {
+	b.spareDirsOnce.Do(func() {
+		dir := filepath.Join(b.WorkDir, "spare-dirs")
+		var ws, sd unix.Stat_t
+		if err := os.MkdirAll(dir, 0o755); err != nil ||
+			unix.Stat(workspace, &ws) != nil || unix.Stat(dir, &sd) != nil || ws.Dev != sd.Dev {
+			return
+		}
+		b.spareDirs = fsutil.NewSpareDirs(dir, spareDirCount)
+	})
+	return b.spareDirs
+}
+
+// spareDirCount covers the new directories of a few warm requests (a
+// library's package and output directories).
+const spareDirCount = 8
 
 // Runner runs one action to its response, as Builder does.
 type Runner interface {

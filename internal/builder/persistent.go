@@ -113,7 +113,7 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 	if len(reused) > 0 {
 		stageSkip = func(f *inputtree.File) bool { return skip(f) || reused[f.Path] }
 	}
-	if err := inputtree.StageWith(ctx, tree, b.Files, dir, inputtree.StageOptions{Skip: stageSkip, Reuse: true}); err != nil {
+	if err := inputtree.StageWith(ctx, tree, b.Files, dir, inputtree.StageOptions{Skip: stageSkip, Reuse: true, Dirs: b.spareDirsFor(dir)}); err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}

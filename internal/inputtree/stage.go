@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hearth-build/hearth/internal/filecache"
+	"github.com/hearth-build/hearth/internal/fsutil"
 )
 
 // stageParallelism bounds the files linked at once. Linking a cached file is
@@ -55,6 +56,10 @@ type StageOptions struct {
 	// directories) then costs nothing per request, where entering it cost
 	// four system calls a directory.
 	Reuse bool
+	// Dirs, with Reuse, supplies the directories staging creates, renamed
+	// into place instead of made (fsutil.SpareDirs: a directory's creation
+	// is most of its cost); nil makes each.
+	Dirs *fsutil.SpareDirs
 }
 
 // StageWith is Stage with options.
@@ -234,7 +239,7 @@ func (s *stager) walk(ctx context.Context, h *dirHandle, i int) error {
 		if s.present != nil && s.present[c] {
 			continue
 		}
-		sub, err := makeDir(h.fd, s.t.Dirs[c].Path, s.opts.Reuse)
+		sub, err := s.makeDir(h.fd, s.t.Dirs[c].Path)
 		if err != nil {
 			return err
 		}
@@ -248,30 +253,65 @@ func (s *stager) walk(ctx context.Context, h *dirHandle, i int) error {
 }
 
 // makeDir creates the directory path (its last component, relative to
-// parent) with mode 0755 and returns a handle on it. With reuse, an existing
+// parent) with mode 0755 and returns a handle on it. With Reuse, an existing
 // directory is fine (a symlink in its place still fails to open).
-func makeDir(parent int, path string, reuse bool) (*dirHandle, error) {
+func (s *stager) makeDir(parent int, path string) (*dirHandle, error) {
 	name := baseName(path)
-	existed := false
+	reuse := s.opts.Reuse
+	if reuse && s.opts.Dirs != nil {
+		if spare, ok := s.opts.Dirs.Take(); ok {
+			// NOREPLACE: an existing directory (or anything else) in the
+			// way is never replaced; it answers EEXIST as mkdir would.
+			err := unix.Renameat2(unix.AT_FDCWD, spare, parent, name, unix.RENAME_NOREPLACE)
+			if err == nil {
+				return openDir(parent, name, path)
+			}
+			s.opts.Dirs.Give(spare)
+			if errors.Is(err, unix.EEXIST) {
+				return existingDir(parent, name, path)
+			}
+			// Another file system, or no renameat2: make it as usual.
+		}
+	}
 	if err := unix.Mkdirat(parent, name, 0o755); err != nil {
 		if !reuse || !errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("inputtree: creating directory %q: %w", path, err)
 		}
-		existed = true
+		return existingDir(parent, name, path)
 	}
 	fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("inputtree: opening directory %q: %w", path, err)
 	}
-	// A directory a reused workspace already has usually has its mode:
-	// fstat is a read, where fchmod stamps the inode's ctime, a journal
-	// update per directory on every request.
-	if existed {
-		var st unix.Stat_t
-		if unix.Fstat(fd, &st) == nil && st.Mode&0o7777 == 0o755 {
-			return newDirHandle(fd), nil
-		}
+	return setMode(fd, path)
+}
+
+// openDir opens a directory staging just put in place with mode 0755.
+func openDir(parent int, name, path string) (*dirHandle, error) {
+	fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("inputtree: opening directory %q: %w", path, err)
 	}
+	return newDirHandle(fd), nil
+}
+
+// existingDir opens a directory a reused workspace already has. It usually
+// has its mode: fstat is a read, where fchmod stamps the inode's ctime, a
+// journal update per directory on every request.
+func existingDir(parent int, name, path string) (*dirHandle, error) {
+	fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("inputtree: opening directory %q: %w", path, err)
+	}
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) == nil && st.Mode&0o7777 == 0o755 {
+		return newDirHandle(fd), nil
+	}
+	return setMode(fd, path)
+}
+
+// setMode makes the directory open as fd 0755 and returns a handle on it.
+func setMode(fd int, path string) (*dirHandle, error) {
 	// mkdir's mode is filtered by the umask; actions need 0755 to write
 	// outputs beside their inputs whatever the executor's umask is.
 	if err := unix.Fchmod(fd, 0o755); err != nil {

@@ -5,8 +5,11 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+
+	"github.com/hearth-build/hearth/internal/fsutil"
 )
 
 // A persistent worker's workspace keeps its tool files between requests:
@@ -128,5 +131,62 @@ func TestStageWithSkipsPresentSubtrees(t *testing.T) {
 		if got := fi.Mode().Perm(); got != want {
 			t.Errorf("mode of %s = %v, want %v (entered: 0755; left alone: 0700)", p, got, want)
 		}
+	}
+}
+
+// With spare directories, the directories staging makes are spares renamed
+// into place (mode 0755, whatever the umask), existing ones are entered as
+// before, and every input is staged.
+func TestStageWithSpareDirs(t *testing.T) {
+	ctx := context.Background()
+	disk := newDisk(t)
+	cache, _ := newCache(t, disk, 0)
+	src := putBlob(t, disk, []byte("source"))
+	deep := putDir(t, disk, &repb.Directory{Files: []*repb.FileNode{file("b.ts", src, false)}})
+	sub := putDir(t, disk, &repb.Directory{Files: []*repb.FileNode{file("a.ts", src, false)}, Directories: []*repb.DirectoryNode{subdir("deep", deep)}})
+	root := putDir(t, disk, &repb.Directory{Directories: []*repb.DirectoryNode{subdir("lib", sub), subdir("old", sub)}})
+	tr, err := Load(ctx, disk, fn, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := scratch(t)
+	ws, spareDir := filepath.Join(base, "ws"), filepath.Join(base, "spares")
+	for _, d := range []string{ws, spareDir, filepath.Join(ws, "old")} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spares := fsutil.NewSpareDirs(spareDir, 4)
+	defer spares.Close()
+	spareInodes := map[uint64]bool{}
+	for deadline := time.Now().Add(5 * time.Second); len(spareInodes) < 4; {
+		if time.Now().After(deadline) {
+			t.Fatal("no spare directories were made")
+		}
+		ents, _ := os.ReadDir(spareDir)
+		for _, e := range ents {
+			spareInodes[inode(t, filepath.Join(spareDir, e.Name()))] = true
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := StageWith(ctx, tr, cache, ws, StageOptions{Reuse: true, Dirs: spares}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"lib/a.ts", "lib/deep/b.ts", "old/a.ts", "old/deep/b.ts"} {
+		if got, err := os.ReadFile(filepath.Join(ws, p)); err != nil || string(got) != "source" {
+			t.Errorf("%s = %q, %v", p, got, err)
+		}
+	}
+	for _, p := range []string{"lib", "lib/deep"} {
+		fi, err := os.Stat(filepath.Join(ws, p))
+		if err != nil || fi.Mode().Perm() != 0o755 {
+			t.Fatalf("%s: %v, %v; want a 0755 directory", p, fi, err)
+		}
+		if !spareInodes[inode(t, filepath.Join(ws, p))] {
+			t.Errorf("%s was made, not a spare renamed into place", p)
+		}
+	}
+	if spareInodes[inode(t, filepath.Join(ws, "old"))] {
+		t.Error("an existing directory was replaced by a spare")
 	}
 }
