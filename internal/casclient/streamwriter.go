@@ -53,7 +53,7 @@ type streamWriter struct {
 	stream bspb.ByteStream_WriteClient // nil: none open
 	cancel context.CancelFunc          // ends stream's attempt
 	fresh  bool                        // nothing sent on stream yet: the next request names the resource
-	n      int                         // retries since the writer last got anywhere
+	n      int                         // retries over the writer's life (a Send that returns proves nothing reached the server)
 
 	buf       []byte   // pending data, sent when a chunk is full
 	sent      int64    // bytes sent so far (the next write_offset)
