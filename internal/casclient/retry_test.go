@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"github.com/hearth-build/hearth/internal/actioncache"
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/outputs"
 	"github.com/hearth-build/hearth/internal/reapi"
 	"github.com/hearth-build/hearth/internal/rpcretry"
 )
@@ -38,6 +40,12 @@ type replica struct {
 	mu     sync.Mutex
 	calls  map[string]int
 	starts []streamStart // first request of every ByteStream stream, in order
+
+	// stopAfter, when positive, stops the server once it has received
+	// that many bytes of ByteStream Write data.
+	stopAfter int64
+	received  int64
+	stopped   chan struct{}
 }
 
 type streamStart struct {
@@ -73,6 +81,21 @@ type recorder struct {
 
 func (s *recorder) RecvMsg(m any) error {
 	err := s.ServerStream.RecvMsg(m)
+	if req, ok := m.(*bspb.WriteRequest); ok && err == nil && s.r.stopAfter > 0 {
+		s.r.mu.Lock()
+		s.r.received += int64(len(req.GetData()))
+		stop := s.r.received >= s.r.stopAfter && s.r.stopped == nil
+		if stop {
+			s.r.stopped = make(chan struct{})
+			go func(done chan struct{}) { s.r.srv.Stop(); close(done) }(s.r.stopped)
+		}
+		done := s.r.stopped
+		s.r.mu.Unlock()
+		if done != nil {
+			<-done // killed mid-stream: this message is never handled
+			return status.Error(codes.Unavailable, "stopped")
+		}
+	}
 	if err == nil && !s.seen {
 		s.seen = true
 		s.r.mu.Lock()
@@ -276,8 +299,8 @@ func TestWriteTooFarToRestart(t *testing.T) {
 	if err == nil {
 		err = w.Commit()
 	}
-	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "no longer held") {
-		t.Fatalf("got %v, want UNAVAILABLE saying the data is no longer held", err)
+	if status.Code(err) != codes.Unavailable || !errors.Is(err, cas.ErrUnavailable) || !strings.Contains(err.Error(), "no longer held") {
+		t.Fatalf("got %v, want UNAVAILABLE (and cas.ErrUnavailable) saying the data is no longer held", err)
 	}
 	if m, _ := b.blobs.FindMissing(context.Background(), []digest.Digest{d}); len(m) != 1 {
 		t.Error("B holds the blob nobody finished uploading")
@@ -474,5 +497,30 @@ func TestFinalErrorNamesCallAndAttempts(t *testing.T) {
 		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), call) || !strings.Contains(err.Error(), "(3 attempts)") {
 			t.Errorf("%s: %v; want UNAVAILABLE naming the call and its 3 attempts", call, err)
 		}
+	}
+}
+
+// A large output file whose upload lost its server too far in for the
+// writer to restart it is sent again from the file by outputs, and lands
+// at the next replica.
+func TestLostLargeUploadIsSentAgainFromTheFile(t *testing.T) {
+	a, b := startReplica(t), startReplica(t)
+	a.stopAfter = replayWindow + 4*chunkSize
+	data := pattern(2*replayWindow+12345, 17)
+	path := filepath.Join(t.TempDir(), "out.jar")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	store := NewStore(dialReplicas(t, a, b), "")
+	d, err := outputs.UploadFile(context.Background(), store, digest.SHA256, path)
+	if err != nil {
+		t.Fatalf("upload across the stop of A: %v", err)
+	}
+	got, err := cas.Get(context.Background(), b.blobs, d)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("B holds %d bytes (%v), want the file's %d", len(got), err, len(data))
+	}
+	if s := b.streams("Write"); len(s) != 1 || s[0].offset != 0 {
+		t.Errorf("writes at B %+v: want one, from 0", s)
 	}
 }

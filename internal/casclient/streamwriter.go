@@ -34,8 +34,8 @@ import (
 //     a new upload, under a new uuid, from 0 — possible while the writer
 //     still holds byte 0, that is for a blob of at most replayWindow bytes
 //     or before more than that was sent.
-//   - otherwise the upload fails, with the UNAVAILABLE it met and a message
-//     saying the data is gone. A cas.Writer is fed from a stream it cannot
+//   - otherwise the upload fails, with the UNAVAILABLE it met, wrapping
+//     cas.ErrUnavailable, and a message saying the data is gone. A cas.Writer is fed from a stream it cannot
 //     rewind, and keeping every large upload whole in memory, or spooling it
 //     to disk, would make every upload pay for a rare fail-over; the
 //     caller, which has the source, may upload again.
@@ -243,8 +243,10 @@ func (w *streamWriter) resume(cause error) (final bool, err error) {
 	}
 	if from < 0 {
 		if w.histStart > 0 {
-			return true, fmt.Errorf("casclient: write %s: the upload cannot go on after the stream broke (the server has %s) and restarting it needs the first %d bytes, which are no longer held: %w",
-				w.name, committedOrNot(q, err), w.histStart, cause)
+			// cas.ErrUnavailable: a caller that has the source may
+			// upload it again (outputs does).
+			return true, fmt.Errorf("casclient: write %s: %w: the upload cannot go on after the stream broke (the server has %s) and restarting it needs the first %d bytes, which are no longer held: %w",
+				w.name, cas.ErrUnavailable, committedOrNot(q, err), w.histStart, cause)
 		}
 		// A new name: the spec lets a first write_offset be only what
 		// QueryWriteStatus would answer, which is 0 for a new upload.
