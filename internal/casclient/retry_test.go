@@ -524,3 +524,23 @@ func TestLostLargeUploadIsSentAgainFromTheFile(t *testing.T) {
 		t.Errorf("writes at B %+v: want one, from 0", s)
 	}
 }
+
+// A server that dies on the last request, the one with finish_write, never
+// answers the Commit: the writer sends the whole upload again, finish_write
+// included, to the next replica.
+func TestCommitCutAtFinishWrite(t *testing.T) {
+	a, b := startReplica(t), startReplica(t)
+	data := pattern(5*chunkSize+777, 19)
+	a.stopAfter = int64(len(data)) // reached by the last request only
+	d := digest.Compute(digest.SHA256, data)
+	store := NewStore(dialReplicas(t, a, b), "")
+	if err := writeInPieces(context.Background(), store, d, data); err != nil {
+		t.Fatalf("upload across the stop of A: %v", err)
+	}
+	if got, err := cas.Get(context.Background(), b.blobs, d); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("B holds %d bytes (%v), want the %d written", len(got), err, len(data))
+	}
+	if m, _ := a.blobs.FindMissing(context.Background(), []digest.Digest{d}); len(m) != 1 {
+		t.Error("A committed the blob although it died before handling finish_write")
+	}
+}
