@@ -32,10 +32,10 @@ const (
 	// replayWindow is how much of what a ByteStream Write sent it keeps
 	// to send again after the stream broke. It covers what can be in
 	// flight unseen by the server (the 4 MiB stream window and a chunk),
-	// so an upload resumes at the server's committed size, and it holds
-	// the whole of a blob up to this size, which can so also be restarted
-	// from 0 at another server (another replica knows nothing of the
-	// upload). See streamWriter.
+	// so that an upload resumes at the server's committed size; and a
+	// blob up to this size is held whole, so that its upload can also
+	// start over at another server (another replica knows nothing of the
+	// upload). At most this plus a chunk per upload. See streamWriter.
 	replayWindow = 8 << 20
 )
 
