@@ -148,7 +148,7 @@ func runAction(ctx context.Context, f *runFlags, setup runSetup) (*repb.ActionRe
 		return fail(code.Code_INVALID_ARGUMENT, "--remote: %v", err)
 	}
 	defer conn.Close()
-	store := casclient.NewStore(conn, f.instance)
+	store := casclient.NewStore(conn, f.instance, casclient.WithRetry(setup.retry))
 
 	workspace := f.workspacePath
 	if workspace == "" {

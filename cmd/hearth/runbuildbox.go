@@ -16,6 +16,7 @@ import (
 
 	"github.com/hearth-build/hearth/internal/casclient"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/rpcretry"
 )
 
 // registerBuildbox adds the flags of buildbox's runner command line that
@@ -39,6 +40,10 @@ type runSetup struct {
 	level  slog.Level
 	logger *slog.Logger
 	dial   casclient.DialOptions
+	// retry is the --retry-* policy of the CAS calls, which casclient
+	// applies itself (resuming ByteStream reads and writes); the dial
+	// options' interceptors retry the connection's other calls.
+	retry rpcretry.Policy
 }
 
 // check resolves and checks every flag without touching the action or the
@@ -70,6 +75,12 @@ func (f *runFlags) check() (runSetup, error) {
 	if s.dial, err = f.dialOptions(s.logger); err != nil {
 		return s, err
 	}
+	cs, err := f.cas.settings() // checked by dialOptions already
+	if err != nil {
+		return s, err
+	}
+	s.retry = cs.policy
+	s.retry.Logger = s.logger
 	return s, nil
 }
 

@@ -163,3 +163,20 @@ func TestReloadingToken(t *testing.T) {
 		t.Errorf("file gone: %q, want the last token kept", got)
 	}
 }
+
+// TestRunRetryReachesCASClient: the --retry-* flags become the policy
+// casclient applies to the CAS calls itself (resuming ByteStream streams),
+// not only the interceptors of the connection.
+func TestRunRetryReachesCASClient(t *testing.T) {
+	fs, f := newRunFlags()
+	if err := parseFlags(fs, buildboxArgv(t.TempDir())); err != nil {
+		t.Fatal(err)
+	}
+	setup, err := f.check()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := setup.retry; p.Limit != 4 || p.Delay != time.Second || len(p.Codes) != 1 || p.Codes[0] != codes.Unavailable || p.Logger == nil {
+		t.Errorf("casclient policy %+v, want buildbox-worker's 4 retries 1 s apart on UNAVAILABLE, with the run's logger", p)
+	}
+}

@@ -52,7 +52,7 @@ func runLocalCAS(ctx context.Context, f *runFlags, setup runSetup, sock string, 
 		return nil, &spb.Status{Code: int32(code.Code_INVALID_ARGUMENT), Message: fmt.Sprintf("--remote: %v", err)}
 	}
 	defer conn.Close()
-	store := casclient.NewStore(conn, f.instance)
+	store := casclient.NewStore(conn, f.instance, casclient.WithRetry(setup.retry))
 	lc := localcaspb.NewLocalContentAddressableStorageClient(conn)
 
 	cmdDigest, err := digest.FromProto(fn, action.GetCommandDigest())

@@ -120,8 +120,12 @@ func runWorker(args []string) error {
 		// Directory and Command protos are read again for every action
 		// that shares them; keep the small ones in memory rather than ask
 		// the server each time.
-		store := cas.NewSmallBlobCache(cas.NewMetrics(casclient.NewStore(conn, ""), reg), smallBlobMax, smallBlobCacheBytes)
-		results := actioncache.NewMetrics(casclient.NewActionCache(conn), reg)
+		// CAS and action cache calls cut by a server's death are retried
+		// (a stream resumed) and so land on the next server.
+		retry := casclient.DefaultRetry
+		retry.Logger = logger.With("worker", w.Name)
+		store := cas.NewSmallBlobCache(cas.NewMetrics(casclient.NewStore(conn, "", casclient.WithRetry(retry)), reg), smallBlobMax, smallBlobCacheBytes)
+		results := actioncache.NewMetrics(casclient.NewActionCache(conn, casclient.WithRetry(retry)), reg)
 		exec, err := executor.FromConfig(ctx, w, executor.Deps{
 			CAS: store, ActionCache: results, FileSource: store,
 			RunnerRemote: w.WorkerAPIEndpoint.URI, Logger: logger, Metrics: execMetrics,

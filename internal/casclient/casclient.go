@@ -8,6 +8,13 @@
 // errors (NOT_FOUND into cas.ErrNotFound or actioncache.ErrNotFound, and so
 // on), wrapped with %w together with the original status, so callers test
 // errors the same way whether a store is local or remote.
+//
+// Store and ActionCache retry what fails transiently (DefaultRetry, or
+// WithRetry): unary calls whole, a ByteStream Read from the offset it
+// reached, a ByteStream Write from the server's committed size or from 0
+// under a new upload name (streamWriter says when each applies). On a
+// DialAny connection the retry reaches the next server after a fail-over.
+// A final error names the call and its attempts.
 package casclient
 
 import (

@@ -41,7 +41,7 @@ func (s *server) count(method string) int {
 	return s.calls[method]
 }
 
-func startServer(t *testing.T) *server {
+func startServer(t testing.TB) *server {
 	t.Helper()
 	dir := t.TempDir()
 	quiet := slog.New(slog.DiscardHandler)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/digest"
 	"github.com/hearth-build/hearth/internal/reapi"
+	"github.com/hearth-build/hearth/internal/rpcretry"
 	"github.com/hearth-build/hearth/internal/testcerts"
 )
 
@@ -53,9 +55,23 @@ func TestDialWithTimeoutBoundsUnaryCalls(t *testing.T) {
 	}
 	defer conn.Close()
 	start := time.Now()
-	_, err = NewStore(conn, "").FindMissing(context.Background(), []digest.Digest{digest.Compute(digest.SHA256, []byte("x"))})
-	if err == nil || time.Since(start) > 5*time.Second {
+	// Each attempt is bounded, and one that ran out of time is retried
+	// (the caller's own context has no deadline).
+	p := rpcretry.Policy{Limit: 1, Delay: 10 * time.Millisecond, Codes: []codes.Code{codes.DeadlineExceeded}, Logger: slog.New(slog.DiscardHandler)}
+	_, err = NewStore(conn, "", WithRetry(p)).FindMissing(context.Background(), []digest.Digest{digest.Compute(digest.SHA256, []byte("x"))})
+	if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "(2 attempts)") || time.Since(start) > 5*time.Second {
 		t.Fatalf("FindMissing = %v after %v", err, time.Since(start))
+	}
+	if took := time.Since(start); took < 600*time.Millisecond {
+		t.Fatalf("two attempts of 300 ms took %v", took)
+	}
+	// Once the caller's own deadline has passed, nothing is retried.
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	p.Limit = 5
+	_, err = NewStore(conn, "", WithRetry(p)).FindMissing(ctx, []digest.Digest{digest.Compute(digest.SHA256, []byte("x"))})
+	if status.Code(err) != codes.DeadlineExceeded || strings.Contains(err.Error(), "attempts") {
+		t.Fatalf("FindMissing past the caller's deadline = %v", err)
 	}
 }
 

@@ -31,8 +31,8 @@ var FailoverBackoff = backoff.Config{BaseDelay: 100 * time.Millisecond, Multipli
 // order (gRPC's pick_first policy). Every call made on the connection
 // follows — the executor session, CAS and action cache calls — so a worker
 // moves to another replica as a whole. Calls in flight on a connection that
-// breaks fail (UNAVAILABLE) and are the caller's to retry; new calls go to
-// the next server.
+// breaks fail (UNAVAILABLE); new calls go to the next server, and Store's
+// and ActionCache's retries (DefaultRetry) are such new calls.
 //
 // targets are grpc://host:port or all grpcs://host:port (one TLS setting
 // serves them all); a single target of any form Dial accepts is DialWith.

@@ -10,9 +10,11 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/rpcretry"
 )
 
 // Tunables of the remote store.
@@ -27,6 +29,14 @@ const (
 	batchThreshold = 1 << 20
 	// chunkSize is the data carried by one ByteStream WriteRequest.
 	chunkSize = 1 << 20
+	// replayWindow is how much of what a ByteStream Write sent it keeps
+	// to send again after the stream broke. It covers what can be in
+	// flight unseen by the server (the 4 MiB stream window and a chunk),
+	// so that an upload resumes at the server's committed size; and a
+	// blob up to this size is held whole, so that its upload can also
+	// start over at another server (another replica knows nothing of the
+	// upload). At most this plus a chunk per upload. See streamWriter.
+	replayWindow = 8 << 20
 )
 
 // Store is a cas.Store on a remote server.
@@ -34,17 +44,24 @@ type Store struct {
 	instance string
 	cas      repb.ContentAddressableStorageClient
 	bs       bspb.ByteStreamClient
+	retry    rpcretry.Policy
 }
 
 var _ cas.Store = (*Store)(nil)
 
 // NewStore returns a cas.Store that keeps its blobs on the server at the
 // other end of conn, under instance name instance ("" is the default).
-func NewStore(conn grpc.ClientConnInterface, instance string) *Store {
+// Calls that fail transiently are retried as DefaultRetry says (WithRetry
+// changes it): unary calls whole, a ByteStream Read resumed at the offset
+// it reached, a ByteStream Write resumed at the server's committed size or
+// restarted (see streamWriter). After a DialAny connection moved to another
+// server, the retry goes there.
+func NewStore(conn grpc.ClientConnInterface, instance string, opts ...Option) *Store {
 	return &Store{
 		instance: instance,
 		cas:      repb.NewContentAddressableStorageClient(conn),
 		bs:       bspb.NewByteStreamClient(conn),
+		retry:    newOptions(opts).retry,
 	}
 }
 
@@ -70,13 +87,19 @@ func (s *Store) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.D
 		all := byFn[fn]
 		for start := 0; start < len(all); start += findMissingChunk {
 			chunk := all[start:min(start+findMissingChunk, len(all))]
-			resp, err := s.cas.FindMissingBlobs(ctx, &repb.FindMissingBlobsRequest{
+			req := &repb.FindMissingBlobsRequest{
 				InstanceName:   s.instance,
 				BlobDigests:    chunk,
 				DigestFunction: fn,
+			}
+			what := fmt.Sprintf("FindMissingBlobs (%d %s digests)", len(chunk), fn)
+			var resp *repb.FindMissingBlobsResponse
+			n, err := do(ctx, s.retry, what, func(ctx context.Context) (err error) {
+				resp, err = s.cas.FindMissingBlobs(ctx, req)
+				return err
 			})
 			if err != nil {
-				return nil, fromStatus(opOther, fmt.Sprintf("FindMissingBlobs (%d %s digests)", len(chunk), fn), err)
+				return nil, fromStatus(opOther, tried(what, n), err)
 			}
 			for _, m := range resp.GetMissingBlobDigests() {
 				missing[digest.Key{Function: fn, Hash: m.GetHash(), Size: m.GetSizeBytes()}] = true
@@ -117,7 +140,9 @@ func (s *Store) resourceName(kind string, d digest.Digest) string {
 // Open reads the blob with ByteStream Read from offset. The first response
 // is awaited here, so that a missing blob is reported by Open (wrapping
 // cas.ErrNotFound) rather than by the first Read. The reader checks that the
-// server sends exactly the blob's remaining bytes.
+// server sends exactly the blob's remaining bytes, and when a stream breaks
+// transiently it reads on from where it stopped with a new one (at the same
+// server, or at the next after a fail-over): every byte is delivered once.
 func (s *Store) Open(ctx context.Context, d digest.Digest, offset int64) (io.ReadCloser, error) {
 	if offset < 0 || offset > d.Size {
 		return nil, fmt.Errorf("casclient: read %s at offset %d: %w", d, offset, cas.ErrOutOfRange)
@@ -126,51 +151,92 @@ func (s *Store) Open(ctx context.Context, d digest.Digest, offset int64) (io.Rea
 		return io.NopCloser(strings.NewReader("")), nil
 	}
 	name := s.resourceName("blobs", d)
-	ctx, cancel := context.WithCancel(ctx)
-	stream, err := s.bs.Read(ctx, &bspb.ReadRequest{ResourceName: name, ReadOffset: offset})
-	if err != nil {
-		cancel()
-		return nil, fromStatus(opRead, "read "+name, err)
-	}
-	r := &reader{name: name, stream: stream, cancel: cancel, remaining: d.Size - offset}
-	first, err := stream.Recv()
-	switch {
-	case err == io.EOF:
-		r.eof = true
-	case err != nil:
-		cancel()
-		return nil, fromStatus(opRead, "read "+name, err)
-	default:
-		if err := r.take(first.GetData()); err != nil {
-			cancel()
-			return nil, err
-		}
-	}
-	if r.eof && r.remaining != 0 {
-		cancel()
-		return nil, fmt.Errorf("casclient: read %s: stream ended %d bytes early: %w", name, r.remaining, io.ErrUnexpectedEOF)
+	ctx, cancel := context.WithCancel(rpcretry.SelfRetried(ctx))
+	r := &reader{s: s, ctx: ctx, closeAll: cancel, name: name, size: d.Size, remaining: d.Size - offset}
+	if err := r.fill(); err != nil {
+		r.Close()
+		return nil, err
 	}
 	return r, nil
 }
 
-// reader is a ByteStream Read stream as an io.ReadCloser.
+// reader is a ByteStream Read stream as an io.ReadCloser, reopened at the
+// offset reached when it breaks transiently.
 type reader struct {
-	name      string
-	stream    bspb.ByteStream_ReadClient
-	cancel    context.CancelFunc
-	buf       []byte // received, not yet returned
-	remaining int64  // bytes still expected from the server
+	s        *Store
+	ctx      context.Context // the reader's, marked SelfRetried
+	closeAll context.CancelFunc
+	name     string
+	size     int64
+
+	stream    bspb.ByteStream_ReadClient // nil: none open
+	cancel    context.CancelFunc         // ends stream's attempt
+	n         int                        // attempts since bytes last arrived, minus one
+	buf       []byte                     // received, not yet returned
+	remaining int64                      // bytes still expected from the server
 	eof       bool
 	err       error // sticky
 }
 
-func (r *reader) take(data []byte) error {
+// fill receives the next response into buf (or sets eof), opening a stream
+// at the offset reached when there is none and retrying transient failures.
+func (r *reader) fill() error {
+	for {
+		err := r.recv()
+		if err == nil {
+			return nil
+		}
+		r.dropStream()
+		if _, ok := status.FromError(err); !ok {
+			return err // ours (the server broke the protocol), final
+		}
+		if !r.s.retry.Again(r.ctx, "read "+r.name, r.n, err) {
+			return fromStatus(opRead, tried("read "+r.name, r.n+1), err)
+		}
+		r.n++
+	}
+}
+
+// recv is one step of fill on the current stream.
+func (r *reader) recv() error {
+	if r.stream == nil {
+		actx, cancel := r.s.retry.Attempt(r.ctx)
+		stream, err := r.s.bs.Read(actx, &bspb.ReadRequest{ResourceName: r.name, ReadOffset: r.size - r.remaining})
+		if err != nil {
+			cancel()
+			return err
+		}
+		r.stream, r.cancel = stream, cancel
+	}
+	resp, err := r.stream.Recv()
+	if err == io.EOF {
+		r.eof = true
+		r.dropStream()
+		if r.remaining != 0 {
+			return fmt.Errorf("casclient: read %s: stream ended %d bytes early: %w", r.name, r.remaining, io.ErrUnexpectedEOF)
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	data := resp.GetData()
 	if int64(len(data)) > r.remaining {
 		return fmt.Errorf("casclient: read %s: server sent more bytes than the blob holds", r.name)
+	}
+	if len(data) > 0 {
+		r.n = 0 // progress: a later break gets a fresh set of retries
 	}
 	r.remaining -= int64(len(data))
 	r.buf = data
 	return nil
+}
+
+func (r *reader) dropStream() {
+	if r.stream != nil {
+		r.cancel()
+		r.stream, r.cancel = nil, nil
+	}
 }
 
 func (r *reader) Read(p []byte) (int, error) {
@@ -179,22 +245,9 @@ func (r *reader) Read(p []byte) (int, error) {
 			return 0, r.err
 		}
 		if r.eof {
-			if r.remaining != 0 {
-				r.err = fmt.Errorf("casclient: read %s: stream ended %d bytes early: %w", r.name, r.remaining, io.ErrUnexpectedEOF)
-				return 0, r.err
-			}
 			return 0, io.EOF
 		}
-		resp, err := r.stream.Recv()
-		if err == io.EOF {
-			r.eof = true
-			continue
-		}
-		if err != nil {
-			r.err = fromStatus(opRead, "read "+r.name, err)
-			return 0, r.err
-		}
-		if err := r.take(resp.GetData()); err != nil {
+		if err := r.fill(); err != nil {
 			r.err = err
 			return 0, err
 		}
@@ -206,6 +259,7 @@ func (r *reader) Read(p []byte) (int, error) {
 
 // Close ends the stream; the server stops sending.
 func (r *reader) Close() error {
-	r.cancel()
+	r.dropStream()
+	r.closeAll()
 	return nil
 }

@@ -3,6 +3,7 @@ package outputs
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -116,13 +117,28 @@ func (c *collector) uploadOne(ctx context.Context, store cas.Store, d digest.Dig
 		}
 		return nil
 	}
-	fd, err := openBeneath(c.rootfd, s.rel, unix.O_RDONLY|unix.O_NONBLOCK)
-	if err != nil {
-		return fmt.Errorf("outputs: reopen %q for upload: %w", s.rel, err)
+	return onceMoreIfLost(ctx, func() error {
+		fd, err := openBeneath(c.rootfd, s.rel, unix.O_RDONLY|unix.O_NONBLOCK)
+		if err != nil {
+			return fmt.Errorf("outputs: reopen %q for upload: %w", s.rel, err)
+		}
+		f := os.NewFile(uintptr(fd), s.rel)
+		defer f.Close()
+		return copyVerified(ctx, store, d, f, s.rel, buf)
+	})
+}
+
+// onceMoreIfLost runs upload, and once more when the store lost it and
+// may take it if sent again (cas.ErrUnavailable): a remote CAS whose server
+// went away mid-upload restarts the upload itself only while it still holds
+// the first bytes (casclient keeps 8 MiB), and a file upload can always
+// start over from the file.
+func onceMoreIfLost(ctx context.Context, upload func() error) error {
+	err := upload()
+	if errors.Is(err, cas.ErrUnavailable) && ctx.Err() == nil {
+		err = upload()
 	}
-	f := os.NewFile(uintptr(fd), s.rel)
-	defer f.Close()
-	return copyVerified(ctx, store, d, f, s.rel, buf)
+	return err
 }
 
 // copyVerified uploads what r yields as the blob d, hashing on the way and
@@ -202,10 +218,13 @@ func UploadFile(ctx context.Context, store cas.Store, fn digest.Function, path s
 	if err != nil || !missing {
 		return d, err
 	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return digest.Digest{}, fmt.Errorf("outputs: %w", err)
-	}
-	if err := copyVerified(ctx, store, d, f, path, buf); err != nil {
+	err = onceMoreIfLost(ctx, func() error {
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return fmt.Errorf("outputs: %w", err)
+		}
+		return copyVerified(ctx, store, d, f, path, buf)
+	})
+	if err != nil {
 		return digest.Digest{}, err
 	}
 	return d, nil

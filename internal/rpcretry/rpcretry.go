@@ -11,6 +11,12 @@
 // first response, by replaying its one request; once a response has arrived,
 // or for a client-streaming call once it opened, a failure is the caller's:
 // the data already exchanged is not buffered for a replay.
+//
+// A client that knows how to resume its own calls (casclient resumes a
+// ByteStream Read at the offset it reached and a Write at the server's
+// committed size) drives the same Policy itself with Attempt and Again, and
+// marks its calls with SelfRetried so that the interceptors of a connection
+// it shares do not retry them a second time.
 package rpcretry
 
 import (
@@ -105,7 +111,42 @@ func (p Policy) attempt(ctx context.Context) (context.Context, context.CancelFun
 	return context.WithCancel(ctx)
 }
 
+// selfRetried marks the context of a call whose caller retries it.
+type selfRetried struct{}
+
+// SelfRetried marks ctx's calls as retried (and bounded) by their caller:
+// the interceptors of DialOptions pass them through untouched, so that a
+// call is never retried by two layers (the attempts would multiply).
+func SelfRetried(ctx context.Context) context.Context {
+	return context.WithValue(ctx, selfRetried{}, true)
+}
+
+func isSelfRetried(ctx context.Context) bool {
+	v, _ := ctx.Value(selfRetried{}).(bool)
+	return v
+}
+
+// Retryable reports whether err's status code is one p retries.
+func (p Policy) Retryable(err error) bool { return err != nil && p.retryable(err) }
+
+// Attempt returns the context of one attempt of a call: ctx bounded by
+// Timeout. The caller cancels it when the attempt is over.
+func (p Policy) Attempt(ctx context.Context) (context.Context, context.CancelFunc) {
+	return p.attempt(ctx)
+}
+
+// Again reports whether attempt n (0-based) of the call named what, which
+// failed with err, is to be retried: err's code is retryable, retries are
+// left and ctx is live. It logs the retry and waits its delay first; false
+// if ctx ended meanwhile.
+func (p Policy) Again(ctx context.Context, what string, n int, err error) bool {
+	return p.again(ctx, what, n, err)
+}
+
 func (p Policy) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if isSelfRetried(ctx) {
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
 	for n := 0; ; n++ {
 		actx, cancel := p.attempt(ctx)
 		err := invoker(actx, method, req, reply, cc, opts...)
@@ -117,6 +158,9 @@ func (p Policy) unary(ctx context.Context, method string, req, reply any, cc *gr
 }
 
 func (p Policy) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if isSelfRetried(ctx) {
+		return streamer(ctx, desc, cc, method, opts...)
+	}
 	s := &retryStream{p: p, ctx: ctx, desc: desc, cc: cc, method: method, streamer: streamer, opts: opts}
 	var err error
 	for s.n = 0; ; s.n++ {

@@ -207,3 +207,28 @@ func TestParseCode(t *testing.T) {
 		}
 	}
 }
+
+// A call marked SelfRetried passes the interceptors untouched: its caller
+// retries it, and two layers would multiply the attempts.
+func TestSelfRetriedIsLeftAlone(t *testing.T) {
+	for _, kind := range []string{"unary", "server-streaming"} {
+		t.Run(kind, func(t *testing.T) {
+			srv := &flaky{faults: faults{fails: 2, code: codes.Unavailable}}
+			c := start(t, srv, Policy{Limit: 3, Delay: 10 * time.Millisecond})
+			ctx := SelfRetried(t.Context())
+			var err error
+			if kind == "unary" {
+				_, err = c.Check(ctx, &healthpb.HealthCheckRequest{})
+			} else {
+				err = watchOnce(ctx, c)
+			}
+			if status.Code(err) != codes.Unavailable || srv.calls.Load() != 1 {
+				t.Errorf("%v after %d calls; want UNAVAILABLE after one", err, srv.calls.Load())
+			}
+			// Unmarked, the same connection retries.
+			if err := watchOnce(t.Context(), c); err != nil {
+				t.Errorf("unmarked call: %v", err)
+			}
+		})
+	}
+}
