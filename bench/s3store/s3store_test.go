@@ -48,6 +48,15 @@ func BenchmarkS3Store(b *testing.B) {
 	defer conn.Close()
 	store := casclient.NewStore(conn, "")
 	mc := s3.Client()
+	meter := newCPUMeter()
+	// timed runs f and logs the CPU each process used meanwhile.
+	timed := func(b *testing.B, what string, f func() error) time.Duration {
+		b.Helper()
+		before := meter.sample()
+		d := timedRun(b, f)
+		b.Logf("%s: %v, CPU: %s", what, d.Round(time.Millisecond), meter.sample().since(before))
+		return d
+	}
 
 	var rows []string
 	row := func(format string, args ...any) { rows = append(rows, fmt.Sprintf(format, args...)) }
@@ -60,11 +69,11 @@ func BenchmarkS3Store(b *testing.B) {
 
 		// Write: minio-go PutObject of the bytes vs ByteStream.Write through
 		// hearth (fast disk tier + S3 multipart, S3 acknowledged first).
-		direct := timed(b, func() error {
+		direct := timed(b, "minio-go PutObject", func() error {
 			_, err := mc.PutObject(ctx, s3.Bucket, fmt.Sprintf("direct/%d-%s", round, d.Hash), bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{})
 			return err
 		})
-		through := timed(b, func() error {
+		through := timed(b, "ByteStream write", func() error {
 			w, err := store.Create(ctx, d)
 			if err != nil {
 				return err
@@ -88,7 +97,7 @@ func BenchmarkS3Store(b *testing.B) {
 		if _, err := mc.PutObject(ctx, s3.Bucket, key, bytes.NewReader(cold), int64(len(cold)), minio.PutObjectOptions{}); err != nil {
 			b.Fatal(err)
 		}
-		directRead := timed(b, func() error {
+		directRead := timed(b, "minio-go GetObject", func() error {
 			o, err := mc.GetObject(ctx, s3.Bucket, key, minio.GetObjectOptions{})
 			if err != nil {
 				return err
@@ -96,11 +105,11 @@ func BenchmarkS3Store(b *testing.B) {
 			defer o.Close()
 			return copyN(o, blobSize)
 		})
-		coldRead := timed(b, func() error { return readVia(ctx, store, cd) })
+		coldRead := timed(b, "ByteStream cold read", func() error { return readVia(ctx, store, cd) })
 		// The fast tier may still be filling (a large cold read's fill is
 		// finished in the background): the second read is the warm one.
-		timed(b, func() error { return readVia(ctx, store, cd) })
-		warmRead := timed(b, func() error { return readVia(ctx, store, cd) })
+		timed(b, "ByteStream second read", func() error { return readVia(ctx, store, cd) })
+		warmRead := timed(b, "ByteStream third read", func() error { return readVia(ctx, store, cd) })
 		row("| ByteStream 256 MiB read, cold (from S3) | MiB/s | %.0f | minio-go GetObject: %.0f | %.2f× | ≥ 0.7× |", mibps(coldRead), mibps(directRead), directRead.Seconds()/coldRead.Seconds())
 		row("| ByteStream 256 MiB read, warm (fast tier) | MiB/s | %.0f | minio-go GetObject: %.0f | %.2f× |  |", mibps(warmRead), mibps(directRead), directRead.Seconds()/warmRead.Seconds())
 	}
@@ -133,7 +142,7 @@ func BenchmarkS3Store(b *testing.B) {
 	}
 }
 
-func timed(b *testing.B, f func() error) time.Duration {
+func timedRun(b *testing.B, f func() error) time.Duration {
 	b.Helper()
 	start := time.Now()
 	if err := f(); err != nil {
