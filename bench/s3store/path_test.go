@@ -18,6 +18,7 @@ import (
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/casclient"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/grpcbulk"
 	"github.com/hearth-build/hearth/internal/reapi"
 	"github.com/hearth-build/hearth/internal/s3cas"
 	"github.com/hearth-build/hearth/internal/s3test"
@@ -50,9 +51,9 @@ func BenchmarkByteStreamPath(b *testing.B) {
 		return cas.NewMetrics(cas.NewVerifying(cas.NewSmallBlobCache(base, 64<<10, 64<<20)), nil)
 	}
 	serve := func(b *testing.B, store cas.Store) *casclient.Store {
-		srv := grpc.NewServer(grpc.MaxRecvMsgSize(reapi.MaxRecvMsgSize),
+		srv := grpc.NewServer(append(grpcbulk.ServerOptions(), grpc.MaxRecvMsgSize(reapi.MaxRecvMsgSize),
 			grpc.ReadBufferSize(256<<10), grpc.WriteBufferSize(casclient.TransportBufferSize),
-			grpc.InitialWindowSize(casclient.StreamWindowSize), grpc.InitialConnWindowSize(casclient.ConnWindowSize))
+			grpc.InitialWindowSize(casclient.StreamWindowSize), grpc.InitialConnWindowSize(casclient.ConnWindowSize))...)
 		reapi.Register(srv, reapi.Config{CAS: store})
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

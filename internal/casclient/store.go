@@ -13,6 +13,7 @@ import (
 
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/grpcbulk"
 )
 
 // Tunables of the remote store.
@@ -127,27 +128,23 @@ func (s *Store) Open(ctx context.Context, d digest.Digest, offset int64) (io.Rea
 	}
 	name := s.resourceName("blobs", d)
 	ctx, cancel := context.WithCancel(ctx)
-	stream, err := s.bs.Read(ctx, &bspb.ReadRequest{ResourceName: name, ReadOffset: offset})
+	// The responses are received as their frames (grpcbulk.RecvChunk):
+	// one copy of each byte, into the caller's buffer, instead of three.
+	stream, err := s.bs.Read(ctx, &bspb.ReadRequest{ResourceName: name, ReadOffset: offset}, grpcbulk.ReadCallOptions()...)
 	if err != nil {
 		cancel()
 		return nil, fromStatus(opRead, "read "+name, err)
 	}
 	r := &reader{name: name, stream: stream, cancel: cancel, remaining: d.Size - offset}
-	first, err := stream.Recv()
-	switch {
-	case err == io.EOF:
-		r.eof = true
-	case err != nil:
-		cancel()
-		return nil, fromStatus(opRead, "read "+name, err)
-	default:
-		if err := r.take(first.GetData()); err != nil {
-			cancel()
-			return nil, err
+	if err := r.recv(); err != nil {
+		r.Close()
+		if r.err == nil {
+			return nil, fromStatus(opRead, "read "+name, err)
 		}
+		return nil, err
 	}
 	if r.eof && r.remaining != 0 {
-		cancel()
+		r.Close()
 		return nil, fmt.Errorf("casclient: read %s: stream ended %d bytes early: %w", name, r.remaining, io.ErrUnexpectedEOF)
 	}
 	return r, nil
@@ -158,23 +155,36 @@ type reader struct {
 	name      string
 	stream    bspb.ByteStream_ReadClient
 	cancel    context.CancelFunc
-	buf       []byte // received, not yet returned
-	remaining int64  // bytes still expected from the server
+	chunk     grpcbulk.RecvChunk // received, not yet returned
+	remaining int64              // bytes still expected from the server
 	eof       bool
-	err       error // sticky
+	err       error // sticky, set by recv for what the server sent
 }
 
-func (r *reader) take(data []byte) error {
-	if int64(len(data)) > r.remaining {
-		return fmt.Errorf("casclient: read %s: server sent more bytes than the blob holds", r.name)
+// recv receives the next response into r.chunk; io.EOF at the end of the
+// stream sets r.eof and returns nil. A stream error is returned as it is
+// (the caller turns it into the store's error); a server that sends more
+// than the blob holds sets r.err.
+func (r *reader) recv() error {
+	err := r.stream.RecvMsg(&r.chunk)
+	if err == io.EOF {
+		r.eof = true
+		return nil
 	}
-	r.remaining -= int64(len(data))
-	r.buf = data
+	if err != nil {
+		return err
+	}
+	if int64(r.chunk.Len()) > r.remaining {
+		r.chunk.Close()
+		r.err = fmt.Errorf("casclient: read %s: server sent more bytes than the blob holds", r.name)
+		return r.err
+	}
+	r.remaining -= int64(r.chunk.Len())
 	return nil
 }
 
 func (r *reader) Read(p []byte) (int, error) {
-	for len(r.buf) == 0 {
+	for r.chunk.Len() == 0 {
 		if r.err != nil {
 			return 0, r.err
 		}
@@ -185,27 +195,19 @@ func (r *reader) Read(p []byte) (int, error) {
 			}
 			return 0, io.EOF
 		}
-		resp, err := r.stream.Recv()
-		if err == io.EOF {
-			r.eof = true
-			continue
-		}
-		if err != nil {
-			r.err = fromStatus(opRead, "read "+r.name, err)
+		if err := r.recv(); err != nil {
+			if r.err == nil {
+				r.err = fromStatus(opRead, "read "+r.name, err)
+			}
 			return 0, r.err
 		}
-		if err := r.take(resp.GetData()); err != nil {
-			r.err = err
-			return 0, err
-		}
 	}
-	n := copy(p, r.buf)
-	r.buf = r.buf[n:]
-	return n, nil
+	return r.chunk.Read(p)
 }
 
 // Close ends the stream; the server stops sending.
 func (r *reader) Close() error {
 	r.cancel()
+	r.chunk.Close()
 	return nil
 }
