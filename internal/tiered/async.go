@@ -3,6 +3,7 @@ package tiered
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hearth-build/hearth/internal/cas"
 )
@@ -51,8 +52,9 @@ type asyncWriter struct {
 	shut bool
 	// lossy: a full queue stops the copy instead of waiting (fills).
 	lossy   bool
-	stopped bool  // a lossy copy stopped taking bytes
-	queued  int64 // bytes handed to the goroutine: all w gets
+	stopped bool        // a lossy copy stopped taking bytes
+	queued  int64       // bytes handed to the goroutine: all w gets
+	discard atomic.Bool // Close: the goroutine skips what is still queued
 }
 
 func newAsyncWriter(w cas.Writer) *asyncWriter {
@@ -76,7 +78,7 @@ func (a *asyncWriter) fellBehind() bool { return a.stopped }
 func (a *asyncWriter) drain() {
 	defer close(a.done)
 	for bp := range a.ch {
-		if a.err == nil {
+		if a.err == nil && !a.discard.Load() {
 			if _, err := a.w.Write(*bp); err != nil {
 				a.err = err
 			}
@@ -178,7 +180,11 @@ func (a *asyncWriter) resume() (cas.Writer, int64, error) {
 	return a.w, a.queued, nil
 }
 
+// Close discards the copy unless it was committed or resumed: the queued
+// writes that have not started are skipped, so closing an abandoned copy
+// (a client that went away) waits for at most one disk write.
 func (a *asyncWriter) Close() error {
+	a.discard.Store(true)
 	a.finish()
 	return a.w.Close()
 }

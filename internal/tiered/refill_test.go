@@ -300,3 +300,41 @@ func TestOneFillAtATime(t *testing.T) {
 		t.Fatal("the third read did not fill the fast tier")
 	}
 }
+
+// TestAbandonedCopySkipsItsQueue: closing a copy that was neither
+// committed nor resumed (the client went away) does not first write what
+// is still queued to a slow disk.
+func TestAbandonedCopySkipsItsQueue(t *testing.T) {
+	r := newRig(t, 1<<30)
+	ctx := context.Background()
+	data, d := blob(t, 40<<20)
+	for _, lossy := range []bool{true, false} {
+		disk := newSlowDisk(r.fast, 100*time.Millisecond)
+		w, err := disk.Create(ctx, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := newAsyncWriter(w)
+		if lossy {
+			a = newLossyWriter(w)
+		}
+		// 20 MiB: more than the lossy copy's queue, less than what would
+		// make the blocking one wait long.
+		for off := 0; off < 20<<20; off += 1 << 20 {
+			if lossy && a.fellBehind() {
+				break
+			}
+			if _, err := a.Write(data[off : off+1<<20]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before := disk.writes.Load()
+		a.Close()
+		if after := disk.writes.Load(); after-before > 1 {
+			t.Errorf("lossy=%v: Close wrote %d queued buffers of an abandoned copy", lossy, after-before)
+		}
+		if has(t, r.fast, d) {
+			t.Fatalf("lossy=%v: an abandoned copy was committed", lossy)
+		}
+	}
+}
