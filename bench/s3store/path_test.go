@@ -4,15 +4,21 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"os"
+	"runtime/pprof"
 	"testing"
+	"time"
 
+	"github.com/minio/minio-go/v7"
 	"google.golang.org/grpc"
 
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/casclient"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/grpcbulk"
 	"github.com/hearth-build/hearth/internal/reapi"
 	"github.com/hearth-build/hearth/internal/s3cas"
 	"github.com/hearth-build/hearth/internal/s3test"
@@ -45,9 +51,9 @@ func BenchmarkByteStreamPath(b *testing.B) {
 		return cas.NewMetrics(cas.NewVerifying(cas.NewSmallBlobCache(base, 64<<10, 64<<20)), nil)
 	}
 	serve := func(b *testing.B, store cas.Store) *casclient.Store {
-		srv := grpc.NewServer(grpc.MaxRecvMsgSize(reapi.MaxRecvMsgSize),
+		srv := grpc.NewServer(append(grpcbulk.ServerOptions(), grpc.MaxRecvMsgSize(reapi.MaxRecvMsgSize),
 			grpc.ReadBufferSize(256<<10), grpc.WriteBufferSize(casclient.TransportBufferSize),
-			grpc.InitialWindowSize(casclient.StreamWindowSize), grpc.InitialConnWindowSize(casclient.ConnWindowSize))
+			grpc.InitialWindowSize(casclient.StreamWindowSize), grpc.InitialConnWindowSize(casclient.ConnWindowSize))...)
 		reapi.Register(srv, reapi.Config{CAS: store})
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -91,6 +97,7 @@ func BenchmarkByteStreamPath(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.SetBytes(blobSize)
+		reportCPU(b)
 		for b.Loop() {
 			if err := readVia(ctx, c, d); err != nil {
 				b.Fatal(err)
@@ -102,14 +109,75 @@ func BenchmarkByteStreamPath(b *testing.B) {
 		b.Cleanup(t.Wait)
 		c := serve(b, stack(t))
 		b.SetBytes(blobSize)
+		clk := reportCPU(b)
 		for range b.N {
-			b.StopTimer()
+			clk.stop()
 			data, d := blob(b)
 			if err := cas.Put(ctx, slow, d, data); err != nil {
 				b.Fatal(err)
 			}
-			b.StartTimer()
+			// The previous read's background fill, if any, is done:
+			// each read is measured alone.
+			t.Wait()
+			stop := profile(b, "read-cold")
+			clk.start()
 			if err := readVia(ctx, c, d); err != nil {
+				b.Fatal(err)
+			}
+			clk.stop()
+			stop()
+			clk.start()
+		}
+	})
+	// The cold read's legs without gRPC: the baseline (one minio-go GET
+	// stream), the slow tier's own read, and the tiered read with its fill.
+	putSlow := func(b *testing.B, clk *cpuClock) digest.Digest {
+		clk.stop()
+		defer clk.start()
+		data, d := blob(b)
+		if err := cas.Put(ctx, slow, d, data); err != nil {
+			b.Fatal(err)
+		}
+		return d
+	}
+	b.Run("s3/get", func(b *testing.B) {
+		mc := s3.Client()
+		b.SetBytes(blobSize)
+		clk := reportCPU(b)
+		for range b.N {
+			d := putSlow(b, clk)
+			o, err := mc.GetObject(ctx, s3.Bucket, slow.Key(d), minio.GetObjectOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			err = copyN(o, blobSize)
+			o.Close()
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("s3/open", func(b *testing.B) {
+		b.SetBytes(blobSize)
+		clk := reportCPU(b)
+		for range b.N {
+			d := putSlow(b, clk)
+			if err := readStore(ctx, slow, d); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("tiered/cold", func(b *testing.B) {
+		t := tiered.New(newDisk(b), slow, nil, quiet)
+		b.Cleanup(t.Wait)
+		b.SetBytes(blobSize)
+		clk := reportCPU(b)
+		for range b.N {
+			d := putSlow(b, clk)
+			clk.stop()
+			t.Wait()
+			clk.start()
+			if err := readStore(ctx, t, d); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -118,10 +186,11 @@ func BenchmarkByteStreamPath(b *testing.B) {
 		disk := newDisk(b)
 		c := serve(b, stack(disk))
 		b.SetBytes(blobSize)
+		clk := reportCPU(b)
 		for range b.N {
-			b.StopTimer()
+			clk.stop()
 			data, d := blob(b)
-			b.StartTimer()
+			clk.start()
 			write(b, c, data, d)
 		}
 	})
@@ -130,10 +199,11 @@ func BenchmarkByteStreamPath(b *testing.B) {
 		b.Cleanup(t.Wait)
 		c := serve(b, stack(t))
 		b.SetBytes(blobSize)
+		clk := reportCPU(b)
 		for range b.N {
-			b.StopTimer()
+			clk.stop()
 			data, d := blob(b)
-			b.StartTimer()
+			clk.start()
 			write(b, c, data, d)
 		}
 	})
@@ -144,23 +214,115 @@ func BenchmarkByteStreamPath(b *testing.B) {
 		}
 		c := serve(b, stack(tiered.New(small, slow, nil, quiet)))
 		b.SetBytes(blobSize)
+		clk := reportCPU(b)
 		for range b.N {
-			b.StopTimer()
+			clk.stop()
 			data, d := blob(b)
-			b.StartTimer()
+			clk.start()
 			write(b, c, data, d)
 		}
 	})
 	b.Run("s3/put", func(b *testing.B) {
 		b.SetBytes(blobSize)
+		clk := reportCPU(b)
 		for range b.N {
-			b.StopTimer()
+			clk.stop()
 			data, d := blob(b)
-			b.StartTimer()
+			clk.start()
 			if err := cas.Put(ctx, slow, d, data); err != nil {
 				b.Fatal(err)
 			}
 		}
 	})
-	_ = fmt.Sprint
+}
+
+// profile writes a CPU profile of what runs until stop to
+// $HEARTH_PROFILE_DIR/name-N.prof, if that is set: profiles of the timed
+// parts only, which go tool pprof merges (go tool pprof -top bin dir/*.prof).
+// -cpuprofile would include the setup (random bytes, uploads) and the
+// background fills between reads.
+func profile(b *testing.B, name string) (stop func()) {
+	dir := os.Getenv("HEARTH_PROFILE_DIR")
+	if dir == "" {
+		return func() {}
+	}
+	f, err := os.CreateTemp(dir, name+"-*.prof")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+}
+
+// cpuClock follows b's timer and reports, at the end of b, how many cores
+// this process and SeaweedFS used per timed wall second: on two shared
+// cores a throughput is a CPU budget, and this says whose.
+type cpuClock struct {
+	b                *testing.B
+	m                *cpuMeter
+	last             cpuSample
+	running          bool
+	wall, self, weed time.Duration
+}
+
+func reportCPU(b *testing.B) *cpuClock {
+	c := &cpuClock{b: b, m: newCPUMeter()}
+	c.start()
+	b.Cleanup(func() {
+		c.stop()
+		if c.wall > 0 {
+			b.ReportMetric(c.self.Seconds()/c.wall.Seconds(), "cores-self")
+			b.ReportMetric(c.weed.Seconds()/c.wall.Seconds(), "cores-weed")
+		}
+	})
+	return c
+}
+
+func (c *cpuClock) start() {
+	c.b.StartTimer()
+	c.last, c.running = c.m.sample(), true
+}
+
+func (c *cpuClock) stop() {
+	c.b.StopTimer()
+	if !c.running {
+		return
+	}
+	now := c.m.sample()
+	c.wall += now.at.Sub(c.last.at)
+	c.self += now.self - c.last.self
+	c.weed += now.weed - c.last.weed
+	c.running = false
+}
+
+// readStore reads d from s the way ByteStream's Read does: exactly its
+// bytes, through an io.LimitReader, in 256 KiB reads.
+func readStore(ctx context.Context, s cas.Store, d digest.Digest) error {
+	r, err := s.Open(ctx, d, 0)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	buf := make([]byte, 256<<10)
+	var n int64
+	lr := io.LimitReader(r, d.Size)
+	for {
+		k, err := io.ReadFull(lr, buf)
+		n += int64(k)
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if n != d.Size {
+		return fmt.Errorf("read %d bytes, want %d", n, d.Size)
+	}
+	return nil
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/casclient"
 	"github.com/hearth-build/hearth/internal/drain"
+	"github.com/hearth-build/hearth/internal/grpcbulk"
 	"github.com/hearth-build/hearth/internal/metrics"
 	"github.com/hearth-build/hearth/internal/reapi"
 	"github.com/hearth-build/hearth/internal/redisac"
@@ -232,6 +233,10 @@ func openServer(f serverFlags, logger *slog.Logger) (_ *server, err error) {
 	s.grpcMetrics, s.grpcOpts = metrics.GRPCServer(s.reg)
 	s.grpcOpts = append(s.grpcOpts, s.calls.ServerOptions()...)
 	s.grpcOpts = append(s.grpcOpts, s.access.serverOptions()...)
+	// ByteStream reads hand their buffers to the transport and the
+	// transport's buffers are not zeroed (grpcbulk: the copies and the
+	// zeroing were a third of a large read's CPU).
+	s.grpcOpts = append(s.grpcOpts, grpcbulk.ServerOptions()...)
 	s.grpc = grpc.NewServer(append(s.grpcOpts,
 		grpc.MaxRecvMsgSize(reapi.MaxRecvMsgSize),
 		// Large transport buffers and flow-control windows: ByteStream moves

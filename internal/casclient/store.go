@@ -14,6 +14,7 @@ import (
 
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/grpcbulk"
 	"github.com/hearth-build/hearth/internal/rpcretry"
 )
 
@@ -172,7 +173,7 @@ type reader struct {
 	stream    bspb.ByteStream_ReadClient // nil: none open
 	cancel    context.CancelFunc         // ends stream's attempt
 	n         int                        // attempts since bytes last arrived, minus one
-	buf       []byte                     // received, not yet returned
+	chunk     grpcbulk.RecvChunk         // received, not yet returned
 	remaining int64                      // bytes still expected from the server
 	eof       bool
 	err       error // sticky
@@ -201,14 +202,16 @@ func (r *reader) fill() error {
 func (r *reader) recv() error {
 	if r.stream == nil {
 		actx, cancel := r.s.retry.Attempt(r.ctx)
-		stream, err := r.s.bs.Read(actx, &bspb.ReadRequest{ResourceName: r.name, ReadOffset: r.size - r.remaining})
+		// The responses are received as their frames (grpcbulk.RecvChunk):
+		// one copy of each byte, into the caller's buffer, instead of three.
+		stream, err := r.s.bs.Read(actx, &bspb.ReadRequest{ResourceName: r.name, ReadOffset: r.size - r.remaining}, grpcbulk.ReadCallOptions()...)
 		if err != nil {
 			cancel()
 			return err
 		}
 		r.stream, r.cancel = stream, cancel
 	}
-	resp, err := r.stream.Recv()
+	err := r.stream.RecvMsg(&r.chunk)
 	if err == io.EOF {
 		r.eof = true
 		r.dropStream()
@@ -220,15 +223,15 @@ func (r *reader) recv() error {
 	if err != nil {
 		return err
 	}
-	data := resp.GetData()
-	if int64(len(data)) > r.remaining {
+	n := r.chunk.Len()
+	if int64(n) > r.remaining {
+		r.chunk.Close()
 		return fmt.Errorf("casclient: read %s: server sent more bytes than the blob holds", r.name)
 	}
-	if len(data) > 0 {
+	if n > 0 {
 		r.n = 0 // progress: a later break gets a fresh set of retries
 	}
-	r.remaining -= int64(len(data))
-	r.buf = data
+	r.remaining -= int64(n)
 	return nil
 }
 
@@ -240,7 +243,7 @@ func (r *reader) dropStream() {
 }
 
 func (r *reader) Read(p []byte) (int, error) {
-	for len(r.buf) == 0 {
+	for r.chunk.Len() == 0 {
 		if r.err != nil {
 			return 0, r.err
 		}
@@ -252,14 +255,13 @@ func (r *reader) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
-	n := copy(p, r.buf)
-	r.buf = r.buf[n:]
-	return n, nil
+	return r.chunk.Read(p)
 }
 
 // Close ends the stream; the server stops sending.
 func (r *reader) Close() error {
 	r.dropStream()
 	r.closeAll()
+	r.chunk.Close()
 	return nil
 }

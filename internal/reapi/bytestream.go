@@ -15,6 +15,7 @@ import (
 
 	"github.com/hearth-build/hearth/internal/cas"
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/grpcbulk"
 )
 
 // readChunkSize bounds the data of one ReadResponse: large enough that
@@ -126,7 +127,11 @@ func (s *byteStreamServer) Read(req *bspb.ReadRequest, stream bspb.ByteStream_Re
 	if limit > 0 && limit < want {
 		want = limit
 	}
-	send := &chunkSender{send: func(b []byte) error { return stream.Send(&bspb.ReadResponse{Data: b}) }}
+	send := &chunkSender{
+		send: func(b []byte) error { return stream.Send(&bspb.ReadResponse{Data: b}) },
+		// SendMsg, not Send: the chunk's buffer passes to gRPC.
+		sendChunk: func(c *grpcbulk.SendChunk) error { return stream.SendMsg(c) },
+	}
 	var n int64
 	if rn.Compressor == repb.Compressor_IDENTITY {
 		n, err = send.copyFrom(io.LimitReader(r, want))
@@ -145,27 +150,31 @@ func (s *byteStreamServer) Read(req *bspb.ReadRequest, stream bspb.ByteStream_Re
 
 // chunkSender turns a byte stream into messages of at most readChunkSize.
 type chunkSender struct {
-	send func([]byte) error
-	buf  []byte
+	send      func([]byte) error
+	sendChunk func(*grpcbulk.SendChunk) error
+	buf       []byte
 }
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, readChunkSize); return &b }}
 
 // copyFrom sends everything r yields and returns the number of bytes sent.
+// Each message is read into a buffer of its own that passes to gRPC with
+// the message (grpcbulk.SendChunk): through the server's grpcbulk codec
+// the transport writes it as it is, instead of marshalling a copy of every
+// byte of the blob first.
 func (c *chunkSender) copyFrom(r io.Reader) (int64, error) {
-	bp := chunkPool.Get().(*[]byte)
-	defer chunkPool.Put(bp)
-	buf := *bp
 	var total int64
 	for {
-		n, err := io.ReadFull(r, buf)
+		ch := grpcbulk.NewSendChunk(readChunkSize)
+		n, err := io.ReadFull(r, ch.Data)
 		if n > 0 {
-			// gRPC marshals the message before Send returns, so buf can be
-			// reused for the next chunk.
-			if serr := c.send(buf[:n]); serr != nil {
+			ch.Truncate(n)
+			if serr := c.sendChunk(ch); serr != nil {
 				return total, serr
 			}
 			total += int64(n)
+		} else {
+			ch.Release()
 		}
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			return total, nil

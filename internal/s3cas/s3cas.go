@@ -85,7 +85,11 @@ const (
 	// readChunk is the size of one ranged GET of a large read; up to
 	// readAhead of them are in flight, so one read of a large blob uses
 	// several connections (a single GET stream is slower than the link).
-	readChunk = 8 << 20
+	// It is the default part size, so a read from the start asks for
+	// whole parts: SeaweedFS keeps a part as one chunk and spent 13 %
+	// more CPU serving the same blob in 8 MiB ranges (two per chunk) than
+	// in 16 MiB ones, and 8 MiB ranges were not faster.
+	readChunk = defaultPartSize
 	readAhead = 4
 	// uploadAhead parts of a large write are in flight at once.
 	uploadAhead = 4

@@ -98,8 +98,10 @@ func TestStore(t *testing.T) {
 	})
 
 	t.Run("multipart and chunked read", func(t *testing.T) {
-		// 3 parts of 5 MiB and a bit; read back in 8 MiB ranged GETs.
-		data, d := blob(t, 3*(5<<20)+12345)
+		// Parts of 5 MiB; big enough to be read back in ranged GETs of
+		// readChunk (a remainder of up to 2×readChunk is one GET), the
+		// last one short.
+		data, d := blob(t, 2*readChunk+3*(5<<20)+12345)
 		w, err := s.Create(ctx, d)
 		if err != nil {
 			t.Fatal(err)
@@ -118,9 +120,10 @@ func TestStore(t *testing.T) {
 		if got := read(t, s, d, 0); !bytes.Equal(got, data) {
 			t.Fatal("multipart blob read back different bytes")
 		}
-		off := int64(9<<20 + 7)
-		if got := read(t, s, d, off); !bytes.Equal(got, data[off:]) {
-			t.Fatal("ranged read of the multipart blob differs")
+		for _, off := range []int64{9<<20 + 7, readChunk, int64(len(data)) - 2*readChunk - 1} {
+			if got := read(t, s, d, off); !bytes.Equal(got, data[off:]) {
+				t.Fatalf("read of the multipart blob from %d differs", off)
+			}
 		}
 	})
 

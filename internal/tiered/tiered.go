@@ -3,7 +3,8 @@
 // optional presence index of the slow tier (Redis).
 //
 //   - Reads try the fast tier, then the slow one; a whole read from the slow
-//     tier fills the fast one as it streams.
+//     tier fills the fast one as it streams (one fill per blob at a time;
+//     a fill that falls behind the read is finished in the background).
 //   - Writes go to both; the slow tier is committed first, so a blob is
 //     acknowledged to the client only once the shared store holds it (a
 //     second server on the same bucket can then read it, whatever happens to
@@ -119,8 +120,8 @@ func (s *Store) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.D
 }
 
 // Open reads from the fast tier, else the slow one (filling the fast tier
-// when the read starts at 0). A blob gone from the slow tier is dropped from
-// the index.
+// when the read starts at 0 and no other fill of the blob is under way). A
+// blob gone from the slow tier is dropped from the index.
 func (s *Store) Open(ctx context.Context, d digest.Digest, offset int64) (io.ReadCloser, error) {
 	r, err := s.fast.Open(ctx, d, offset)
 	if err == nil || !errors.Is(err, cas.ErrNotFound) {
@@ -132,11 +133,12 @@ func (s *Store) Open(ctx context.Context, d digest.Digest, offset int64) (io.Rea
 			s.logger.Warn("cas presence index: dropping a blob gone from the slow tier", "digest", d.String(), "err", ierr)
 		}
 	}
-	if err != nil || offset != 0 {
+	if err != nil || offset != 0 || !s.claimFill(d) {
 		return r, err
 	}
 	w, ferr := s.fill.Create(context.WithoutCancel(ctx), d)
 	if ferr != nil {
+		s.releaseFill(d)
 		if !errors.Is(ferr, cas.ErrTooLarge) {
 			s.logger.Warn("fast tier: cannot fill", "digest", d.String(), "err", ferr)
 		}
@@ -147,6 +149,8 @@ func (s *Store) Open(ctx context.Context, d digest.Digest, offset int64) (io.Rea
 
 // fillReader copies what the client reads into the fast tier and commits it
 // when the read reaches the end; a read abandoned early discards the copy.
+// It holds the store's claim on d's fill until the copy is committed,
+// handed to the background or discarded.
 type fillReader struct {
 	r    io.ReadCloser
 	w    *asyncWriter // nil once finished or failed
@@ -167,24 +171,25 @@ func (f *fillReader) Read(p []byte) (int, error) {
 	// EOF: a reader that knows the size stops there (ByteStream's Read
 	// reads through an io.LimitReader, which never asks for the EOF), and
 	// a fill that waited for EOF was discarded by Close on every such read.
-	if f.w != nil && f.read == f.d.Size && f.w.fellBehind() {
-		// The disk could not keep up with the read: fill from a read of
-		// our own, at the disk's pace, off the client's path.
-		f.w.Close()
-		f.w = nil
-		f.s.refill(f.d)
-	}
 	if f.w != nil && f.read == f.d.Size {
+		w, d, s := f.w, f.d, f.s
+		f.w = nil
+		if w.fellBehind() {
+			// The disk could not keep up with the read: the fill is
+			// finished from where it stopped, at the disk's pace, off
+			// the client's path.
+			s.resumeFill(d, w)
+			return n, err
+		}
 		// The fill's Commit (an fsync of the whole blob) is off the
 		// client's path: the fast tier is a cache, and the client already
 		// has every byte.
-		w, d, logger := f.w, f.d, f.s.logger
-		f.w = nil
-		f.s.bg.Add(1)
+		s.bg.Add(1)
 		go func() {
-			defer f.s.bg.Done()
+			defer s.bg.Done()
+			defer s.releaseFill(d)
 			if cerr := w.Commit(); cerr != nil {
-				logger.Warn("fast tier: fill commit", "digest", d.String(), "err", cerr)
+				s.logger.Warn("fast tier: fill commit", "digest", d.String(), "err", cerr)
 			}
 			w.Close()
 		}()
@@ -196,12 +201,14 @@ func (f *fillReader) drop(err error) {
 	f.s.logger.Warn("fast tier: fill failed", "digest", f.d.String(), "err", err)
 	f.w.Close()
 	f.w = nil
+	f.s.releaseFill(f.d)
 }
 
 func (f *fillReader) Close() error {
 	if f.w != nil {
 		f.w.Close()
 		f.w = nil
+		f.s.releaseFill(f.d)
 	}
 	return f.r.Close()
 }
