@@ -221,6 +221,22 @@ func (s *State) Complete(ctx context.Context, name, token string, resp *repb.Exe
 	return n == 1, nil
 }
 
+// GiveUp completes the attempt of l with resp (a failure: its executor went
+// away and no attempt is left) only if l still holds the lease as its
+// claimer or adopter: once another replica adopted the attempt, the
+// operation is that replica's to complete. It reports whether it completed.
+func (s *State) GiveUp(ctx context.Context, l *Lease, resp *repb.ExecuteResponse) (bool, error) {
+	data, err := proto.Marshal(resp)
+	if err != nil {
+		return false, fmt.Errorf("encoding execute response: %w", err)
+	}
+	n, err := completeScript.Run(ctx, s.rdb, nil, s.opts.Prefix, l.Name, l.Token, data, s.opts.OperationTTL.Milliseconds(), l.Adopter).Int()
+	if err != nil {
+		return false, fmt.Errorf("completing in redis scheduler state: %w", err)
+	}
+	return n == 1, nil
+}
+
 // Record stores an operation that is completed from the start (an action
 // cache hit answered by one replica), so that every replica finds it by
 // name: stage COMPLETED with resp and meta, expiring after OperationTTL like

@@ -8,6 +8,7 @@ import (
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/genproto/googleapis/rpc/status"
 
 	"github.com/hearth-build/hearth/internal/redistest"
 )
@@ -429,5 +430,43 @@ func TestAdoptedLeaseReleasedByAdopterOnly(t *testing.T) {
 	// A fresh claim is the claimer's own again.
 	if ok, err := a.Release(ctx, again); err != nil || !ok {
 		t.Fatalf("release of the new claim: %v %v", ok, err)
+	}
+}
+
+// A claimer out of attempts gives up only an attempt no other replica
+// adopted: once B adopted it, A's GiveUp is refused and B's result stands;
+// an attempt nobody adopted is failed by its claimer.
+func TestGiveUpRefusedOnceAdopted(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	a, b := replica(t, srv, Options{}), replica(t, srv, Options{})
+	failure := &repb.ExecuteResponse{Status: &status.Status{Code: int32(code.Code_UNAVAILABLE), Message: "executor went away"}}
+
+	name, _, _ := a.Submit(ctx, "m", "x", 0, []byte("r"))
+	claimed, err := a.Claim(ctx, "x")
+	if err != nil || claimed == nil {
+		t.Fatal(claimed, err)
+	}
+	adopted, _, err := b.Adopt(ctx, name, claimed.Token, "replica-b")
+	if err != nil || adopted == nil {
+		t.Fatalf("Adopt: %+v %v", adopted, err)
+	}
+	if ok, err := a.GiveUp(ctx, claimed, failure); err != nil || ok {
+		t.Fatalf("the claimer gave up an adopted attempt: %v %v", ok, err)
+	}
+	if ok, err := b.Complete(ctx, name, adopted.Token, resp(7)); err != nil || !ok {
+		t.Fatalf("the adopter's result: %v %v", ok, err)
+	}
+	if s, _ := a.Get(ctx, name); s.Response.GetResult().GetExitCode() != 7 || s.Response.GetStatus().GetCode() != 0 {
+		t.Fatalf("after the adopter's result: %+v", s.Response)
+	}
+
+	name2, _, _ := a.Submit(ctx, "m2", "x", 0, []byte("r2"))
+	claimed2, _ := a.Claim(ctx, "x")
+	if ok, err := a.GiveUp(ctx, claimed2, failure); err != nil || !ok {
+		t.Fatalf("the claimer's give-up of its own attempt: %v %v", ok, err)
+	}
+	if s, _ := b.Get(ctx, name2); s.Stage != repb.ExecutionStage_COMPLETED || s.Response.GetStatus().GetCode() != int32(code.Code_UNAVAILABLE) {
+		t.Fatalf("after the give-up: %v %+v", s.Stage, s.Response)
 	}
 }

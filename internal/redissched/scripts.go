@@ -140,8 +140,11 @@ redis.call('ZADD', p .. 'leases', 'XX', ARGV[4], ARGV[2])
 return 1
 `)
 
-// completeScript: ARGV: prefix, name, token, resp, ttl_ms. token "" means
-// "whatever attempt" (a cancel, or a result from the action cache). Returns
+// completeScript: ARGV: prefix, name, token, resp, ttl_ms[, adopter]. token
+// "" means "whatever attempt" (a cancel, or a result from the action cache).
+// With adopter, the lease must also be held by that adopter ("" for the
+// claimer), as releaseScript demands: a replica giving up an attempt whose
+// executor it lost must not fail an attempt another replica adopted. Returns
 // 1 if this call completed the operation; 0 if it was already completed or
 // token no longer holds the lease (a late result of an abandoned attempt,
 // which is ignored). On success: stores resp, drops the lease and the merge
@@ -153,6 +156,7 @@ local op = p .. 'op:' .. name
 local st = redis.call('HGET', op, 'stage')
 if (not st) or st == '4' then return 0 end
 if ARGV[3] ~= '' and redis.call('HGET', op, 'token') ~= ARGV[3] then return 0 end
+if ARGV[6] and (redis.call('HGET', op, 'adopter') or '') ~= ARGV[6] then return 0 end
 local merge = redis.call('HGET', op, 'merge')
 if merge and merge ~= '' and redis.call('GET', p .. 'merge:' .. merge) == name then
   redis.call('DEL', p .. 'merge:' .. merge)

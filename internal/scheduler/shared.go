@@ -36,6 +36,7 @@ type Shared interface {
 	Renew(ctx context.Context, l *redissched.Lease) (bool, error)
 	Adopt(ctx context.Context, name, token, self string) (l *redissched.Lease, done bool, err error)
 	Complete(ctx context.Context, name, token string, resp *repb.ExecuteResponse) (bool, error)
+	GiveUp(ctx context.Context, l *redissched.Lease, resp *repb.ExecuteResponse) (bool, error)
 	Record(ctx context.Context, name string, meta []byte, resp *repb.ExecuteResponse) error
 	Reap(ctx context.Context, now time.Time) (requeued, failed int, err error)
 	Get(ctx context.Context, name string) (redissched.Snapshot, error)
@@ -368,10 +369,19 @@ func (s *Scheduler) requeueSharedLocked(o *Operation, why string) {
 	o.released = l.Token
 	o.setStage(repb.ExecutionStage_QUEUED, nil)
 	if o.attempts >= s.cfg.MaxAttempts {
-		s.completeSharedAsync(l.Name, l.Token, &repb.ExecuteResponse{Status: &status.Status{
+		resp := &repb.ExecuteResponse{Status: &status.Status{
 			Code:    int32(code.Code_UNAVAILABLE),
 			Message: fmt.Sprintf("action was started %d times and each time its executor went away (last: %s)", o.attempts, why),
-		}})
+		}}
+		go func() {
+			ctx, cancel := context.WithTimeout(s.sharedCtx, sharedTimeout)
+			defer cancel()
+			// Refused once another replica adopted the attempt: its
+			// executor is still running it there.
+			if _, err := s.shared.GiveUp(ctx, l, resp); err != nil {
+				s.logger.Warn("failing an action out of attempts in the shared scheduler state", "operation", l.Name, "error", err)
+			}
+		}()
 		return
 	}
 	s.logger.Warn("re-queueing action", "operation", o.name, "action", o.action.String(), "attempt", o.attempts, "reason", why)
