@@ -83,7 +83,7 @@ func TestPriorityAcrossShapes(t *testing.T) {
 // FAILED_PRECONDITION (or INVALID_ARGUMENT for a too-long timeout) while the
 // other shapes keep waiting.
 func TestExecutorLossFailsUnmatchableQueue(t *testing.T) {
-	s, conn := startScheduler(t, Config{MaxAttempts: 1})
+	s, conn := startScheduler(t, Config{MaxAttempts: 1, ReattachGrace: 50 * time.Millisecond})
 	reg := func(name, os string, timeout time.Duration) *workerapi.Register {
 		return &workerapi.Register{Name: name, MaxInflight: 1, MaxActionTimeout: durationpb.New(timeout),
 			Properties: []*workerapi.Property{{Name: "OSFamily", Value: os}}}
@@ -192,9 +192,9 @@ func TestMergeChecksSchedulable(t *testing.T) {
 }
 
 // An action is EXECUTING from its assignment, and QUEUED again when its
-// executor goes away.
+// executor goes away (at once, without a reattach grace).
 func TestStageFollowsAssignment(t *testing.T) {
-	s, conn := startScheduler(t, Config{})
+	s, conn := startScheduler(t, Config{ReattachGrace: -1})
 	e1 := connectExecutor(t, conn, linuxExecutor("e1", 1))
 	waitExecutors(t, s, 1)
 	o, _ := s.Submit(request("x", 0))

@@ -75,6 +75,12 @@ type Config struct {
 	// action to another replica that advertises an idle warm worker for
 	// it, before starting it cold itself (default 50 ms; negative: never).
 	SharedWarmWait time.Duration
+	// ReattachGrace is how long the running actions of an executor whose
+	// session ended stay its own before they are re-queued (default 3 s;
+	// negative: re-queued at once). The executor keeps running them
+	// through a broken stream and reports them when it reconnects, usually
+	// within 100 ms, so a network blip or a restarted proxy costs no rerun.
+	ReattachGrace time.Duration
 }
 
 func (c *Config) applyDefaults() {
@@ -95,6 +101,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.ReattachGrace == 0 {
+		c.ReattachGrace = 3 * time.Second
 	}
 	if c.SharedPoll == 0 {
 		c.SharedPoll = time.Second

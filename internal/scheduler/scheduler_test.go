@@ -240,7 +240,7 @@ func TestUnschedulable(t *testing.T) {
 }
 
 func TestExecutorLossRequeues(t *testing.T) {
-	s, conn := startScheduler(t, Config{MaxAttempts: 2})
+	s, conn := startScheduler(t, Config{MaxAttempts: 2, ReattachGrace: 50 * time.Millisecond})
 	e1 := connectExecutor(t, conn, linuxExecutor("e1", 1))
 	waitExecutors(t, s, 1)
 	o, _ := s.Submit(request("x", 0))
@@ -363,5 +363,37 @@ func TestQueuedActionsFailWhenNoExecutorComes(t *testing.T) {
 	st := waitDone(t, o)
 	if st.Response.GetStatus().GetCode() != int32(code.Code_UNAVAILABLE) {
 		t.Fatalf("status = %v", st.Response.GetStatus())
+	}
+}
+
+// An executor whose stream broke and that comes back within the reattach
+// grace, reporting the attempt it kept running, keeps it: the action is not
+// re-queued, and the result it then sends is the operation's, first attempt.
+func TestReattachWithinGrace(t *testing.T) {
+	s, conn := startScheduler(t, Config{ReattachGrace: time.Minute})
+	e1 := connectExecutor(t, conn, linuxExecutor("e1", 1))
+	waitExecutors(t, s, 1)
+	o, _ := s.Submit(request("x", 0))
+	a := e1.nextAssign()
+	e1.cancel() // the stream breaks; the executor keeps running a
+	waitExecutors(t, s, 0)
+	other := connectExecutor(t, conn, linuxExecutor("other", 1))
+	waitExecutors(t, s, 1)
+	other.noAssign() // not re-queued meanwhile
+	if st, _ := o.Watch(); st.Stage != repb.ExecutionStage_EXECUTING {
+		t.Fatalf("stage while its executor reconnects = %s", st.Stage)
+	}
+	reg := linuxExecutor("e1", 1)
+	reg.RunningTaskIds = []string{a.GetTaskId()}
+	back := connectExecutor(t, conn, reg)
+	waitExecutors(t, s, 2)
+	back.finish(a, 7)
+	st := waitDone(t, o)
+	if st.Response.GetResult().GetExitCode() != 7 || st.Response.GetStatus().GetCode() != 0 {
+		t.Fatalf("response = %+v", st.Response)
+	}
+	other.noAssign()
+	if s.Status().TasksAdopted != 1 {
+		t.Fatalf("adopted = %d, want 1", s.Status().TasksAdopted)
 	}
 }

@@ -295,7 +295,7 @@ func (s *Scheduler) disconnect(e *session) {
 	s.logger.Info("executor disconnected", "executor", e.name, "running", len(e.tasks))
 	for id, o := range e.tasks {
 		if o != nil && o.taskID == id {
-			s.requeueLocked(o, "executor "+e.name+" disconnected")
+			s.orphanLocked(o, e, id)
 		}
 	}
 	e.tasks = nil
@@ -303,6 +303,25 @@ func (s *Scheduler) disconnect(e *session) {
 	if s.shared != nil {
 		s.kickClaim() // withdraws the warm workers it advertised
 	}
+}
+
+// orphanLocked leaves attempt id of o, whose session e ended, to e for
+// ReattachGrace: the executor reports it in its next Register and the new
+// session takes it over (movableLocked), or, after the grace, it is
+// re-queued as before handover existed.
+func (s *Scheduler) orphanLocked(o *Operation, e *session, id string) {
+	why := "executor " + e.name + " disconnected"
+	if s.cfg.ReattachGrace < 0 {
+		s.requeueLocked(o, why)
+		return
+	}
+	time.AfterFunc(s.cfg.ReattachGrace, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if o.executor == e && o.taskID == id {
+			s.requeueLocked(o, why+" and did not come back within "+s.cfg.ReattachGrace.String())
+		}
+	})
 }
 
 // finishedResponse is the executor's response, or an INTERNAL error when it
