@@ -221,3 +221,28 @@ func TestDiskSpareFiles(t *testing.T) {
 		t.Fatalf("after reopening, missing %v; want only the abandoned upload", m)
 	}
 }
+
+// Close does not hang on a relaxed writer nobody closed: it gives up after
+// relaxedCloseWait and leaves the marker, so the next start verifies.
+func TestRelaxedCloseDoesNotHangOnAnOpenWriter(t *testing.T) {
+	defer func(was time.Duration) { relaxedCloseWait = was }(relaxedCloseWait)
+	relaxedCloseWait = 100 * time.Millisecond
+	dir := t.TempDir()
+	d := newDisk(t, dir, 0)
+	dg := digest.Compute(digest.SHA256, []byte("forgotten"))
+	w, err := d.Create(WithRelaxedDurability(context.Background()), dg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	start := time.Now()
+	if err := d.Close(); err == nil {
+		t.Fatal("Close reported success with a relaxed writer still open")
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("Close took %s", took)
+	}
+	if _, ok := markerInfo(t, dir); !ok {
+		t.Fatal("the marker was removed although a relaxed write may be unsynced")
+	}
+}
