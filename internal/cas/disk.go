@@ -68,7 +68,7 @@ type Disk struct {
 	evictor                    evictor // guarded by evictMu
 
 	relaxed relaxedSyncer
-	spares  *fsutil.SpareFiles // nil without DiskOptions.SpareFiles
+	spares  *fsutil.SpareFiles // an upload's file in tmp/
 	// uncleanSince, when set, is the time from which blob files may be
 	// unsynced relaxed writes of a process that did not stop cleanly; the
 	// rebuild verifies those (relaxed.go).
@@ -122,9 +122,7 @@ func NewDisk(dir string, opts DiskOptions) (*Disk, error) {
 	if err != nil {
 		return nil, err
 	}
-	if unclean {
-		d.uncleanSince = since
-	}
+	d.uncleanSince = since // zero after a clean stop
 	removedTmp, err := d.removeTemps()
 	if err != nil {
 		return nil, err
@@ -137,10 +135,7 @@ func NewDisk(dir string, opts DiskOptions) (*Disk, error) {
 		// Every blob that might be unsynced was just verified.
 		d.logger.Warn("cas: the previous process stopped without syncing its relaxed writes; verified the blobs written since",
 			"since", since, "verified", st.verified, "removed_damaged", st.damaged)
-		if err := os.Remove(filepath.Join(abs, relaxedMarkerName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("cas: removing %s: %w", relaxedMarkerName, err)
-		}
-		if err := syncDir(abs); err != nil {
+		if err := d.removeRelaxedMarker(); err != nil {
 			return nil, err
 		}
 		d.uncleanSince = time.Time{}
@@ -149,18 +144,8 @@ func NewDisk(dir string, opts DiskOptions) (*Disk, error) {
 		"max_bytes", d.maxBytes, "removed_uploads", removedTmp, "unknown_files", st.unknown,
 		"removed_damaged", st.damaged, "took", time.Since(start))
 	d.evict(d.clock.Load() + 1)
-	if opts.SpareFiles > 0 {
-		d.spares = fsutil.NewSpareFiles(d.tmpDir, "upload-*", opts.SpareFiles)
-	}
+	d.spares = fsutil.NewSpareFiles(d.tmpDir, "upload-*", opts.SpareFiles)
 	return d, nil
-}
-
-// createTemp starts an upload's file in tmp/.
-func (d *Disk) createTemp() (*os.File, error) {
-	if d.spares != nil {
-		return d.spares.Create()
-	}
-	return os.CreateTemp(d.tmpDir, "upload-*")
 }
 
 // makeDirs creates the top of the layout and makes the directories durable,

@@ -43,7 +43,7 @@ func (d *Disk) Create(ctx context.Context, dg digest.Digest) (Writer, error) {
 			relaxed = false
 		}
 	}
-	f, err := d.createTemp()
+	f, err := d.spares.Create()
 	if errors.Is(err, fs.ErrNotExist) {
 		// Someone removed tmp/ behind our back; recreate it once.
 		if err = os.MkdirAll(d.tmpDir, dirMode); err == nil {

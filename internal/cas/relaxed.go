@@ -215,10 +215,15 @@ func (s *relaxedSyncer) close() error {
 	if !had {
 		return nil
 	}
-	if err := os.Remove(s.markerPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	return s.d.removeRelaxedMarker()
+}
+
+// removeRelaxedMarker records, durably, that no relaxed write is unsynced.
+func (d *Disk) removeRelaxedMarker() error {
+	if err := os.Remove(filepath.Join(d.dir, relaxedMarkerName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("cas: removing %s: %w", relaxedMarkerName, err)
 	}
-	return syncDir(s.d.dir)
+	return syncDir(d.dir)
 }
 
 // Close makes every blob committed with relaxed durability durable and
@@ -226,9 +231,7 @@ func (s *relaxedSyncer) close() error {
 // removes the spare upload files. The store must not be written to
 // meanwhile or after.
 func (d *Disk) Close() error {
-	if d.spares != nil {
-		d.spares.Close()
-	}
+	d.spares.Close()
 	return d.relaxed.close()
 }
 

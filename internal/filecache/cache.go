@@ -84,7 +84,7 @@ type pather interface {
 type Cache struct {
 	dir      string // absolute
 	tmpDir   string
-	spares   *fsutil.SpareFiles // nil without Options.SpareFiles
+	spares   *fsutil.SpareFiles // a copied entry's file in tmp/
 	src      cas.Store
 	srcFiles pather // nil if src has no files to link from
 	maxBytes int64
@@ -174,9 +174,7 @@ func New(dir string, src cas.Store, opts Options) (*Cache, error) {
 	if err := c.makeDirs(); err != nil {
 		return nil, err
 	}
-	if opts.SpareFiles > 0 {
-		c.spares = fsutil.NewSpareFiles(c.tmpDir, "fetch-*", opts.SpareFiles)
-	}
+	c.spares = fsutil.NewSpareFiles(c.tmpDir, "fetch-*", opts.SpareFiles)
 	c.logger.Info("filecache: opened", "dir", abs, "max_bytes", c.maxBytes, "purged_entries", removed,
 		"link_from_source", c.srcFiles != nil)
 	return c, nil

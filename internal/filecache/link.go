@@ -142,7 +142,7 @@ func (c *Cache) copyFromSource(ctx context.Context, k key, final string) error {
 		return fmt.Errorf("filecache: fetching %s %s: %w", k.d.Function, k.d, err)
 	}
 	defer r.Close()
-	f, err := c.createTemp()
+	f, err := c.spares.Create()
 	if err != nil {
 		return fmt.Errorf("filecache: fetching %s %s: %w", k.d.Function, k.d, err)
 	}
@@ -251,12 +251,4 @@ func (r ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return r.r.Read(p)
-}
-
-// createTemp starts a copied entry's file in tmp/.
-func (c *Cache) createTemp() (*os.File, error) {
-	if c.spares != nil {
-		return c.spares.Create()
-	}
-	return os.CreateTemp(c.tmpDir, "fetch-*")
 }

@@ -119,9 +119,12 @@ type SpareFiles struct {
 }
 
 // NewSpareFiles starts keeping up to n spare files of CreateTemp(dir,
-// pattern).
+// pattern); with n ≤ 0, Create makes each file when asked, as CreateTemp.
 func NewSpareFiles(dir, pattern string, n int) *SpareFiles {
 	f := &SpareFiles{dir: dir, pattern: pattern}
+	if n <= 0 {
+		return f
+	}
 	f.s = newSpares(n, func() (*os.File, error) { return os.CreateTemp(dir, pattern) },
 		func(f *os.File) { f.Close(); os.Remove(f.Name()) })
 	return f
@@ -130,14 +133,20 @@ func NewSpareFiles(dir, pattern string, n int) *SpareFiles {
 // Create returns an empty temporary file, open for reading and writing; a
 // spare one when there is one.
 func (f *SpareFiles) Create() (*os.File, error) {
-	if v, ok := f.s.take(); ok {
-		return v, nil
+	if f.s != nil {
+		if v, ok := f.s.take(); ok {
+			return v, nil
+		}
 	}
 	return os.CreateTemp(f.dir, f.pattern)
 }
 
 // Close stops the refilling and removes the spare files not handed out.
-func (f *SpareFiles) Close() { f.s.close() }
+func (f *SpareFiles) Close() {
+	if f.s != nil {
+		f.s.close()
+	}
+}
 
 // SpareDirs hands out empty directories of mode 0755 in one directory,
 // created ahead of need, for callers that rename one into place instead of

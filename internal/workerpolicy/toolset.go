@@ -1,6 +1,7 @@
 package workerpolicy
 
 import (
+	"strconv"
 	"strings"
 	"sync"
 
@@ -40,7 +41,7 @@ func (w *Workers) toolSetFor(in workeraction.KeyInput, tree *inputtree.Tree, sta
 		// Everything else the pool key hashes: equal memo keys, equal pool keys.
 		memoKey = strings.Join([]string{
 			in.Instance, in.ClientKey, in.Protocol, in.WorkingDir,
-			boolString(in.Multiplex), boolString(in.Sandboxing), boolString(in.Cancellable),
+			strconv.FormatBool(in.Multiplex), strconv.FormatBool(in.Sandboxing), strconv.FormatBool(in.Cancellable),
 			strings.Join(in.Startup, "\x00"), strings.Join(in.Env, "\x00"), id,
 		}, "\x01")
 		w.toolSets.mu.Lock()
@@ -74,11 +75,4 @@ func (w *Workers) toolSetFor(in workeraction.KeyInput, tree *inputtree.Tree, sta
 		m.mu.Unlock()
 	}
 	return ts
-}
-
-func boolString(b bool) string {
-	if b {
-		return "1"
-	}
-	return "0"
 }
