@@ -77,6 +77,7 @@ type options struct {
 	tscInflight  int
 	tscExecutors int
 	tscModes     string
+	tscRemote    string // extra Bazel flags of the remote builds
 }
 
 // scenario is one measurement; run returns its rows and notes.
@@ -143,6 +144,7 @@ func parseOptions(args []string) (options, error) {
 	fs.IntVar(&o.tscRounds, "tsc-rounds", 2, "tsc: rounds of the three builds (local worker, Hearth persistent, Hearth one-shot); overrides -rounds")
 	fs.IntVar(&o.tscInflight, "tsc-inflight", 2, "tsc: --max-inflight of hearth serve (and max_inflight_tasks of each hearth worker)")
 	fs.IntVar(&o.tscExecutors, "tsc-executors", 2, "tsc: `hearth worker`s of the extra persistent build on `hearth server` that measures warm hits across executors (0 or 1: skip it)")
+	fs.StringVar(&o.tscRemote, "tsc-remote-flags", "", "tsc: extra Bazel flags of the remote builds, space-separated (e.g. --remote_download_minimal); the local build is unchanged")
 	fs.StringVar(&o.tscModes, "tsc-modes", "local,persistent,oneshot", "tsc: the modes to build, for a quick look at one (ratios need local and persistent; one-shot/persistent needs both)")
 	if err := fs.Parse(args); err != nil {
 		return o, err

@@ -150,6 +150,9 @@ func runTsc(ctx context.Context, b *bench) (*result, error) {
 			Goal:     "≥ 95%", Met: metText(s.warmFraction() >= 0.95)}
 		r.add(rw)
 	}
+	if f := strings.Fields(b.opts.tscRemote); len(f) > 0 {
+		r.note("the remote builds (not the local one) also had %s", strings.Join(f, " "))
+	}
 	r.note("Bazel %s, Bazel's default --jobs, %d round(s); last builds: local %q, persistent %q, one-shot %q",
 		bazelVersion(ctx, env), b.opts.tscRounds, last["local"].processes, last["persistent"].processes, last["oneshot"].processes)
 	r.note("each library: types.ts and index.ts (interfaces, a generic class, 9 functions) importing the previous library; tsc_wrapped from npm @bazel/concatjs 5.8.1 with TypeScript 4.9.5 (scripts/npm-install.sh: npm ci from e2e/testdata/tsc/package-lock.json), proto worker protocol, `node tsc_wrapped.js @@tsconfig` as rules_nodejs's ts_library; node_modules (%s) are tool inputs of every action", npmSummary(npmDir))
@@ -263,7 +266,7 @@ func tscBuildRemote(ctx context.Context, b *bench, dir, ws string, env []string,
 	z := newTscBazel(ctx, dir, ws, env, name)
 	defer z.run("shutdown")
 	flags := func(s *hearthServer) []string {
-		return []string{"--remote_executor=grpc://" + s.GRPCAddr, "--noremote_accept_cached"}
+		return append([]string{"--remote_executor=grpc://" + s.GRPCAddr, "--noremote_accept_cached"}, strings.Fields(b.opts.tscRemote)...)
 	}
 	if _, _, err := z.build(flags(srv)...); err != nil {
 		return tscBuild{}, fmt.Errorf("warm-up: %w", err)

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -113,7 +114,7 @@ func tscBuildCluster(ctx context.Context, b *bench, dir, ws string, env []string
 	z := newTscBazel(ctx, dir, ws, env, "cluster")
 	defer z.run("shutdown")
 	flags := func(c *hearthCluster) []string {
-		return []string{"--remote_executor=grpc://" + c.server.GRPCAddr, "--noremote_accept_cached"}
+		return append([]string{"--remote_executor=grpc://" + c.server.GRPCAddr, "--noremote_accept_cached"}, strings.Fields(b.opts.tscRemote)...)
 	}
 	if _, _, err := z.build(flags(c)...); err != nil {
 		return tscBuild{}, fmt.Errorf("warm-up: %w", err)
