@@ -24,6 +24,13 @@ func startWorker(t *testing.T, srv *hearthProcess, name string, maxInflight int,
 // connect to the first.
 func startWorkerOn(t *testing.T, servers []*hearthProcess, name string, maxInflight int, extraArgs ...string) *hearthProcess {
 	t.Helper()
+	return startWorkerWith(t, servers, name, maxInflight, "", extraArgs...)
+}
+
+// startWorkerWith is startWorkerOn with more settings (JSON5 members) in
+// the worker's local block.
+func startWorkerWith(t *testing.T, servers []*hearthProcess, name string, maxInflight int, settings string, extraArgs ...string) *hearthProcess {
+	t.Helper()
 	srv := servers[0]
 	dir := t.TempDir()
 	endpoint := fmt.Sprintf("uri: %q", "grpc://"+srv.GRPCAddr)
@@ -42,10 +49,11 @@ func startWorkerOn(t *testing.T, servers []*hearthProcess, name string, maxInfli
       worker_api_endpoint: { %s },
       work_directory: %q,
       max_inflight_tasks: %d,
+      %s
     },
   }],
 }
-`, t.Name(), name, endpoint, filepath.Join(dir, "work"), maxInflight)
+`, t.Name(), name, endpoint, filepath.Join(dir, "work"), maxInflight, settings)
 	configPath := filepath.Join(dir, "worker.json5")
 	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
 		t.Fatal(err)

@@ -152,7 +152,7 @@ func serve(ctx context.Context, f serveFlags, logger *slog.Logger) error {
 		results := srv.embeddedActionCache()
 		exec, err := executor.FromConfig(ctx, &workers[i], executor.Deps{
 			CAS: srv.store, ActionCache: results, FileSource: srv.fileSource,
-			RunnerRemote: "grpc://" + srv.lis.Addr().String(), Logger: logger, Metrics: execMetrics,
+			RunnerRemote: func() string { return "grpc://" + srv.lis.Addr().String() }, Logger: logger, Metrics: execMetrics,
 		})
 		if err != nil {
 			return fmt.Errorf("embedded executor %s: %w", workers[i].Name, err)

@@ -103,16 +103,14 @@ func runWorker(args []string) error {
 			return err
 		}
 		addrs := w.WorkerAPIEndpoint.Addresses()
-		if len(addrs) > 1 && len(w.RunnerCommand) > 0 {
-			// A runner is given one --remote address and would not follow
-			// the worker to the next server.
-			return fmt.Errorf("workers[%d].local.runner_command: a runner reaches the CAS at one address and would not follow a fail-over to the next of worker_api_endpoint.uris; with runner_command give one uri (a load balancer in front of the replicas)", i)
-		}
 		// With several servers (replicas sharing state) the connection
 		// uses the first that answers and moves on to the next when it
 		// fails; the executor's session reconnects over it with backoff.
+		// A runner (runner_command) is given the server the connection
+		// uses when the runner starts.
+		dialExtra, runnerRemote := withServerConnLog(clientMetrics, addrs, w.Name, logger)
 		conn, err := casclient.DialAny(ctx, addrs, casclient.DialOptions{Timeout: w.WorkerAPIEndpoint.Timeout, TLS: tlsConfig, Token: token,
-			Extra: withServerConnLog(clientMetrics, addrs, w.Name, logger)})
+			Extra: dialExtra})
 		if err != nil {
 			return fmt.Errorf("workers[%d].local.worker_api_endpoint: %w", i, err)
 		}
@@ -128,7 +126,7 @@ func runWorker(args []string) error {
 		results := actioncache.NewMetrics(casclient.NewActionCache(conn, casclient.WithRetry(retry)), reg)
 		exec, err := executor.FromConfig(ctx, w, executor.Deps{
 			CAS: store, ActionCache: results, FileSource: store,
-			RunnerRemote: w.WorkerAPIEndpoint.URI, Logger: logger, Metrics: execMetrics,
+			RunnerRemote: runnerRemote, Logger: logger, Metrics: execMetrics,
 		})
 		if err != nil {
 			return fmt.Errorf("workers[%d]: %w", i, err)

@@ -35,9 +35,10 @@ type Deps struct {
 	// FileSource feeds the input file cache; the bare *cas.Disk when the
 	// CAS is local, so that inputs are hardlinked from it without a copy.
 	FileSource cas.Store
-	// RunnerRemote is the CAS address given to an external runner
-	// (runner_command) as --remote.
-	RunnerRemote string
+	// RunnerRemote gives the CAS address handed to an external runner
+	// (runner_command) as --remote, asked once per action: a worker with
+	// several servers answers with the one it is connected to now.
+	RunnerRemote func() string
 	Logger       *slog.Logger
 	// HeartbeatInterval overrides the executor's heartbeat period when
 	// positive (tests use a short one).
@@ -148,7 +149,7 @@ func FromConfig(ctx context.Context, w *config.LocalWorker, deps Deps) (*Executo
 		}
 	}
 	if len(w.RunnerCommand) > 0 {
-		external := &ExternalRunner{Command: w.RunnerCommand, Remote: deps.RunnerRemote, WorkDir: actions, WorkerName: w.Name, MaxTimeout: w.MaxActionTimeout}
+		external := &ExternalRunner{Command: w.RunnerCommand, Remote: deps.RunnerRemote, WorkDir: actions, WorkerName: w.Name, MaxTimeout: w.MaxActionTimeout, Logger: logger}
 		run = external
 		if workers != nil {
 			// Warm workers serve the actions that opt in; the runner the rest.

@@ -3,6 +3,7 @@ package executor
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -28,18 +29,32 @@ import (
 type ExternalRunner struct {
 	// Command is the runner's argv prefix, e.g. ["hearth", "run"].
 	Command []string
-	// Remote is the CAS the runner uses (--remote).
-	Remote     string
+	// Remote gives the CAS the runner uses (--remote), asked when the
+	// runner starts.
+	Remote     func() string
 	WorkDir    string
 	WorkerName string
 	// MaxTimeout bounds an action that sets no timeout.
 	MaxTimeout time.Duration
+	Logger     *slog.Logger
 }
 
 // Build implements Runner.
 func (r *ExternalRunner) Build(ctx context.Context, t builder.Task) *repb.ExecuteResponse {
 	started := timestamppb.Now()
-	result, st := r.build(ctx, t)
+	remote := r.Remote()
+	result, st := r.build(ctx, t, remote)
+	if st.GetCode() == int32(code.Code_UNAVAILABLE) && ctx.Err() == nil {
+		// The runner lost its server. When the executor has moved to
+		// another server since (a worker listing several replicas), the
+		// action runs again there, once: what the client's own retry
+		// would do, minus a round trip through the scheduler.
+		if next := r.Remote(); next != remote {
+			r.Logger.Warn("runner lost its server; running the action again at the executor's new one",
+				"action", t.ActionDigest.String(), "server", remote, "next", next, "err", st.GetMessage())
+			result, st = r.build(ctx, t, next)
+		}
+	}
 	if result == nil {
 		result = &repb.ActionResult{}
 	}
@@ -53,7 +68,7 @@ func (r *ExternalRunner) Build(ctx context.Context, t builder.Task) *repb.Execut
 	return &repb.ExecuteResponse{Result: result, Status: st}
 }
 
-func (r *ExternalRunner) build(ctx context.Context, t builder.Task) (*repb.ActionResult, *spb.Status) {
+func (r *ExternalRunner) build(ctx context.Context, t builder.Task, remote string) (*repb.ActionResult, *spb.Status) {
 	// The runner's own failures are the executor's, never the client's:
 	// INTERNAL, whatever the error wraps.
 	internal := func(err error) (*repb.ActionResult, *spb.Status) {
@@ -77,7 +92,7 @@ func (r *ExternalRunner) build(ctx context.Context, t builder.Task) (*repb.Actio
 		return internal(err)
 	}
 	args := append(append([]string(nil), r.Command...),
-		"--action="+actionFile, "--action-result="+resultFile, "--remote="+r.Remote,
+		"--action="+actionFile, "--action-result="+resultFile, "--remote="+remote,
 		"--workspace-path="+workspace, "--digest-function="+digest.Lower(t.ActionDigest.Function))
 	if t.Instance != "" {
 		args = append(args, "--instance="+t.Instance)
