@@ -120,7 +120,7 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 		w.FallBack(plan, "staging", err)
 		return nil, nil
 	}
-	if err := outputs.CreateParents(dir, cmd); err != nil {
+	if err := outputs.CreateParentsWith(dir, cmd, b.spareDirsFor(dir)); err != nil {
 		return nil, err
 	}
 	snapshot := snapshotInputs(dir, tree, skip)
