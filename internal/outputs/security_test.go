@@ -7,11 +7,14 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 
 	"github.com/hearth-build/hearth/internal/digest"
+	"github.com/hearth-build/hearth/internal/fsutil"
 )
 
 func TestValidate(t *testing.T) {
@@ -176,7 +179,35 @@ func TestCollectNeverFollowsSymlinks(t *testing.T) {
 }
 
 func TestCreateParents(t *testing.T) {
-	root := t.TempDir()
+	t.Run("mkdir", func(t *testing.T) { testCreateParents(t, nil) })
+	t.Run("spare directories", func(t *testing.T) {
+		dir := t.TempDir()
+		spares := fsutil.NewSpareDirs(dir, 8)
+		defer spares.Close()
+		// The spares are made in the background: wait for them, and
+		// remember their inodes to tell that they were used.
+		inodes := map[uint64]bool{}
+		for deadline := time.Now().Add(10 * time.Second); len(inodes) < 8; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d spare directories after 10 s, want 8", len(inodes))
+			}
+			entries, _ := os.ReadDir(dir)
+			for _, e := range entries {
+				if info, err := e.Info(); err == nil {
+					inodes[info.Sys().(*syscall.Stat_t).Ino] = true
+				}
+			}
+		}
+		root := testCreateParents(t, spares)
+		st, err := os.Stat(filepath.Join(root, "wd/a/b"))
+		if err != nil || !inodes[st.Sys().(*syscall.Stat_t).Ino] {
+			t.Errorf("wd/a/b is not one of the spare directories (%v)", err)
+		}
+	})
+}
+
+func testCreateParents(t *testing.T, spares *fsutil.SpareDirs) (root string) {
+	root = t.TempDir()
 	outside := t.TempDir()
 	layout(t, root, map[string]string{"link": "->" + outside, "file": "f"})
 	cmd := &repb.Command{
@@ -187,13 +218,17 @@ func TestCreateParents(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(root, "wd"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := CreateParents(root, cmd); err != nil {
+	if err := CreateParentsWith(root, cmd, spares); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{"wd/a/b", "wd/c/d"} {
-		if st, err := os.Stat(filepath.Join(root, p)); err != nil || !st.IsDir() {
-			t.Errorf("%s not created: %v", p, err)
+	for _, p := range []string{"wd/a", "wd/a/b", "wd/c", "wd/c/d"} {
+		if st, err := os.Lstat(filepath.Join(root, p)); err != nil || !st.IsDir() || st.Mode().Perm() != 0o755 {
+			t.Errorf("%s not created as a 0755 directory: %v, %v", p, st.Mode(), err)
 		}
+	}
+	// Again: everything exists, nothing changes.
+	if err := CreateParentsWith(root, cmd, spares); err != nil {
+		t.Fatal(err)
 	}
 	for _, p := range []string{"wd/c/d/outdir", "wd/a/b/file.o", "wd/top.o"} {
 		if _, err := os.Lstat(filepath.Join(root, p)); !os.IsNotExist(err) {
@@ -210,7 +245,7 @@ func TestCreateParents(t *testing.T) {
 		{"escape", &repb.Command{OutputPaths: []string{"../x/y"}}, ErrInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := CreateParents(root, tc.cmd); !errors.Is(err, tc.want) {
+			if err := CreateParentsWith(root, tc.cmd, spares); !errors.Is(err, tc.want) {
 				t.Fatalf("got %v, want %v", err, tc.want)
 			}
 			if entries, _ := os.ReadDir(outside); len(entries) != 0 {
@@ -218,6 +253,7 @@ func TestCreateParents(t *testing.T) {
 			}
 		})
 	}
+	return root
 }
 
 // FuzzValidate checks that every output path Validate accepts names
