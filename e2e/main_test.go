@@ -29,6 +29,13 @@ func runMain(m *testing.M) int {
 	// data race there fails the test (see checkNoRace) instead of going
 	// unnoticed.
 	build := exec.Command("go", "build", "-race", "-o", hearthBin, "github.com/hearth-build/hearth/cmd/hearth")
+	// A -race binary sleeps 1 s at exit (GORACE atexit_sleep_ms) for other
+	// goroutines to report; every server, worker and `hearth run` the tests
+	// start (and the runners those start) would pay it. A race reported
+	// while the process runs still fails the test.
+	if _, set := os.LookupEnv("GORACE"); !set {
+		os.Setenv("GORACE", "atexit_sleep_ms=0")
+	}
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: building cmd/hearth:", err)
