@@ -434,3 +434,27 @@ func TestStatusPageNeedsToken(t *testing.T) {
 		t.Errorf("the status page with a token does not look like one:\n%.300s", body)
 	}
 }
+
+// --http-pprof serves Go's runtime profiles on the HTTP port (for an
+// operator's `go tool pprof http://HOST:8981/debug/pprof/profile`); without
+// it they are not there.
+func TestHTTPPprof(t *testing.T) {
+	get := func(addr string) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + addr + "/debug/pprof/goroutine?debug=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	on := startServe(t, t.TempDir(), "--http-pprof")
+	if code, body := get(on.HTTPAddr); code != http.StatusOK || !strings.Contains(body, "goroutine profile: total") {
+		t.Errorf("with --http-pprof: %d %.200q", code, body)
+	}
+	off := startServe(t, t.TempDir())
+	if code, _ := get(off.HTTPAddr); code != http.StatusNotFound {
+		t.Errorf("without --http-pprof: %d, want 404", code)
+	}
+}

@@ -68,6 +68,9 @@ func resolveServerFlags(fs *flag.FlagSet, f *serverFlags) (*serverconfig.File, e
 	}
 	setString("listen", &f.listen, file.Listen)
 	setString("http", &f.httpAddr, file.HTTP)
+	if file.HTTPPprof != nil && !given["http-pprof"] {
+		f.httpPprof = *file.HTTPPprof
+	}
 	setString("data", &f.data, file.Storage.DataDir)
 	if file.Storage.CASMaxBytes != nil && !given["cas-max-bytes"] {
 		f.casMaxBytes = *file.Storage.CASMaxBytes
@@ -105,6 +108,9 @@ type access struct {
 // checkAccess checks the access flags and the listening addresses against
 // the security rules, before anything is opened.
 func checkAccess(f serverFlags) error {
+	if f.httpPprof && f.httpAddr == "" {
+		return errors.New("--http-pprof (http_pprof) needs the HTTP port: the profiles are served there, and --http (http) is empty")
+	}
 	a := f.access
 	if (a.tlsCert == "") != (a.tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key must be given together")

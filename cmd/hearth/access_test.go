@@ -65,3 +65,35 @@ func TestResolveServerFlagsFlagsOverrideFile(t *testing.T) {
 		t.Errorf("cas-max-bytes = %d, want 1024", f.casMaxBytes)
 	}
 }
+
+// http_pprof reaches the server's flags, and asking for profiles without
+// the HTTP port they are served on is refused, not ignored.
+func TestHTTPPprof(t *testing.T) {
+	resolve := func(cfg string, args ...string) serverFlags {
+		t.Helper()
+		path := filepath.Join(t.TempDir(), "server.json5")
+		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		fs := flag.NewFlagSet("server", flag.ContinueOnError)
+		var f serverFlags
+		f.register(fs)
+		if err := fs.Parse(append([]string{"--config-server", path}, args...)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := resolveServerFlags(fs, &f); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	if f := resolve(`{http_pprof: true}`); !f.httpPprof || checkAccess(f) != nil {
+		t.Errorf("http_pprof: true gave httpPprof %v, checkAccess %v", f.httpPprof, checkAccess(f))
+	}
+	if f := resolve(`{http_pprof: true}`, "--http-pprof=false"); f.httpPprof {
+		t.Error("--http-pprof=false did not override the file")
+	}
+	f := resolve(`{http: "", http_pprof: true}`)
+	if err := checkAccess(f); err == nil || !strings.Contains(err.Error(), "http-pprof") {
+		t.Errorf("http_pprof without an HTTP port: %v, want an error naming it", err)
+	}
+}

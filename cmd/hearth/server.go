@@ -57,6 +57,7 @@ const (
 type serverFlags struct {
 	listen      string
 	httpAddr    string
+	httpPprof   bool // Go's runtime profiles at /debug/pprof/ on the HTTP port
 	data        string
 	casMaxBytes int64
 	access      accessFlags
@@ -77,6 +78,7 @@ type serverFlags struct {
 func (f *serverFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:8980", "gRPC address for REAPI clients and executors (Bazel --remote_executor=grpc://ADDR)")
 	fs.StringVar(&f.httpAddr, "http", "127.0.0.1:8981", "HTTP address of the status page (/), /status, /metrics and /healthz (empty disables)")
+	fs.BoolVar(&f.httpPprof, "http-pprof", false, "also serve Go's runtime profiles at /debug/pprof/ on the HTTP port, behind the same access check as /metrics")
 	fs.StringVar(&f.data, "data", "./hearth-data", "directory holding the CAS, the action cache and executor scratch space")
 	fs.Int64Var(&f.casMaxBytes, "cas-max-bytes", 0, "evict least recently used CAS blobs beyond this many bytes (0 = unbounded)")
 	f.access.register(fs)
@@ -357,7 +359,8 @@ func (s *server) run(ctx context.Context, logger *slog.Logger, extra net.Listene
 		// is in force (the same principal check as the gRPC APIs).
 		hs = &http.Server{Handler: s.access.httpHandler(statuspage.Handler(statuspage.Config{
 			Scheduler: s.statusWithShared, Journal: s.journal,
-			Metrics: promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}),
+			Metrics:   promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}),
+			Profiling: s.f.httpPprof,
 		})), ReadHeaderTimeout: 10 * time.Second}
 		go hs.Serve(hl)
 		httpAddr = hl.Addr().String()

@@ -43,6 +43,7 @@ func runWorker(args []string) error {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	path := fs.String("config", "", "worker configuration (JSON5, NativeLink's local worker shape; see the README)")
 	httpAddr := fs.String("http", "", "HTTP address of this worker's status page (/), /status, /metrics and /healthz, e.g. 127.0.0.1:8982 (empty disables)")
+	httpPprof := fs.Bool("http-pprof", false, "also serve Go's runtime profiles at /debug/pprof/ on --http")
 	insecure := fs.Bool("insecure", false, "allow --http on a non-loopback address (the worker's HTTP port has no authentication)")
 	grace := fs.Duration("drain-grace", 10*time.Minute, "on SIGTERM, how long running actions may take to finish before they are cancelled (and re-queued by the scheduler)")
 	localCASSocket := fs.String("localcas-socket", "", "serve buildbox's LocalCAS protocol on this Unix socket, for buildbox runners (overrides the config's localcas_socket; the config must then have one worker)")
@@ -51,6 +52,9 @@ func runWorker(args []string) error {
 	}
 	if *path == "" {
 		return errors.New("--config is required")
+	}
+	if *httpPprof && *httpAddr == "" {
+		return errors.New("--http-pprof needs --http (the profiles are served on the worker's HTTP port)")
 	}
 	if n := len(*localCASSocket); n > localcas.MaxSocketPath {
 		return fmt.Errorf("--localcas-socket %q is %d bytes, longer than the %d a Unix socket path allows", *localCASSocket, n, localcas.MaxSocketPath)
@@ -144,7 +148,7 @@ func runWorker(args []string) error {
 		}()
 	}
 	if *httpAddr != "" {
-		stopHTTP, err := serveWorkerHTTP(*httpAddr, reg, statusFuncs, workerNames(file), logger)
+		stopHTTP, err := serveWorkerHTTP(*httpAddr, *httpPprof, reg, statusFuncs, workerNames(file), logger)
 		if err != nil {
 			hardStop()
 			wg.Wait()
@@ -180,7 +184,7 @@ func runWorker(args []string) error {
 
 // serveWorkerHTTP serves the worker's own HTTP port: its metrics and the
 // persistent worker pools of its executors.
-func serveWorkerHTTP(addr string, reg *prometheus.Registry, status []func() any, names string, logger *slog.Logger) (func(), error) {
+func serveWorkerHTTP(addr string, pprof bool, reg *prometheus.Registry, status []func() any, names string, logger *slog.Logger) (func(), error) {
 	hl, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
@@ -196,7 +200,8 @@ func serveWorkerHTTP(addr string, reg *prometheus.Registry, status []func() any,
 			}
 			return out
 		},
-		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Metrics:   promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Profiling: pprof,
 	}), ReadHeaderTimeout: 10 * time.Second}
 	go hs.Serve(hl)
 	logger.Info("hearth worker http", "http", hl.Addr().String())

@@ -29,6 +29,8 @@ type File struct {
 	Listen *string
 	// HTTP is the HTTP address; "" disables it.
 	HTTP *string
+	// HTTPPprof serves Go's runtime profiles on the HTTP port.
+	HTTPPprof *bool
 	// Insecure allows plaintext gRPC on a non-loopback address.
 	Insecure *bool
 	// TLS, when set, serves gRPC over TLS.
@@ -105,6 +107,11 @@ func Parse(data []byte) (*File, error) {
 	}
 	if v, p, ok := o.Get("http"); ok {
 		f.HTTP = address(d, p, v, true)
+	}
+	if v, p, ok := o.Get("http_pprof"); ok {
+		if b, ok := d.Bool(p, v); ok {
+			f.HTTPPprof = &b
+		}
 	}
 	if v, p, ok := o.Get("insecure"); ok {
 		if b, ok := d.Bool(p, v); ok {

@@ -76,6 +76,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad listen", `{listen: "8980"}`, `listen: "8980" is not host:port`},
 		{"empty listen", `{listen: ""}`, "listen: is empty"},
 		{"listen not a string", `{listen: 8980}`, "listen: want a string, got number 8980"},
+		{"http_pprof not a bool", `{http_pprof: "yes"}`, "http_pprof: want"},
 		{"tls unknown", `{tls: {cert_file: "c", key_file: "k", ca_file: "x"}}`, "tls.ca_file: unknown field"},
 		{"tls no key", `{tls: {cert_file: "c"}}`, "tls: cert_file and key_file are both required"},
 		{"storage unknown", `{storage: {data: "/x"}}`, "storage.data: unknown field"},

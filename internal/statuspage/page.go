@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strconv"
 	"time"
@@ -38,6 +39,11 @@ type Config struct {
 	Refresh time.Duration
 	// Title heads the page ("Hearth" when empty).
 	Title string
+	// Profiling serves Go's runtime profiles (net/http/pprof) under
+	// /debug/pprof/, behind the same check as /metrics: off unless asked
+	// for, since a profile shows the process's internals and a CPU or
+	// trace profile costs the server while it runs.
+	Profiling bool
 }
 
 // Handler returns the mux of the HTTP port.
@@ -68,6 +74,13 @@ func Handler(c Config) http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	if c.Metrics != nil {
 		mux.Handle("GET /metrics", protect(c.Metrics))
+	}
+	if c.Profiling {
+		mux.Handle("GET /debug/pprof/", protect(http.HandlerFunc(pprof.Index))) // and every named profile
+		mux.Handle("GET /debug/pprof/cmdline", protect(http.HandlerFunc(pprof.Cmdline)))
+		mux.Handle("GET /debug/pprof/profile", protect(http.HandlerFunc(pprof.Profile)))
+		mux.Handle("GET /debug/pprof/symbol", protect(http.HandlerFunc(pprof.Symbol)))
+		mux.Handle("GET /debug/pprof/trace", protect(http.HandlerFunc(pprof.Trace)))
 	}
 	mux.Handle("GET /status", protect(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

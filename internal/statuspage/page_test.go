@@ -53,6 +53,36 @@ func TestAuthorize(t *testing.T) {
 	}
 }
 
+func TestProfiling(t *testing.T) {
+	authorize := func(r *http.Request) error {
+		if r.Header.Get("Authorization") != "Bearer good" {
+			return ErrNoCredentials
+		}
+		return nil
+	}
+	off := Handler(Config{Authorize: authorize})
+	on := Handler(Config{Authorize: authorize, Profiling: true})
+	for _, tc := range []struct {
+		h           http.Handler
+		path, token string
+		want        int
+		body        string
+	}{
+		{off, "/debug/pprof/", "good", 404, ""},
+		{off, "/debug/pprof/goroutine?debug=1", "good", 404, ""},
+		{on, "/debug/pprof/goroutine?debug=1", "", 401, ""},
+		{on, "/debug/pprof/", "good", 200, "goroutine"},
+		{on, "/debug/pprof/goroutine?debug=1", "good", 200, "goroutine profile: total"},
+		{on, "/debug/pprof/heap?debug=1", "good", 200, "heap profile"},
+		{on, "/debug/pprof/cmdline", "good", 200, "statuspage"},
+	} {
+		got, body := get(t, tc.h, tc.path, tc.token)
+		if got != tc.want || !strings.Contains(body, tc.body) {
+			t.Errorf("GET %s (profiling %v) with token %q: %d, want %d with %q:\n%.200s", tc.path, tc.h == on, tc.token, got, tc.want, tc.body, body)
+		}
+	}
+}
+
 func TestMiddleware(t *testing.T) {
 	h := Handler(Config{Middleware: func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
