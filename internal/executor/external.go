@@ -50,7 +50,11 @@ func (r *ExternalRunner) Build(ctx context.Context, t builder.Task) *repb.Execut
 		// action runs again there, once: what the client's own retry
 		// would do, minus a round trip through the scheduler.
 		if next := r.Remote(); next != remote {
-			r.Logger.Warn("runner lost its server; running the action again at the executor's new one",
+			logger := r.Logger
+			if logger == nil {
+				logger = slog.Default()
+			}
+			logger.Warn("runner lost its server; running the action again at the executor's new one",
 				"action", t.ActionDigest.String(), "server", remote, "next", next, "err", st.GetMessage())
 			result, st = r.build(ctx, t, next)
 		}

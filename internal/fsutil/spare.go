@@ -1,9 +1,12 @@
 package fsutil
 
 import (
+	"errors"
 	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Creating a file or a directory is the one expensive step of writing a
@@ -175,6 +178,30 @@ func (d *SpareDirs) Take() (string, bool) { return d.s.take() }
 
 // Give returns a directory Take handed out that stayed unused and empty.
 func (d *SpareDirs) Give(p string) { d.s.give(p) }
+
+// PlaceAt renames a spare directory to name in the directory open as
+// dirfd, never replacing what is there: an entry already at name answers
+// unix.EEXIST, as mkdir would. It reports false with a nil error when it
+// placed nothing for another reason (no spare ready, d nil, another file
+// system, no renameat2): the caller then makes the directory itself.
+func (d *SpareDirs) PlaceAt(dirfd int, name string) (bool, error) {
+	if d == nil {
+		return false, nil
+	}
+	spare, ok := d.Take()
+	if !ok {
+		return false, nil
+	}
+	err := unix.Renameat2(unix.AT_FDCWD, spare, dirfd, name, unix.RENAME_NOREPLACE)
+	if err == nil {
+		return true, nil
+	}
+	d.Give(spare)
+	if errors.Is(err, unix.EEXIST) {
+		return false, err
+	}
+	return false, nil
+}
 
 // Close stops the refilling and removes the spare directories not handed
 // out.

@@ -1,10 +1,13 @@
 package fsutil
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func listDir(t *testing.T, dir string) []string {
@@ -64,4 +67,39 @@ func TestSpareFilesMissingDirectory(t *testing.T) {
 		t.Fatalf("Create in a missing directory: %v, want not-exist", err)
 	}
 	s.Close()
+}
+
+// PlaceAt puts a spare 0755 directory at a name, never over what is there
+// (EEXIST, and the spare stays a spare), and a nil SpareDirs places nothing.
+func TestSpareDirsPlaceAt(t *testing.T) {
+	spareDir, target := t.TempDir(), t.TempDir()
+	d := NewSpareDirs(spareDir, 2)
+	defer d.Close()
+	waitEntries(t, spareDir, 2)
+	fd, err := unix.Open(target, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if placed, err := d.PlaceAt(fd, "new"); !placed || err != nil {
+		t.Fatalf("PlaceAt(new) = %v, %v", placed, err)
+	}
+	if st, err := os.Lstat(filepath.Join(target, "new")); err != nil || !st.IsDir() || st.Mode().Perm() != 0o755 {
+		t.Fatalf("new: %v, %v", st, err)
+	}
+	if err := os.WriteFile(filepath.Join(target, "taken"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitEntries(t, spareDir, 2) // refilled
+	if placed, err := d.PlaceAt(fd, "taken"); placed || !errors.Is(err, unix.EEXIST) {
+		t.Fatalf("PlaceAt over a file = %v, %v; want EEXIST", placed, err)
+	}
+	if data, err := os.ReadFile(filepath.Join(target, "taken")); err != nil || string(data) != "x" {
+		t.Fatalf("the file in the way was touched: %q, %v", data, err)
+	}
+	waitEntries(t, spareDir, 2) // the spare came back
+	var none *SpareDirs
+	if placed, err := none.PlaceAt(fd, "other"); placed || err != nil {
+		t.Fatalf("nil PlaceAt = %v, %v", placed, err)
+	}
 }

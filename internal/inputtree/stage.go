@@ -258,19 +258,15 @@ func (s *stager) walk(ctx context.Context, h *dirHandle, i int) error {
 func (s *stager) makeDir(parent int, path string) (*dirHandle, error) {
 	name := baseName(path)
 	reuse := s.opts.Reuse
-	if reuse && s.opts.Dirs != nil {
-		if spare, ok := s.opts.Dirs.Take(); ok {
-			// NOREPLACE: an existing directory (or anything else) in the
-			// way is never replaced; it answers EEXIST as mkdir would.
-			err := unix.Renameat2(unix.AT_FDCWD, spare, parent, name, unix.RENAME_NOREPLACE)
-			if err == nil {
-				return openDir(parent, name, path)
-			}
-			s.opts.Dirs.Give(spare)
-			if errors.Is(err, unix.EEXIST) {
-				return existingDir(parent, name, path)
-			}
-			// Another file system, or no renameat2: make it as usual.
+	if reuse {
+		// An existing directory (or anything else) in the way is never
+		// replaced; it answers EEXIST as mkdir would.
+		placed, err := s.opts.Dirs.PlaceAt(parent, name)
+		if placed {
+			return openDir(parent, name, path)
+		}
+		if errors.Is(err, unix.EEXIST) {
+			return existingDir(parent, name, path)
 		}
 	}
 	if err := unix.Mkdirat(parent, name, 0o755); err != nil {

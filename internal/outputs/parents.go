@@ -55,21 +55,11 @@ func CreateParentsWith(inputRoot string, cmd *repb.Command, spares *fsutil.Spare
 }
 
 // makeDirAt makes the directory name in dirfd with mode 0755: a spare
-// renamed into place (NOREPLACE: whatever is in the way answers EEXIST, as
-// mkdir would), else a mkdir.
+// renamed into place, else a mkdir (either answers EEXIST when something
+// is in the way).
 func makeDirAt(dirfd int, name string, spares *fsutil.SpareDirs) error {
-	if spares != nil {
-		if spare, ok := spares.Take(); ok {
-			err := unix.Renameat2(unix.AT_FDCWD, spare, dirfd, name, unix.RENAME_NOREPLACE)
-			if err == nil {
-				return nil
-			}
-			spares.Give(spare)
-			if errors.Is(err, unix.EEXIST) {
-				return err
-			}
-			// Another file system, or no renameat2: make it as usual.
-		}
+	if placed, err := spares.PlaceAt(dirfd, name); placed || err != nil {
+		return err
 	}
 	return unix.Mkdirat(dirfd, name, 0o755)
 }
