@@ -19,7 +19,8 @@ import (
 // TestReplicasMergeInFlightActions: the same action submitted to two
 // replicas while it runs is executed once (REAPI lets identical in-flight
 // executions merge, skip_cache_lookup or not): the client at B joins the
-// operation A queued, and both get the one result.
+// operation A queued, and both get the one result; a third client waits on
+// A's running operation by name at B (WaitExecution) and gets it too.
 func TestReplicasMergeInFlightActions(t *testing.T) {
 	s3 := s3test.Start(t)
 	rds := redistest.Start(t)
@@ -45,9 +46,22 @@ func TestReplicasMergeInFlightActions(t *testing.T) {
 		resp *repb.ExecuteResponse
 		err  error
 	}
+	stream, err := ca.exec.Execute(t.Context(), &repb.ExecuteRequest{ActionDigest: act.action.digest, SkipCacheLookup: true, DigestFunction: repb.DigestFunction_SHA256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := stream.Recv() // the operation's name comes first
+	if err != nil {
+		t.Fatal(err)
+	}
 	atA := make(chan outcomeOf, 1)
 	go func() {
-		resp, err := ca.execute(t.Context(), act.action.digest)
+		if first.GetDone() {
+			resp := &repb.ExecuteResponse{}
+			atA <- outcomeOf{resp, first.GetResponse().UnmarshalTo(resp)}
+			return
+		}
+		_, resp, err := firstDone(stream)
 		atA <- outcomeOf{resp, err}
 	}()
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
@@ -58,9 +72,19 @@ func TestReplicasMergeInFlightActions(t *testing.T) {
 			t.Fatalf("the action did not start in 30 s\nA:\n%s", a.log.tail(30))
 		}
 	}
+	waited := make(chan outcomeOf, 1)
+	go func() {
+		wait, err := cb.exec.WaitExecution(t.Context(), &repb.WaitExecutionRequest{Name: first.GetName()})
+		if err != nil {
+			waited <- outcomeOf{nil, err}
+			return
+		}
+		_, resp, err := firstDone(wait)
+		waited <- outcomeOf{resp, err}
+	}()
 	respB, errB := cb.execute(t.Context(), act.action.digest)
-	oA := <-atA
-	for name, o := range map[string]outcomeOf{"A": oA, "B": {respB, errB}} {
+	oA, oWait := <-atA, <-waited
+	for name, o := range map[string]outcomeOf{"A": oA, "B": {respB, errB}, "WaitExecution at B": oWait} {
 		if st := outcome(o.resp, o.err); st.Code() != codes.OK || o.resp.GetResult().GetExitCode() != 0 {
 			t.Fatalf("Execute at %s: %v (exit code %d)", name, st, o.resp.GetResult().GetExitCode())
 		}
@@ -68,7 +92,9 @@ func TestReplicasMergeInFlightActions(t *testing.T) {
 	if data, _ := os.ReadFile(runs); strings.Count(string(data), "run\n") != 1 {
 		t.Errorf("the action ran %d times for the two submissions, want once (merged)", strings.Count(string(data), "run\n"))
 	}
-	if !proto.Equal(oA.resp.GetResult(), respB.GetResult()) {
-		t.Errorf("the two clients got different results:\nA: %v\nB: %v", oA.resp.GetResult(), respB.GetResult())
+	for name, resp := range map[string]*repb.ExecuteResponse{"B": respB, "WaitExecution at B": oWait.resp} {
+		if !proto.Equal(oA.resp.GetResult(), resp.GetResult()) {
+			t.Errorf("%s got another result than A:\nA: %v\n%s: %v", name, oA.resp.GetResult(), name, resp.GetResult())
+		}
 	}
 }
