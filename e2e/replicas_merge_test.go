@@ -11,9 +11,6 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
-
-	"github.com/hearth-build/hearth/internal/redistest"
-	"github.com/hearth-build/hearth/internal/s3test"
 )
 
 // TestReplicasMergeInFlightActions: the same action submitted to two
@@ -22,13 +19,7 @@ import (
 // operation A queued, and both get the one result; a third client waits on
 // A's running operation by name at B (WaitExecution) and gets it too.
 func TestReplicasMergeInFlightActions(t *testing.T) {
-	s3 := s3test.Start(t)
-	rds := redistest.Start(t)
-	cfg, env := writeStoresConfig(t, s3, rds.URL(0),
-		fmt.Sprintf(`action_cache: {redis: {url: %q}}`, rds.URL(0)),
-		fmt.Sprintf(`scheduler: {redis: {url: %q, lease: "3s", poll: "200ms"}}`, rds.URL(0)))
-	a := startServer(t, "server", t.TempDir(), env, "--config-server", cfg)
-	b := startServer(t, "server", t.TempDir(), env, "--config-server", cfg)
+	a, b, _ := startReplicaPair(t)
 	startWorkerOn(t, []*hearthProcess{a, b}, "wm", 2)
 
 	// Each run of the action appends a line to runs, outside its

@@ -11,9 +11,6 @@ import (
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc/codes"
-
-	"github.com/hearth-build/hearth/internal/redistest"
-	"github.com/hearth-build/hearth/internal/s3test"
 )
 
 // TestReplicasRunnerFollowsWorker: a worker that lists two replicas and runs
@@ -25,13 +22,7 @@ import (
 // that the kill cut off mid-action runs again at the second replica, which
 // adopted the action: its client gets the result, not UNAVAILABLE.
 func TestReplicasRunnerFollowsWorker(t *testing.T) {
-	s3 := s3test.Start(t)
-	rds := redistest.Start(t)
-	cfg, env := writeStoresConfig(t, s3, rds.URL(0),
-		fmt.Sprintf(`action_cache: {redis: {url: %q}}`, rds.URL(0)),
-		fmt.Sprintf(`scheduler: {redis: {url: %q, lease: "3s", poll: "200ms"}}`, rds.URL(0)))
-	a := startServer(t, "server", t.TempDir(), env, "--config-server", cfg)
-	b := startServer(t, "server", t.TempDir(), env, "--config-server", cfg)
+	a, b, _ := startReplicaPair(t)
 	w := startWorkerWith(t, []*hearthProcess{a, b}, "wr", 2, fmt.Sprintf(`runner_command: [%q, "run"],`, hearthBin))
 
 	// Each action writes started.<input's first word> into the test's

@@ -93,12 +93,10 @@ func (p *rrProxy) serve() {
 	}
 }
 
-// startReplicas starts two `hearth server` replicas sharing one SeaweedFS
-// bucket (CAS), one Redis (action cache, CAS index, scheduler state) and a
-// round-robin proxy in front of them for clients, with two `hearth worker`s
-// that list both replicas (worker_api_endpoint.uris, no proxy): w1 A then
-// B, w2 B then A.
-func startReplicas(t *testing.T) (a, b, w1, w2 *hearthProcess, proxy *rrProxy, rds *redistest.Server) {
+// startReplicaPair starts two `hearth server` replicas sharing one SeaweedFS
+// bucket (CAS) and one Redis (action cache, CAS index, scheduler state with
+// a 3 s lease), and no executor.
+func startReplicaPair(t *testing.T) (a, b *hearthProcess, rds *redistest.Server) {
 	t.Helper()
 	s3 := s3test.Start(t)
 	rds = redistest.Start(t)
@@ -107,6 +105,17 @@ func startReplicas(t *testing.T) (a, b, w1, w2 *hearthProcess, proxy *rrProxy, r
 		fmt.Sprintf(`scheduler: {redis: {url: %q, lease: "3s", poll: "200ms"}}`, rds.URL(0)))
 	a = startServer(t, "server", t.TempDir(), env, "--config-server", cfg)
 	b = startServer(t, "server", t.TempDir(), env, "--config-server", cfg)
+	return a, b, rds
+}
+
+// startReplicas starts two `hearth server` replicas sharing one SeaweedFS
+// bucket (CAS), one Redis (action cache, CAS index, scheduler state) and a
+// round-robin proxy in front of them for clients, with two `hearth worker`s
+// that list both replicas (worker_api_endpoint.uris, no proxy): w1 A then
+// B, w2 B then A.
+func startReplicas(t *testing.T) (a, b, w1, w2 *hearthProcess, proxy *rrProxy, rds *redistest.Server) {
+	t.Helper()
+	a, b, rds = startReplicaPair(t)
 	proxy = startProxy(t, a.GRPCAddr, b.GRPCAddr)
 	w1 = startWorkerOn(t, []*hearthProcess{a, b}, "w1", 3)
 	w2 = startWorkerOn(t, []*hearthProcess{b, a}, "w2", 3)
