@@ -1,7 +1,6 @@
 package inputtree
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -316,40 +315,5 @@ func TestStageCancelled(t *testing.T) {
 	cancel()
 	if err := Stage(ctx, tr, cache, scratch(t)); !errors.Is(err, context.Canceled) {
 		t.Errorf("Stage with a cancelled context = %v, want context.Canceled", err)
-	}
-}
-
-// BenchmarkStage stages a 1,000-file tree (20 directories of 50 files) from
-// a warm cache, which is the executor's common case.
-func BenchmarkStage(b *testing.B) {
-	ctx := context.Background()
-	disk := newDisk(b)
-	var dirs []*repb.DirectoryNode
-	for i := range 20 {
-		var files []*repb.FileNode
-		for j := range 50 {
-			d := putBlob(b, disk, bytes.Repeat([]byte(fmt.Sprintf("%d/%d ", i, j)), 100))
-			files = append(files, file(fmt.Sprintf("f%02d", j), d, j%10 == 0))
-		}
-		dirs = append(dirs, subdir(fmt.Sprintf("d%02d", i), putDir(b, disk, &repb.Directory{Files: files})))
-	}
-	tr, err := Load(ctx, disk, fn, putDir(b, disk, &repb.Directory{Directories: dirs}))
-	if err != nil {
-		b.Fatal(err)
-	}
-	cache, _ := newCache(b, disk, 0)
-	dir := filepath.Join(scratch(b), "action")
-	for b.Loop() {
-		b.StopTimer()
-		if err := os.RemoveAll(dir); err != nil {
-			b.Fatal(err)
-		}
-		if err := os.Mkdir(dir, 0o755); err != nil {
-			b.Fatal(err)
-		}
-		b.StartTimer()
-		if err := Stage(ctx, tr, cache, dir); err != nil {
-			b.Fatal(err)
-		}
 	}
 }
