@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -32,6 +33,7 @@ func (c *conformanceClient) checkExecuteMore(t *testing.T) {
 	t.Run("timeout partial output", func(t *testing.T) { c.checkTimeoutOutput(t) })
 	t.Run("cached result", func(t *testing.T) { c.checkCachedResult(t) })
 	t.Run("bad actions", func(t *testing.T) { c.checkBadActions(t) })
+	t.Run("requests", func(t *testing.T) { c.checkExecuteRequests(t) })
 }
 
 // runSpec uploads and executes the action of s (skipping the cache) and
@@ -608,6 +610,18 @@ func (c *conformanceClient) checkBadActions(t *testing.T) {
 		// output file".
 		//lint:ignore SA1019 the legacy output fields are what this check covers.
 		"an output file parent of another": {cmd: &repb.Command{Arguments: []string{"/bin/true"}, OutputFiles: []string{"a", "a/b"}}},
+		// Canonical Commands: "the environment variables MUST be
+		// lexicographically sorted by name"; output paths "MUST be sorted".
+		// These are the client's MUSTs; Hearth rejects a Command that breaks
+		// them rather than hash-split equivalent actions silently.
+		"unsorted environment variables": {cmd: &repb.Command{Arguments: []string{"/bin/true"}, EnvironmentVariables: []*repb.Command_EnvironmentVariable{{Name: "B"}, {Name: "A"}}}},
+		"a variable set twice":           {cmd: &repb.Command{Arguments: []string{"/bin/true"}, EnvironmentVariables: []*repb.Command_EnvironmentVariable{{Name: "A", Value: "1"}, {Name: "A", Value: "2"}}}},
+		"unsorted output_paths":          {cmd: &repb.Command{Arguments: []string{"/bin/true"}, OutputPaths: []string{"b", "a"}}},
+		// Platform: "the properties MUST be lexicographically sorted by
+		// name, and then by value".
+		"unsorted platform properties": {cmd: &repb.Command{Arguments: []string{"/bin/true"}}, action: func(a *repb.Action) {
+			a.Platform = &repb.Platform{Properties: []*repb.Platform_Property{{Name: "OSFamily", Value: "linux"}, {Name: "Arch", Value: "amd64"}}}
+		}},
 		//lint:ignore SA1019 the legacy output fields are what this check covers.
 		"a duplicated output directory": {cmd: &repb.Command{Arguments: []string{"/bin/true"}, OutputDirectories: []string{"d", "d"}}},
 	} {
@@ -720,5 +734,147 @@ func (c *conformanceClient) checkOperationsMore(t *testing.T) {
 		}
 		_, err := c.ops.GetOperation(ctx, &longrunningpb.GetOperationRequest{Name: name})
 		wantCode(t, "GetOperation after DeleteOperation", err, codes.NotFound)
+	}
+}
+
+// checkExecuteRequests covers ExecuteRequest fields, missing blobs deeper in
+// the tree, and platforms.
+func (c *conformanceClient) checkExecuteRequests(t *testing.T) {
+	ctx := t.Context()
+	tag := uuid.NewString()
+
+	// Missing blobs below the root: "for each requested blob not present in
+	// the CAS, there is a Violation with a type of MISSING" — a Directory
+	// and a file one level down are requested blobs too.
+	gone := uniqueBlob("missing nested file")
+	goneDir := marshalBlob(t, &repb.Directory{Files: []*repb.FileNode{{Name: "x", Digest: uniqueBlob("x").digest}}})
+	sub := c.putDirectory(t, &repb.Directory{Files: []*repb.FileNode{{Name: "f", Digest: gone.digest}}})
+	root := c.putDirectory(t, &repb.Directory{Directories: []*repb.DirectoryNode{{Name: "a", Digest: sub.digest}, {Name: "b", Digest: goneDir.digest}}})
+	cmd := marshalBlob(t, &repb.Command{Arguments: []string{"/bin/true", tag}})
+	act := marshalBlob(t, &repb.Action{CommandDigest: cmd.digest, InputRootDigest: root.digest})
+	if err := c.batchUpload(ctx, []testBlob{cmd, act}); err != nil {
+		t.Fatal(err)
+	}
+	st := outcome(c.execute(ctx, act.digest))
+	subjects := strings.Join(missingSubjects(st), " ")
+	if st.Code() != codes.FailedPrecondition || !strings.Contains(subjects, "blobs/"+gone.String()) || !strings.Contains(subjects, "blobs/"+goneDir.String()) {
+		t.Errorf("nested missing file and Directory: %v, MISSING %v; want blobs/%s and blobs/%s", st, subjects, gone, goneDir)
+	}
+	// A missing input root.
+	ghostRoot := marshalBlob(t, &repb.Directory{Files: []*repb.FileNode{{Name: tag, Digest: newTestBlob(nil).digest}}})
+	act2 := marshalBlob(t, &repb.Action{CommandDigest: cmd.digest, InputRootDigest: ghostRoot.digest})
+	if err := c.batchUpload(ctx, []testBlob{act2}); err != nil {
+		t.Fatal(err)
+	}
+	st = outcome(c.execute(ctx, act2.digest))
+	if st.Code() != codes.FailedPrecondition || !strings.Contains(strings.Join(missingSubjects(st), " "), "blobs/"+ghostRoot.String()) {
+		t.Errorf("missing input root: %v, MISSING %v", st, missingSubjects(st))
+	}
+	// "`digest_function` MUST thus be omitted if its value is one of MD5,
+	// MURMUR3, SHA1, SHA256, SHA384, SHA512, or VSO" — and so present for
+	// BLAKE3: "blobs/{digest_function/}{hash}/{size}".
+	bcmd := blake3Blob([]byte("missing blake3 command " + tag))
+	bact := blake3Proto(t, &repb.Action{CommandDigest: bcmd.digest, InputRootDigest: blake3Blob(nil).digest})
+	resp, err := c.cas.BatchUpdateBlobs(ctx, &repb.BatchUpdateBlobsRequest{DigestFunction: repb.DigestFunction_BLAKE3,
+		Requests: []*repb.BatchUpdateBlobsRequest_Request{{Digest: bact.digest, Data: bact.data}}})
+	if err != nil || resp.GetResponses()[0].GetStatus().GetCode() != 0 {
+		t.Fatalf("uploading a BLAKE3 Action: %v, %v", resp, err)
+	}
+	s, err := c.exec.Execute(ctx, &repb.ExecuteRequest{ActionDigest: bact.digest, DigestFunction: repb.DigestFunction_BLAKE3})
+	var bresp *repb.ExecuteResponse
+	if err == nil {
+		var op *longrunningpb.Operation
+		for err == nil && !op.GetDone() {
+			op, err = s.Recv()
+		}
+		if err == nil {
+			bresp = &repb.ExecuteResponse{}
+			_ = op.GetResponse().UnmarshalTo(bresp)
+		}
+	}
+	st = outcome(bresp, err)
+	if want := "blobs/blake3/" + bcmd.String(); st.Code() != codes.FailedPrecondition || !slices.Contains(missingSubjects(st), want) {
+		t.Errorf("BLAKE3 action with a missing Command: %v, MISSING %v; want %s", st, missingSubjects(st), want)
+	}
+
+	// Digest functions: a hash whose length fits no function, or a function
+	// the server does not announce.
+	for what, req := range map[string]*repb.ExecuteRequest{
+		"a SHA256 request with a 40-digit hash": {ActionDigest: &repb.Digest{Hash: strings.Repeat("a", 40), SizeBytes: 3}, DigestFunction: repb.DigestFunction_SHA256},
+		"digest_function MD5":                   {ActionDigest: act.digest, DigestFunction: repb.DigestFunction_MD5},
+	} {
+		_, err := c.runOps(ctx, req)
+		wantCode(t, "Execute with "+what, err, codes.InvalidArgument)
+	}
+
+	// skip_cache_lookup: "services SHOULD overwrite any existing entries that
+	// may exist. This allows skip_cache_lookup requests to be used as a
+	// mechanism for replacing action cache entries".
+	a := actionSpec{args: []string{"/bin/echo", "fresh " + tag}}.build(t)
+	c.upload(t, a)
+	stale := uniqueBlob("stale stdout")
+	if err := c.batchUpload(ctx, []testBlob{stale}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ac.UpdateActionResult(ctx, &repb.UpdateActionResultRequest{ActionDigest: a.action.digest, ActionResult: &repb.ActionResult{StdoutDigest: stale.digest}}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.execute(ctx, a.action.digest); outcome(r, err).Code() != codes.OK {
+		t.Fatalf("Execute with skip_cache_lookup: %v", outcome(r, err))
+	}
+	ar, err := c.ac.GetActionResult(ctx, &repb.GetActionResultRequest{ActionDigest: a.action.digest})
+	if err != nil || proto.Equal(ar.GetStdoutDigest(), stale.digest) {
+		t.Errorf("after skip_cache_lookup the action cache still holds the old result: %v, %v", ar, err)
+	}
+
+	// inline_stdout, inline_stderr, inline_output_files: "A hint to the
+	// server to request inlining"; as for GetActionResult, small blobs fit
+	// and come back inline, with their digests kept.
+	b := actionSpec{args: []string{"/bin/sh", "-c", "printf o; printf e >&2; printf f > f; printf g > g; : " + tag}, outputPaths: []string{"f", "g"}}.build(t)
+	c.upload(t, b)
+	for _, skip := range []bool{true, false} { // executed, then from the cache
+		ops, err := c.runOps(ctx, &repb.ExecuteRequest{ActionDigest: b.action.digest, SkipCacheLookup: skip, InlineStdout: true, InlineStderr: true, InlineOutputFiles: []string{"f"}})
+		if err != nil {
+			t.Fatalf("Execute with inlining: %v", err)
+		}
+		resp := checkOperationStream(t, ops, b.action.digest)
+		res := resp.GetResult()
+		if string(res.GetStdoutRaw()) != "o" || string(res.GetStderrRaw()) != "e" || res.GetStdoutDigest() == nil {
+			t.Errorf("cached %v: stdout_raw %q, stderr_raw %q (digest %v); want o, e", resp.GetCachedResult(), res.GetStdoutRaw(), res.GetStderrRaw(), res.GetStdoutDigest())
+		}
+		for _, f := range res.GetOutputFiles() {
+			if want := map[string]string{"f": "f", "g": ""}[f.GetPath()]; string(f.GetContents()) != want {
+				t.Errorf("cached %v: contents of %s %q, want %q", resp.GetCachedResult(), f.GetPath(), f.GetContents(), want)
+			}
+		}
+	}
+	// The action cache keeps digests only: inlining was for that response.
+	if ar, err := c.ac.GetActionResult(ctx, &repb.GetActionResultRequest{ActionDigest: b.action.digest}); err != nil || len(ar.GetStdoutRaw()) > 0 {
+		t.Errorf("GetActionResult after an inlining Execute: %v, %v", ar, err)
+	}
+
+	// Action.platform: "New in version 2.2: clients SHOULD set these
+	// platform properties as well as those in the Command. Servers SHOULD
+	// prefer those set here." A pre-2.2 client sets only Command.platform,
+	// which then is the action's platform.
+	unknown := &repb.Platform{Properties: []*repb.Platform_Property{{Name: "no-such-property-" + tag, Value: "1"}}}
+	linux := &repb.Platform{Properties: []*repb.Platform_Property{{Name: "OSFamily", Value: "linux"}}}
+	for what, tc := range map[string]struct {
+		action, command *repb.Platform
+		runs            bool
+	}{
+		"an unknown property in Command.platform only":    {nil, unknown, false},
+		"Action.platform known, Command.platform unknown": {linux, unknown, true},
+		"Action.platform unknown, Command.platform known": {unknown, linux, false},
+	} {
+		//lint:ignore SA1019 Command.platform is what pre-2.2 clients send.
+		cmdB := marshalBlob(t, &repb.Command{Arguments: []string{"/bin/true", what}, Platform: tc.command})
+		actB := marshalBlob(t, &repb.Action{CommandDigest: cmdB.digest, InputRootDigest: newTestBlob(nil).digest, Platform: tc.action})
+		if err := c.batchUpload(ctx, []testBlob{cmdB, actB}); err != nil {
+			t.Fatal(err)
+		}
+		if st := outcome(c.execute(ctx, actB.digest)); (st.Code() == codes.OK) != tc.runs {
+			t.Errorf("%s: %v, want it run: %v", what, st, tc.runs)
+		}
 	}
 }
