@@ -403,6 +403,7 @@ func (c *conformanceClient) checkExecute(t *testing.T) {
 	})
 
 	t.Run("output layouts", func(t *testing.T) { c.checkOutputLayouts(t) })
+	c.checkExecuteMore(t)
 
 	t.Run("instance name", func(t *testing.T) {
 		// A result computed under an instance is that instance's: ActionCache

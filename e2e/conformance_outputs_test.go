@@ -245,6 +245,7 @@ func (c *conformanceClient) checkOperations(t *testing.T) {
 	}
 	_, err = c.ops.CancelOperation(ctx, &longrunningpb.CancelOperationRequest{Name: "operations/" + uuid.NewString()})
 	wantCode(t, "CancelOperation of an unknown operation", err, codes.NotFound)
+	c.checkOperationsMore(t)
 }
 
 func (c *conformanceClient) checkBLAKE3(t *testing.T) {

@@ -322,13 +322,26 @@ func (b *Builder) runOneShot(ctx context.Context, t Task, cmd *repb.Command, tre
 
 	md.OutputUploadStartTimestamp = timestamppb.Now()
 	result := &repb.ActionResult{ExitCode: int32(res.ExitCode)}
-	if runErr == nil && !timedOut {
+	switch {
+	case runErr == nil && !timedOut:
 		collected, err := b.collect(ctx, fn, inputRoot, cmd)
 		if err != nil {
 			return nil, err
 		}
 		result = collected
 		result.ExitCode = int32(res.ExitCode)
+	case runErr == nil:
+		// REAPI lets "the output-, stdout-, and stderr-related fields" of a
+		// timed-out action be filled in: what it wrote before it was killed
+		// shows where it hung. Its status keeps it out of the cache, and an
+		// output it left half made (of the wrong type, say) must not turn
+		// DEADLINE_EXCEEDED into another error, so collecting is best effort.
+		if collected, err := b.collect(ctx, fn, inputRoot, cmd); err == nil {
+			result = collected
+			result.ExitCode = int32(res.ExitCode)
+		} else {
+			b.logger().Debug("outputs of a timed-out action not collected", "action", t.ActionDigest, "err", err)
+		}
 	}
 	// stdout and stderr are kept even for a timed-out or cancelled action:
 	// they are often the only clue to what went wrong.

@@ -61,7 +61,7 @@ func (s *executionServer) Execute(req *repb.ExecuteRequest, stream grpc.ServerSt
 		switch {
 		case err == nil:
 			op := s.cfg.Scheduler.Completed(req.GetInstanceName(), actionDigest, &repb.ExecuteResponse{Result: res, CachedResult: true})
-			return follow(ctx, op, stream, true)
+			return follow(ctx, op, stream, true, s.finisher(ctx, req, actionDigest))
 		case !isNotFound(err):
 			return toStatus(fmt.Errorf("action cache lookup: %w", err))
 		}
@@ -82,7 +82,19 @@ func (s *executionServer) Execute(req *repb.ExecuteRequest, stream grpc.ServerSt
 	if err != nil {
 		return toStatus(err)
 	}
-	return follow(ctx, op, stream, !req.GetSkipCacheLookup())
+	return follow(ctx, op, stream, !req.GetSkipCacheLookup(), s.finisher(ctx, req, actionDigest))
+}
+
+// finisher returns what follow applies to the response of the done
+// operation for this request: the inlining it asks for, or nil.
+func (s *executionServer) finisher(ctx context.Context, req *repb.ExecuteRequest, action digest.Digest) func(*repb.ExecuteResponse) *repb.ExecuteResponse {
+	x := inliningOf(req)
+	if x == nil {
+		return nil
+	}
+	return func(resp *repb.ExecuteResponse) *repb.ExecuteResponse {
+		return x.apply(ctx, s.cfg.CAS, action.Function, action, s.cfg.maxBatch(), resp)
+	}
 }
 
 func isNotFound(err error) bool {
@@ -168,12 +180,14 @@ func (s *executionServer) WaitExecution(req *repb.WaitExecutionRequest, stream g
 	if err != nil {
 		return toStatus(err)
 	}
-	return follow(stream.Context(), op, stream, false)
+	return follow(stream.Context(), op, stream, false, nil)
 }
 
 // follow streams an operation's stages until it is done. It counts as a
 // waiter, so the operation is cancelled when every follower has gone.
-func follow(ctx context.Context, op *scheduler.Operation, stream grpc.ServerStreamingServer[longrunningpb.Operation], cacheChecked bool) error {
+// finish, if not nil, changes the done operation's response for this
+// follower.
+func follow(ctx context.Context, op *scheduler.Operation, stream grpc.ServerStreamingServer[longrunningpb.Operation], cacheChecked bool, finish func(*repb.ExecuteResponse) *repb.ExecuteResponse) error {
 	op.AddWaiter()
 	defer op.RemoveWaiter()
 	st, changed := op.Watch()
@@ -189,6 +203,9 @@ func follow(ctx context.Context, op *scheduler.Operation, stream grpc.ServerStre
 	last := repb.ExecutionStage_UNKNOWN
 	for {
 		if st.Stage != last || st.Done() {
+			if st.Done() && finish != nil {
+				st.Response = finish(st.Response)
+			}
 			if err := sendState(stream, st); err != nil {
 				return err
 			}
