@@ -243,6 +243,25 @@ func (c *conformanceClient) checkDigestFunctionField(t *testing.T) {
 			t.Errorf("FindMissingBlobs of a stored SHA256 blob with digest_function %v: %v, %v", fn, resp, err)
 		}
 	}
+	// The hash of a SHA256 blob, asked for as BLAKE3, names another blob
+	// (one nobody uploaded): "individual execution requests may only
+	// reference CAS objects using a single digest function", and a store
+	// that answered by hash alone would serve data whose BLAKE3 digest is not
+	// the one asked for.
+	fm, err := c.cas.FindMissingBlobs(ctx, &repb.FindMissingBlobsRequest{DigestFunction: repb.DigestFunction_BLAKE3, BlobDigests: []*repb.Digest{b.digest}})
+	if err != nil || len(fm.GetMissingBlobDigests()) != 1 {
+		t.Errorf("FindMissingBlobs BLAKE3 of a blob stored as SHA256: %v, %v; want it missing", fm, err)
+	}
+	rd, err := c.cas.BatchReadBlobs(ctx, &repb.BatchReadBlobsRequest{DigestFunction: repb.DigestFunction_BLAKE3, Digests: []*repb.Digest{b.digest}})
+	if err != nil || codes.Code(rd.GetResponses()[0].GetStatus().GetCode()) != codes.NotFound {
+		t.Errorf("BatchReadBlobs BLAKE3 of a blob stored as SHA256: %v, %v; want NOT_FOUND", rd, err)
+	}
+	_, err = c.readAll(ctx, &bspb.ReadRequest{ResourceName: "blobs/blake3/" + b.String()})
+	wantCode(t, "Read blobs/blake3/ of a blob stored as SHA256", err, codes.NotFound)
+	if q, err := c.bs.QueryWriteStatus(ctx, &bspb.QueryWriteStatusRequest{ResourceName: fmt.Sprintf("uploads/%s/blobs/blake3/%s", uuid.NewString(), b)}); codeOf(err) != codes.NotFound {
+		t.Errorf("QueryWriteStatus of a BLAKE3 upload of a hash stored as SHA256: %v, %v; want NOT_FOUND", q, err)
+	}
+
 	// A function the server does not announce, and a value that is no
 	// function at all: the request cannot be served as asked.
 	unsupported := []repb.DigestFunction_Value{repb.DigestFunction_Value(99)}
@@ -261,7 +280,7 @@ func (c *conformanceClient) checkDigestFunctionField(t *testing.T) {
 		} else if err != nil {
 			wantCode(t, what("BatchUpdateBlobs"), err, codes.InvalidArgument)
 		}
-		rd, err := c.cas.BatchReadBlobs(ctx, &repb.BatchReadBlobsRequest{DigestFunction: fn, Digests: []*repb.Digest{b.digest}})
+		rd, err = c.cas.BatchReadBlobs(ctx, &repb.BatchReadBlobsRequest{DigestFunction: fn, Digests: []*repb.Digest{b.digest}})
 		if err == nil && codes.Code(rd.GetResponses()[0].GetStatus().GetCode()) != codes.InvalidArgument {
 			t.Errorf("%s: %v, want INVALID_ARGUMENT", what("BatchReadBlobs"), rd)
 		} else if err != nil {

@@ -48,6 +48,8 @@ func TestConformance(t *testing.T) {
 	t.Run("ByteStreamNames", func(t *testing.T) { cc.checkByteStreamNames(t) })
 	t.Run("ByteStreamConcurrentUpload", func(t *testing.T) { cc.checkConcurrentUpload(t) })
 	t.Run("ByteStreamCompressedResume", func(t *testing.T) { cc.checkCompressedResume(t) })
+	t.Run("ByteStreamUploadForms", func(t *testing.T) { cc.checkUploadForms(t) })
+	t.Run("ByteStreamRestartedUpload", func(t *testing.T) { cc.checkRestartedUpload(t) })
 	t.Run("GetTree", func(t *testing.T) { cc.checkGetTree(t) })
 	t.Run("GetTreePaging", func(t *testing.T) { cc.checkGetTreePaging(t) })
 	t.Run("ActionCache", func(t *testing.T) { cc.checkActionCache(t) })

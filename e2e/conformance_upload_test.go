@@ -13,6 +13,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 )
 
 // noiseBlob is n bytes that do not compress, unique to this call.
@@ -216,5 +217,120 @@ func (c *conformanceClient) checkCompressedResume(t *testing.T) {
 	q2, err := c.bs.QueryWriteStatus(ctx, &bspb.QueryWriteStatusRequest{ResourceName: name})
 	if err != nil || !q2.GetComplete() || q2.GetCommittedSize() < off {
 		t.Errorf("QueryWriteStatus after the resumed upload: %v, %v (earlier committed_size %d)", q2, err, off)
+	}
+}
+
+func (c *conformanceClient) checkUploadForms(t *testing.T) {
+	ctx := t.Context()
+	enc, _ := zstd.NewWriter(nil)
+
+	// Zstandard data (RFC 8878) is "one or more frames": a client that
+	// compresses its blob in pieces sends several frames back to back.
+	b := uniqueBlob(strings.Repeat("frames ", 400))
+	half := len(b.data) / 2
+	z := append(enc.EncodeAll(b.data[:half], nil), enc.EncodeAll(b.data[half:], nil)...)
+	name := fmt.Sprintf("uploads/%s/compressed-blobs/zstd/%s", uuid.NewString(), b)
+	if _, err := c.write(ctx, &bspb.WriteRequest{ResourceName: name, Data: z, FinishWrite: true}); err != nil {
+		t.Errorf("compressed Write of two zstd frames: %v", err)
+	} else if got, err := c.byteStreamRead(ctx, b.digest); err != nil || !bytes.Equal(got, b.data) {
+		t.Errorf("reading a two-frame upload: %v", err)
+	}
+	bb := uniqueBlob(strings.Repeat("batch frames ", 400))
+	half = len(bb.data) / 2
+	resp, err := c.cas.BatchUpdateBlobs(ctx, &repb.BatchUpdateBlobsRequest{Requests: []*repb.BatchUpdateBlobsRequest_Request{{
+		Digest: bb.digest, Compressor: repb.Compressor_ZSTD,
+		Data: append(enc.EncodeAll(bb.data[:half], nil), enc.EncodeAll(bb.data[half:], nil)...),
+	}}})
+	if err != nil || resp.GetResponses()[0].GetStatus().GetCode() != 0 {
+		t.Errorf("BatchUpdateBlobs of two zstd frames: %v, %v", resp, err)
+	}
+
+	// finish_write may come in a request of its own: "The client may leave
+	// data empty for any given WriteRequest."
+	f := uniqueBlob(strings.Repeat("finish alone ", 40))
+	fname := uploadResource(f)
+	wr, err := c.write(ctx,
+		&bspb.WriteRequest{ResourceName: fname, Data: f.data[:7]},
+		&bspb.WriteRequest{WriteOffset: 7},
+		&bspb.WriteRequest{WriteOffset: 7, Data: f.data[7:]},
+		&bspb.WriteRequest{WriteOffset: f.digest.SizeBytes, FinishWrite: true})
+	if err != nil || wr.GetCommittedSize() != f.digest.SizeBytes {
+		t.Errorf("Write ending in an empty finish_write request: %v, %v", wr, err)
+	}
+
+	// The resource-name header "MUST match the resource_name of the request
+	// message" on Write and QueryWriteStatus too.
+	h := uniqueBlob("header mismatch upload")
+	hname := uploadResource(h)
+	hctx := metadata.AppendToOutgoingContext(ctx, "build.bazel.remote.execution.v2.resource-name", uploadResource(h))
+	_, err = c.write(hctx, &bspb.WriteRequest{ResourceName: hname, Data: h.data, FinishWrite: true})
+	wantCode(t, "Write with a mismatched resource-name header", err, codes.InvalidArgument)
+	_, err = c.bs.QueryWriteStatus(hctx, &bspb.QueryWriteStatusRequest{ResourceName: hname})
+	wantCode(t, "QueryWriteStatus with a mismatched resource-name header", err, codes.InvalidArgument)
+	mctx := metadata.AppendToOutgoingContext(ctx, "build.bazel.remote.execution.v2.resource-name", hname)
+	if _, err := c.write(mctx, &bspb.WriteRequest{ResourceName: hname, Data: h.data, FinishWrite: true}); err != nil {
+		t.Errorf("Write with a matching resource-name header: %v", err)
+	}
+
+	// A compressed upload overtaken by an uncompressed one of the same blob
+	// ends "without error" too.
+	o := noiseBlob(200 << 10)
+	oz := enc.EncodeAll(o.data, nil)
+	oname := fmt.Sprintf("uploads/%s/compressed-blobs/zstd/%s", uuid.NewString(), o)
+	w, err := c.startWrite(ctx, oname, oz[:len(oz)/3], len(oz), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.byteStreamWrite(ctx, o, 64<<10); err != nil {
+		t.Fatalf("the overtaking upload: %v", err)
+	}
+	_ = w.Send(&bspb.WriteRequest{WriteOffset: int64(len(oz) / 3), Data: oz[len(oz)/3:], FinishWrite: true})
+	if _, err := w.CloseAndRecv(); err != nil {
+		t.Errorf("a compressed upload finished after another completed the blob: %v", err)
+	}
+}
+
+// checkRestartedUpload sends an upload that stopped part-way again from
+// offset 0, as clients that lost their place do.
+func (c *conformanceClient) checkRestartedUpload(t *testing.T) {
+	ctx := t.Context()
+	enc, _ := zstd.NewWriter(nil)
+	for _, compressed := range []bool{false, true} {
+		b := noiseBlob(300 << 10)
+		name, data := uploadResource(b), b.data
+		if compressed {
+			name, data = fmt.Sprintf("uploads/%s/compressed-blobs/zstd/%s", uuid.NewString(), b), enc.EncodeAll(b.data, nil)
+		}
+		if _, err := c.write(ctx, &bspb.WriteRequest{ResourceName: name, Data: data[:len(data)/2]}); err != nil {
+			t.Fatalf("first half of %s: %v", name, err)
+		}
+		q, err := c.bs.QueryWriteStatus(ctx, &bspb.QueryWriteStatusRequest{ResourceName: name})
+		if err != nil || q.GetCommittedSize() <= 0 {
+			t.Fatalf("QueryWriteStatus after half of %s: %v, %v", name, q, err)
+		}
+		// The first write_offset "must be equal to the committed_size that a
+		// call to QueryWriteStatus() would return"; 0 is not. A server may
+		// refuse it ("An incorrect value will cause an error") or take the
+		// bytes again, but either way "For any sequence of
+		// QueryWriteStatus() calls for a given resource name, the sequence
+		// of returned committed_size values will be non-decreasing."
+		_, werr := c.write(ctx, &bspb.WriteRequest{ResourceName: name, Data: data[:len(data)/8]})
+		q2, err := c.bs.QueryWriteStatus(ctx, &bspb.QueryWriteStatusRequest{ResourceName: name})
+		if err != nil || q2.GetCommittedSize() < q.GetCommittedSize() {
+			t.Errorf("compressed=%v: QueryWriteStatus after a Write from offset 0 (%v): %v, %v; committed_size was %d", compressed, werr, q2, err, q.GetCommittedSize())
+			continue
+		}
+		// Whatever it did, the upload can be finished from where
+		// QueryWriteStatus says.
+		off := q2.GetCommittedSize()
+		rest := b.data[off:]
+		if compressed {
+			rest = enc.EncodeAll(rest, nil)
+		}
+		if _, err := c.write(ctx, &bspb.WriteRequest{ResourceName: name, WriteOffset: off, Data: rest, FinishWrite: true}); err != nil {
+			t.Errorf("compressed=%v: finishing the upload from %d: %v", compressed, off, err)
+		} else if got, err := c.byteStreamRead(ctx, b.digest); err != nil || !bytes.Equal(got, b.data) {
+			t.Errorf("compressed=%v: reading the finished upload: %v", compressed, err)
+		}
 	}
 }
