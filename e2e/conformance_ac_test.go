@@ -89,18 +89,55 @@ func (c *conformanceClient) checkActionCacheResults(t *testing.T) {
 		t.Errorf("stdout/stderr inlined when only output files were asked for")
 	}
 
+	// Inlining: "The server MAY omit inlining, even if requested, and MUST
+	// do so if inlining would cause the response to exceed message size
+	// limits" — here a client with gRPC's default 4 MiB limit asks for 6 MiB.
+	big1, big2 := noiseBlob(3<<20), noiseBlob(3<<20)
+	for _, b := range []testBlob{big1, big2} {
+		if err := c.byteStreamWrite(ctx, b, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bigAction, _, err := c.putResult(t, &repb.ActionResult{OutputFiles: []*repb.OutputFile{{Path: "big1", Digest: big1.digest}, {Path: "big2", Digest: big2.digest}}})
+	if err != nil {
+		t.Fatalf("UpdateActionResult with two 3 MiB outputs: %v", err)
+	}
+	smallAC := repb.NewActionCacheClient(c.dialDefaultLimits(t).conn)
+	got, err = smallAC.GetActionResult(ctx, &repb.GetActionResultRequest{ActionDigest: bigAction, InlineOutputFiles: []string{"big1", "big2"}})
+	if err != nil {
+		t.Errorf("GetActionResult inlining 6 MiB for a client with default limits: %v", err)
+	}
+	for _, f := range got.GetOutputFiles() {
+		if len(f.GetContents()) > 0 && !bytes.Equal(f.GetContents(), map[string][]byte{"big1": big1.data, "big2": big2.data}[f.GetPath()]) {
+			t.Errorf("inlined %s differs from its blob", f.GetPath())
+		}
+	}
+
 	// "INVALID_ARGUMENT: One or more arguments are invalid": a request
 	// without the action digest names no action.
 	_, err = c.ac.GetActionResult(ctx, &repb.GetActionResultRequest{})
 	wantCode(t, "GetActionResult without action_digest", err, codes.InvalidArgument)
 	_, err = c.ac.UpdateActionResult(ctx, &repb.UpdateActionResultRequest{ActionResult: result})
 	wantCode(t, "UpdateActionResult without action_digest", err, codes.InvalidArgument)
-	// "the client MUST first upload the Action that produced the result";
-	// "FAILED_PRECONDITION: One or more errors occurred in updating the
-	// action result, such as a missing command or action."
+	// "the client MUST first upload the Action that produced the result,
+	// along with its Command"; "FAILED_PRECONDITION: One or more errors
+	// occurred in updating the action result, such as a missing command or
+	// action."
 	never := uniqueBlob("an action never uploaded")
-	if _, err := c.ac.UpdateActionResult(ctx, &repb.UpdateActionResultRequest{ActionDigest: never.digest, ActionResult: result}); err != nil {
-		wantCode(t, "UpdateActionResult of an Action not in the CAS", err, codes.FailedPrecondition)
+	_, err = c.ac.UpdateActionResult(ctx, &repb.UpdateActionResultRequest{ActionDigest: never.digest, ActionResult: result})
+	wantCode(t, "UpdateActionResult of an Action not in the CAS", err, codes.FailedPrecondition)
+	cmd := marshalBlob(t, &repb.Command{Arguments: []string{"/bin/echo", uuid.NewString()}})
+	alone := marshalBlob(t, &repb.Action{CommandDigest: cmd.digest, InputRootDigest: newTestBlob(nil).digest})
+	if err := c.batchUpload(ctx, []testBlob{alone}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.ac.UpdateActionResult(ctx, &repb.UpdateActionResultRequest{ActionDigest: alone.digest, ActionResult: result})
+	wantCode(t, "UpdateActionResult of an Action whose Command is not in the CAS", err, codes.FailedPrecondition)
+	if err := c.batchUpload(ctx, []testBlob{cmd}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ac.UpdateActionResult(ctx, &repb.UpdateActionResultRequest{ActionDigest: alone.digest, ActionResult: result}); err != nil {
+		t.Errorf("UpdateActionResult once the Command is uploaded too: %v", err)
 	}
 
 	// "Implementations SHOULD ensure that any blobs referenced from the

@@ -421,3 +421,85 @@ func TestConformanceBlobSizeLimit(t *testing.T) {
 		t.Errorf("a blob within max_cas_blob_size_bytes: %v", err)
 	}
 }
+
+// checkAdvertised uses every digest function and compressor the server
+// advertises, so a capability it claims is one it serves.
+func (c *conformanceClient) checkAdvertised(t *testing.T) {
+	ctx := t.Context()
+	caps, err := c.caps.GetCapabilities(ctx, &repb.GetCapabilitiesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := caps.GetCacheCapabilities()
+	// PriorityRange: "Supported range of priorities, including boundaries"
+	// from min_priority to max_priority.
+	ranges := append(slices.Clone(cc.GetCachePriorityCapabilities().GetPriorities()), caps.GetExecutionCapabilities().GetExecutionPriorityCapabilities().GetPriorities()...)
+	for _, r := range ranges {
+		if r.GetMinPriority() > r.GetMaxPriority() {
+			t.Errorf("priority range min %d > max %d", r.GetMinPriority(), r.GetMaxPriority())
+		}
+	}
+	if cc.GetMaxBatchTotalSizeBytes() < 0 || cc.GetMaxCasBlobSizeBytes() < 0 {
+		t.Errorf("negative size limits: max_batch_total_size_bytes %d, max_cas_blob_size_bytes %d", cc.GetMaxBatchTotalSizeBytes(), cc.GetMaxCasBlobSizeBytes())
+	}
+	// "Remote cache may support multiple digest functions simultaneously."
+	blobFor := map[repb.DigestFunction_Value]func([]byte) testBlob{repb.DigestFunction_SHA256: newTestBlob, repb.DigestFunction_BLAKE3: blake3Blob}
+	encode := map[repb.Compressor_Value]func([]byte) []byte{
+		repb.Compressor_ZSTD: func(b []byte) []byte { e, _ := zstd.NewWriter(nil); return e.EncodeAll(b, nil) },
+		repb.Compressor_DEFLATE: func(b []byte) []byte {
+			var buf bytes.Buffer
+			w, _ := flate.NewWriter(&buf, flate.DefaultCompression)
+			w.Write(b)
+			w.Close()
+			return buf.Bytes()
+		},
+	}
+	for _, fn := range cc.GetDigestFunctions() {
+		mk, ok := blobFor[fn]
+		if !ok {
+			t.Logf("digest function %v is advertised; this suite cannot compute it", fn)
+			continue
+		}
+		seg := ""
+		if fn != repb.DigestFunction_SHA256 {
+			seg = strings.ToLower(fn.String()) + "/"
+		}
+		b := mk([]byte(strings.Repeat("advertised ", 30) + uuid.NewString()))
+		resp, err := c.cas.BatchUpdateBlobs(ctx, &repb.BatchUpdateBlobsRequest{DigestFunction: fn, Requests: []*repb.BatchUpdateBlobsRequest_Request{{Digest: b.digest, Data: b.data}}})
+		if err != nil || resp.GetResponses()[0].GetStatus().GetCode() != 0 {
+			t.Errorf("BatchUpdateBlobs with advertised %v: %v, %v", fn, resp, err)
+		}
+		// supported_compressors: the "compressed-blobs" bytestream resources.
+		for _, comp := range cc.GetSupportedCompressors() {
+			enc, ok := encode[comp]
+			if !ok {
+				t.Logf("compressor %v is advertised; this suite cannot encode it", comp)
+				continue
+			}
+			u := mk([]byte(strings.Repeat("advertised upload ", 30) + uuid.NewString()))
+			cname := strings.ToLower(comp.String())
+			name := fmt.Sprintf("uploads/%s/compressed-blobs/%s/%s%s", uuid.NewString(), cname, seg, u)
+			if _, err := c.write(ctx, &bspb.WriteRequest{ResourceName: name, Data: enc(u.data), FinishWrite: true}); err != nil {
+				t.Errorf("Write %s: %v", name, err)
+			}
+			if got, err := c.readAll(ctx, &bspb.ReadRequest{ResourceName: "blobs/" + seg + u.String()}); err != nil || !bytes.Equal(got, u.data) {
+				t.Errorf("Read of the %v/%v upload: %v", fn, comp, err)
+			}
+			if _, err := c.readAll(ctx, &bspb.ReadRequest{ResourceName: fmt.Sprintf("compressed-blobs/%s/%s%s", cname, seg, b)}); err != nil {
+				t.Errorf("compressed Read %v/%v: %v", fn, comp, err)
+			}
+		}
+		// supported_batch_update_compressors: inlined data in BatchUpdateBlobs.
+		for _, comp := range cc.GetSupportedBatchUpdateCompressors() {
+			enc, ok := encode[comp]
+			if !ok {
+				continue
+			}
+			u := mk([]byte(strings.Repeat("advertised batch ", 30) + uuid.NewString()))
+			resp, err := c.cas.BatchUpdateBlobs(ctx, &repb.BatchUpdateBlobsRequest{DigestFunction: fn, Requests: []*repb.BatchUpdateBlobsRequest_Request{{Digest: u.digest, Data: enc(u.data), Compressor: comp}}})
+			if err != nil || resp.GetResponses()[0].GetStatus().GetCode() != 0 {
+				t.Errorf("BatchUpdateBlobs %v/%v: %v, %v", fn, comp, resp, err)
+			}
+		}
+	}
+}

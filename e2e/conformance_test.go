@@ -37,6 +37,7 @@ func TestConformance(t *testing.T) {
 	cc := &conformanceClient{reapiClient: c, ac: ac, ops: ops, addr: p.GRPCAddr}
 
 	t.Run("Capabilities", func(t *testing.T) { cc.checkCapabilities(t) })
+	t.Run("Advertised", func(t *testing.T) { cc.checkAdvertised(t) })
 	t.Run("FindMissingBlobs", func(t *testing.T) { cc.checkFindMissing(t) })
 	t.Run("BatchUpdateBlobs", func(t *testing.T) { cc.checkBatchUpdate(t, limit) })
 	t.Run("BatchReadBlobs", func(t *testing.T) { cc.checkBatchRead(t, limit) })
