@@ -34,16 +34,27 @@ func TestConformance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc := &conformanceClient{reapiClient: c, ac: ac, ops: ops}
+	cc := &conformanceClient{reapiClient: c, ac: ac, ops: ops, addr: p.GRPCAddr}
 
 	t.Run("Capabilities", func(t *testing.T) { cc.checkCapabilities(t) })
+	t.Run("Advertised", func(t *testing.T) { cc.checkAdvertised(t) })
 	t.Run("FindMissingBlobs", func(t *testing.T) { cc.checkFindMissing(t) })
 	t.Run("BatchUpdateBlobs", func(t *testing.T) { cc.checkBatchUpdate(t, limit) })
 	t.Run("BatchReadBlobs", func(t *testing.T) { cc.checkBatchRead(t, limit) })
+	t.Run("BatchIndependence", func(t *testing.T) { cc.checkBatchIndependence(t) })
+	t.Run("BatchLimit", func(t *testing.T) { cc.checkBatchLimit(t, limit) })
+	t.Run("DigestFunctionField", func(t *testing.T) { cc.checkDigestFunctionField(t) })
 	t.Run("ByteStreamRead", func(t *testing.T) { cc.checkByteStreamRead(t) })
 	t.Run("ByteStreamWrite", func(t *testing.T) { cc.checkByteStreamWrite(t) })
+	t.Run("ByteStreamNames", func(t *testing.T) { cc.checkByteStreamNames(t) })
+	t.Run("ByteStreamConcurrentUpload", func(t *testing.T) { cc.checkConcurrentUpload(t) })
+	t.Run("ByteStreamCompressedResume", func(t *testing.T) { cc.checkCompressedResume(t) })
+	t.Run("ByteStreamUploadForms", func(t *testing.T) { cc.checkUploadForms(t) })
+	t.Run("ByteStreamRestartedUpload", func(t *testing.T) { cc.checkRestartedUpload(t) })
 	t.Run("GetTree", func(t *testing.T) { cc.checkGetTree(t) })
+	t.Run("GetTreePaging", func(t *testing.T) { cc.checkGetTreePaging(t) })
 	t.Run("ActionCache", func(t *testing.T) { cc.checkActionCache(t) })
+	t.Run("ActionCacheResults", func(t *testing.T) { cc.checkActionCacheResults(t) })
 	t.Run("Execute", func(t *testing.T) { cc.checkExecute(t) })
 	t.Run("Operations", func(t *testing.T) { cc.checkOperations(t) })
 	t.Run("BLAKE3", func(t *testing.T) { cc.checkBLAKE3(t) })
@@ -53,6 +64,9 @@ type conformanceClient struct {
 	*reapiClient
 	ac  repb.ActionCacheClient
 	ops longrunningpb.OperationsClient
+	// addr is the server's gRPC address, for checks that need a client with
+	// gRPC's default message limits.
+	addr string
 }
 
 // codeOf is the gRPC code of err (OK for nil).

@@ -3,6 +3,7 @@ package reapi
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc/codes"
@@ -119,13 +120,8 @@ func (s *actionCacheServer) UpdateActionResult(ctx context.Context, req *repb.Up
 	if req.GetActionResult() == nil {
 		return nil, invalidf("action_result is missing")
 	}
-	// REAPI: clients MUST upload the Action before its result, and a
-	// missing Action is FAILED_PRECONDITION. A result for an Action nobody
-	// can read could never be re-run or checked.
-	if missing, err := s.cfg.CAS.FindMissing(ctx, []digest.Digest{action}); err != nil {
-		return nil, toStatus(err)
-	} else if len(missing) > 0 {
-		return nil, missingStatus(&cas.MissingError{Digests: missing})
+	if err := s.requireUploaded(ctx, action); err != nil {
+		return nil, err
 	}
 	result := proto.Clone(req.GetActionResult()).(*repb.ActionResult)
 	if err := s.moveInlineToCAS(ctx, fn, result); err != nil {
@@ -138,6 +134,48 @@ func (s *actionCacheServer) UpdateActionResult(ctx context.Context, req *repb.Up
 		return nil, toStatus(err)
 	}
 	return result, nil
+}
+
+// requireUploaded enforces REAPI's "the client MUST first upload the Action
+// that produced the result, along with its Command": either missing is
+// FAILED_PRECONDITION naming it. A result for an Action nobody can read could
+// never be re-run or checked. A blob that does not decode as an Action has no
+// Command to look for; it is let through as before, since clients that cache
+// results under digests of their own making exist and are not harmed by it.
+func (s *actionCacheServer) requireUploaded(ctx context.Context, action digest.Digest) error {
+	if missing, err := s.cfg.CAS.FindMissing(ctx, []digest.Digest{action}); err != nil {
+		return toStatus(err)
+	} else if len(missing) > 0 {
+		return missingStatus(&cas.MissingError{Digests: missing})
+	}
+	// Actions are small; a huge blob is not one worth reading here.
+	if action.Size > s.cfg.maxBatch() {
+		return nil
+	}
+	data, err := readSmallBlob(ctx, s.cfg.CAS, action)
+	if errors.Is(err, cas.ErrNotFound) {
+		return missingStatus(&cas.MissingError{Digests: []digest.Digest{action}})
+	}
+	if err != nil {
+		return toStatus(fmt.Errorf("reading action %s: %w", action, err))
+	}
+	a := &repb.Action{}
+	if proto.Unmarshal(data, a) != nil || a.GetCommandDigest() == nil {
+		return nil
+	}
+	cmd, err := digest.FromProto(action.Function, a.GetCommandDigest())
+	if err != nil {
+		return invalidf("action %s has a malformed command_digest: %v", action, err)
+	}
+	if cmd.IsEmpty() {
+		return nil
+	}
+	if missing, err := s.cfg.CAS.FindMissing(ctx, []digest.Digest{cmd}); err != nil {
+		return toStatus(err)
+	} else if len(missing) > 0 {
+		return missingStatus(&cas.MissingError{Digests: missing})
+	}
+	return nil
 }
 
 func (s *actionCacheServer) moveInlineToCAS(ctx context.Context, fn digest.Function, r *repb.ActionResult) error {

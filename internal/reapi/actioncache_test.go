@@ -313,3 +313,30 @@ func TestUpdateActionResultNeedsTheAction(t *testing.T) {
 		t.Fatalf("error does not name the missing Action: %v", err)
 	}
 }
+
+// REAPI: the client "MUST first upload the Action that produced the result,
+// along with its Command"; a missing Command is FAILED_PRECONDITION too.
+func TestUpdateActionResultNeedsTheCommand(t *testing.T) {
+	conn, cfg := startServer(t)
+	client := repb.NewActionCacheClient(conn)
+	ctx := context.Background()
+	cmdData, err := proto.Marshal(&repb.Command{Arguments: []string{"/bin/true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := digest.Compute(digest.SHA256, cmdData)
+	action := putProto(t, cfg.CAS, digest.SHA256, &repb.Action{CommandDigest: cmd.Proto(), InputRootDigest: digest.Empty(digest.SHA256).Proto()})
+	req := &repb.UpdateActionResultRequest{ActionDigest: action.Proto(), ActionResult: &repb.ActionResult{ExitCode: 1}}
+
+	_, err = client.UpdateActionResult(ctx, req)
+	wantCode(t, err, codes.FailedPrecondition)
+	if !strings.Contains(err.Error(), cmd.Hash) {
+		t.Fatalf("error does not name the missing Command: %v", err)
+	}
+	if err := cas.Put(ctx, cfg.CAS, cmd, cmdData); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.UpdateActionResult(ctx, req); err != nil {
+		t.Fatalf("with the Command uploaded: %v", err)
+	}
+}

@@ -45,9 +45,10 @@ var byteStreamCompressors = map[repb.Compressor_Value]bool{repb.Compressor_ZSTD:
 //     valid first write_offset; a finished compressed Write answers
 //     first write_offset + compressed bytes received.
 //   - A first write_offset must equal the session's committed size, or be 0,
-//     which restarts the upload from scratch (a client that lost its place
-//     can always start over; content addressing makes that safe). A restart
-//     is the one case where QueryWriteStatus's committed_size goes down.
+//     which sends the upload again from the start (a client that lost its
+//     place can always start over). The server skips the re-sent bytes it
+//     already holds, so committed_size never goes down, as ByteStream
+//     promises; the digest check at commit catches re-sent bytes that differ.
 //   - A stream that ends without finish_write is answered with the committed
 //     size (ByteStream docs); a broken or cancelled one leaves the upload
 //     resumable. Sessions are keyed by the name without its metadata, live
@@ -331,15 +332,18 @@ func (s *byteStreamServer) Write(stream bspb.ByteStream_WriteServer) error {
 // discarded (the blob was committed, or the data was bad).
 func (s *byteStreamServer) receive(ctx context.Context, stream bspb.ByteStream_WriteServer, first *bspb.WriteRequest, rn ResourceName, up *upload) (_ *bspb.WriteResponse, keep bool, _ error) {
 	name := first.GetResourceName()
+	// skip is how many uncompressed bytes at the start of this stream the
+	// session already holds.
+	var skip int64
 	switch off, committed := first.GetWriteOffset(), up.committed.Load(); {
 	case off == committed:
 	case off == 0:
-		// Restart: the client chose to send everything again.
-		if up.w != nil {
-			up.w.Close()
-			up.w = nil
-		}
-		up.committed.Store(0)
+		// Restart: the client chose to send everything again. The bytes held
+		// are kept and the re-sent ones skipped rather than the session
+		// reset, because ByteStream promises that QueryWriteStatus's
+		// committed_size never decreases. Re-sent bytes that differ are
+		// caught by the digest check at commit.
+		skip = committed
 	case committed == 0:
 		return nil, up.w != nil, invalidf("write_offset %d of %s: nothing is committed yet, so the stream must start at 0", off, name)
 	default:
@@ -356,7 +360,7 @@ func (s *byteStreamServer) receive(ctx context.Context, stream bspb.ByteStream_W
 	}
 
 	src := newRequestSource(stream, first)
-	dst := &sessionWriter{up: up, rn: rn}
+	dst := &sessionWriter{up: up, rn: rn, skip: skip}
 	var err error
 	if rn.Compressor == repb.Compressor_IDENTITY {
 		err = src.copyTo(dst)
@@ -374,6 +378,9 @@ func (s *byteStreamServer) receive(ctx context.Context, stream bspb.ByteStream_W
 		return nil, false, err
 	}
 
+	if dst.skip > 0 {
+		return nil, false, invalidf("finish_write of %s after %d bytes re-sent from offset 0, short of the %d already committed", name, skip-dst.skip, skip)
+	}
 	if got := up.committed.Load(); got != rn.Digest.Size {
 		return nil, false, invalidf("finish_write of %s after %d bytes, but its name declares %d", name, got, rn.Digest.Size)
 	}

@@ -351,9 +351,26 @@ func (s *requestSource) copyTo(w io.Writer) error {
 type sessionWriter struct {
 	up *upload
 	rn ResourceName
+	// skip is how many more bytes to drop before writing: a stream that
+	// starts again at 0 re-sends bytes the session already holds.
+	skip int64
 }
 
 func (w *sessionWriter) Write(p []byte) (int, error) {
+	all := len(p)
+	if w.skip > 0 {
+		k := min(w.skip, int64(len(p)))
+		w.skip -= k
+		p = p[k:]
+		if len(p) == 0 {
+			return all, nil
+		}
+	}
+	n, err := w.write(p)
+	return all - len(p) + n, err
+}
+
+func (w *sessionWriter) write(p []byte) (int, error) {
 	size := w.rn.Digest.Size
 	if c := w.up.committed.Load(); int64(len(p)) > size-c {
 		return 0, invalidf("%s: received more than the %d bytes its name declares", w.rn, size)

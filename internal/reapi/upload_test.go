@@ -11,6 +11,7 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/hearth-build/hearth/internal/digest"
 )
@@ -169,6 +170,76 @@ func TestByteStreamRestartAtZero(t *testing.T) {
 	}
 	if !e.present(t, d) {
 		t.Fatal("not stored")
+	}
+	if n := e.tempFiles(t); n != 0 {
+		t.Errorf("%d temp files left", n)
+	}
+}
+
+// A stream that starts again at 0 but stops short keeps what the session
+// held: QueryWriteStatus's committed_size never decreases (ByteStream), and
+// the upload can still be resumed from it.
+func TestByteStreamRestartKeepsCommitted(t *testing.T) {
+	e := startByteStream(t, uploadOptions{})
+	ctx := bsCtx(t)
+	data := bsRandom(200<<10, 7)
+	d := digest.Compute(digest.SHA256, data)
+	name := bsUploadName("", d, 0)
+	e.breakAfter(t, name, 0, data[:100<<10], 100<<10)
+
+	stream, err := e.client.Write(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bsSendChunks(stream, name, 0, data[:30<<10], 10<<10, false); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.CloseAndRecv()
+	if err != nil || resp.GetCommittedSize() != 100<<10 {
+		t.Fatalf("a restart that stops at 30 KiB = %v, %v; want committed_size %d", resp, err, 100<<10)
+	}
+	e.waitCommitted(t, name, 100<<10)
+
+	stream, err = e.client.Write(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bsSendChunks(stream, name, 100<<10, data[100<<10:], 30<<10, true); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := stream.CloseAndRecv(); err != nil || resp.GetCommittedSize() != d.Size {
+		t.Fatalf("resuming after the short restart = %v, %v", resp, err)
+	}
+	got, _, err := e.read(ctx, ReadResourceName("", d, 0), 0, 0)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back %d bytes, %v", len(got), err)
+	}
+}
+
+// A restart that finishes before re-sending what the session holds is short
+// of the blob; one whose re-sent bytes differ from those held fails the
+// digest check. Neither stores anything.
+func TestByteStreamRestartChecked(t *testing.T) {
+	e := startByteStream(t, uploadOptions{})
+	ctx := bsCtx(t)
+	data := bsRandom(200<<10, 8)
+	d := digest.Compute(digest.SHA256, data)
+
+	name := bsUploadName("", d, 0)
+	e.breakAfter(t, name, 0, data[:100<<10], 100<<10)
+	_, err := e.write(ctx, name, data[:50<<10], 10<<10)
+	bsWantCode(t, err, codes.InvalidArgument, "short of the")
+
+	name = bsUploadName("", d, 0)
+	corrupt := append([]byte(nil), data[:100<<10]...)
+	corrupt[0] ^= 1
+	e.breakAfter(t, name, 0, corrupt, 100<<10)
+	_, err = e.write(ctx, name, data, 30<<10)
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a restart over a session holding other bytes = %v, want INVALID_ARGUMENT", err)
+	}
+	if e.present(t, d) {
+		t.Fatal("stored")
 	}
 	if n := e.tempFiles(t); n != 0 {
 		t.Errorf("%d temp files left", n)
