@@ -32,12 +32,17 @@ type DiskOptions struct {
 	// need in tmp/ (fsutil.SpareFiles), so that a small upload does not
 	// wait for an inode allocation; 0 creates each when its upload starts.
 	SpareFiles int
+	// NoJournal makes every durable upload fsync its file and directory
+	// instead of going through the upload journal (journal.go); for
+	// measuring the journal against what it replaces.
+	NoJournal bool
 }
 
 // Disk is a durable blob store in a directory:
 //
 //	{dir}/{sha256|blake3}/{first two hex chars of the hash}/{hash}-{size}
 //	{dir}/tmp/   uploads in progress (same filesystem, so rename is atomic)
+//	{dir}/journal  small uploads made durable before they are in place (journal.go)
 //
 // Digest functions are separate namespaces. The size is in the file name so
 // that a restart rebuilds the index from directory listings alone. Blob files
@@ -68,6 +73,7 @@ type Disk struct {
 	evictor                    evictor // guarded by evictMu
 
 	relaxed relaxedSyncer
+	journal *journal           // durable small uploads (journal.go); nil if it could not be opened
 	spares  *fsutil.SpareFiles // an upload's file in tmp/
 	// uncleanSince, when set, is the time from which blob files may be
 	// unsynced relaxed writes of a process that did not stop cleanly; the
@@ -140,11 +146,18 @@ func NewDisk(dir string, opts DiskOptions) (*Disk, error) {
 		}
 		d.uncleanSince = time.Time{}
 	}
+	d.spares = fsutil.NewSpareFiles(d.tmpDir, "upload-*", opts.SpareFiles)
+	var restored int
+	if !opts.NoJournal {
+		if restored, err = d.startJournal(); err != nil {
+			d.spares.Close()
+			return nil, err
+		}
+	}
 	d.logger.Info("cas: disk store opened", "dir", abs, "blobs", d.count.Load(), "bytes", d.totalBytes.Load(),
 		"max_bytes", d.maxBytes, "removed_uploads", removedTmp, "unknown_files", st.unknown,
-		"removed_damaged", st.damaged, "took", time.Since(start))
+		"removed_damaged", st.damaged, "restored_from_journal", restored, "took", time.Since(start))
 	d.evict(d.clock.Load() + 1)
-	d.spares = fsutil.NewSpareFiles(d.tmpDir, "upload-*", opts.SpareFiles)
 	return d, nil
 }
 

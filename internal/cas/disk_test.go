@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hearth-build/hearth/internal/digest"
 )
@@ -26,7 +27,24 @@ func newDisk(t *testing.T, dir string, maxBytes int64) *Disk {
 	if err != nil {
 		t.Fatalf("NewDisk(%s): %v", dir, err)
 	}
+	waitJournal(t, d)
 	return d
+}
+
+// waitJournal waits until d's upload journal is prepared, so that a test's
+// small durable writes take the journaled path that a running server's do.
+func waitJournal(t *testing.T, d *Disk) {
+	t.Helper()
+	if d.journal == nil {
+		t.Fatal("the disk store has no upload journal")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !d.JournalReady() {
+		if time.Now().After(deadline) {
+			t.Fatal("the upload journal was not prepared within 10 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func mustPut(t *testing.T, s Store, fn digest.Function, data []byte) digest.Digest {

@@ -36,7 +36,15 @@ func (d *Disk) Create(ctx context.Context, dg digest.Digest) (Writer, error) {
 	if e := d.pin(k); e != nil {
 		return &presentWriter{d: d, k: k, e: e}, nil
 	}
+	return d.createWith(ctx, k, true)
+}
+
+// createWith starts the upload of a new blob k. A relaxed ctx makes it a
+// relaxed write; otherwise, with useJournal, a small blob is made durable
+// through the journal (journal.go) once it is ready, and else by fsyncs.
+func (d *Disk) createWith(ctx context.Context, k blobKey, useJournal bool) (Writer, error) {
 	relaxed := isRelaxed(ctx)
+	journaled := !relaxed && useJournal && d.journal.usable(k.size)
 	if relaxed {
 		if err := d.relaxed.begin(); err != nil {
 			d.logger.Warn("cas: storing a blob durably instead of relaxed", "err", err)
@@ -56,7 +64,11 @@ func (d *Disk) Create(ctx context.Context, dg digest.Digest) (Writer, error) {
 		}
 		return nil, fmt.Errorf("cas: starting the upload of %s %s: %w", k.fn, k.digest(), err)
 	}
-	return &fileWriter{d: d, k: k, f: f, tmp: f.Name(), relaxed: relaxed}, nil
+	w := &fileWriter{d: d, k: k, f: f, tmp: f.Name(), relaxed: relaxed}
+	if journaled {
+		w.journal = make([]byte, 0, k.size)
+	}
+	return w, nil
 }
 
 // pin returns the present entry of k with one more pin, or nil.
@@ -155,6 +167,10 @@ type fileWriter struct {
 	// relaxed: Commit leaves the fsyncs to the background syncer
 	// (relaxed.go); the syncer hears of the writer's end exactly once.
 	relaxed bool
+	// journal, when not nil, collects the bytes of a blob that Commit makes
+	// durable through the journal (journal.go) before installing it
+	// without fsyncs.
+	journal []byte
 }
 
 func (w *fileWriter) Write(p []byte) (int, error) {
@@ -170,6 +186,9 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 	}
 	n, err := w.f.Write(p)
 	w.written += int64(n)
+	if w.journal != nil {
+		w.journal = append(w.journal, p[:n]...)
+	}
 	if err != nil {
 		w.err = fmt.Errorf("cas: writing %s %s: %w", w.k.fn, w.k.digest(), err)
 		return n, w.err
@@ -192,7 +211,8 @@ const writebackWindow = 8 << 20
 // Commit makes the blob durable and visible: chmod 0444 and fsync the temp
 // file, rename it into place, fsync the directory. Only then does the index
 // show the blob, so nothing acknowledged or visible can be lost in a crash.
-// A relaxed writer's Commit skips both fsyncs (relaxed.go).
+// A relaxed writer's Commit skips both fsyncs (relaxed.go); a journaled
+// one syncs its journal record instead (journal.go).
 func (w *fileWriter) Commit() error {
 	if w.committed {
 		return nil
@@ -210,7 +230,18 @@ func (w *fileWriter) Commit() error {
 		w.err = err
 		return err
 	}
-	stamp, added, err := w.d.install(w.k, w.tmp, !w.relaxed)
+	var stamp int64
+	var added bool
+	var err error
+	if w.journal != nil {
+		err = w.d.journal.commit(w.k, w.journal, func() (ierr error) {
+			stamp, added, ierr = w.d.install(w.k, w.tmp, false)
+			return ierr
+		})
+		w.journal = nil
+	} else {
+		stamp, added, err = w.d.install(w.k, w.tmp, !w.relaxed)
+	}
 	if err != nil {
 		w.err = err
 		return err
@@ -242,7 +273,7 @@ func (w *fileWriter) finishFile() error {
 	f := w.f
 	w.f = nil
 	err := f.Chmod(blobMode)
-	if err == nil && !w.relaxed {
+	if err == nil && !w.relaxed && w.journal == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {

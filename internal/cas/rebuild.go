@@ -88,7 +88,7 @@ func (d *Disk) checkTopLevel(st *rebuildStats) error {
 		return fmt.Errorf("cas: listing %s: %w", d.dir, err)
 	}
 	for _, name := range names {
-		if name == tmpDirName {
+		if name == tmpDirName || name == journalName || name == relaxedMarkerName {
 			continue
 		}
 		if _, ok := digest.FunctionFromLower(name); ok {

@@ -232,7 +232,10 @@ func (d *Disk) removeRelaxedMarker() error {
 // meanwhile or after.
 func (d *Disk) Close() error {
 	d.spares.Close()
-	return d.relaxed.close()
+	if err := d.relaxed.close(); err != nil {
+		return err // the journal stays: the next start replays it
+	}
+	return d.journal.close()
 }
 
 // readRelaxedMarker reads the marker a previous process left: blobs at least as

@@ -78,6 +78,7 @@ type options struct {
 	tscExecutors int
 	tscModes     string
 	tscRemote    string // extra Bazel flags of the remote builds
+	tscProfile   string // directory for Bazel's --profile of each timed build
 }
 
 // scenario is one measurement; run returns its rows and notes.
@@ -145,6 +146,7 @@ func parseOptions(args []string) (options, error) {
 	fs.IntVar(&o.tscInflight, "tsc-inflight", 2, "tsc: --max-inflight of hearth serve (and max_inflight_tasks of each hearth worker)")
 	fs.IntVar(&o.tscExecutors, "tsc-executors", 2, "tsc: `hearth worker`s of the extra persistent build on `hearth server` that measures warm hits across executors (0 or 1: skip it)")
 	fs.StringVar(&o.tscRemote, "tsc-remote-flags", "", "tsc: extra Bazel flags of the remote builds, space-separated (e.g. --remote_download_minimal); the local build is unchanged")
+	fs.StringVar(&o.tscProfile, "tsc-bazel-profile", "", "tsc: write Bazel's JSON trace profile (--profile) of each timed build to this directory as MODE.profile.gz, to compare where the client's time goes per mode")
 	fs.StringVar(&o.tscModes, "tsc-modes", "local,persistent,oneshot", "tsc: the modes to build, for a quick look at one (ratios need local and persistent; one-shot/persistent needs both)")
 	if err := fs.Parse(args); err != nil {
 		return o, err

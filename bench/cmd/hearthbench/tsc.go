@@ -57,6 +57,15 @@ func runTsc(ctx context.Context, b *bench) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
+	if b.opts.tscProfile != "" {
+		// Bazel runs in the workspace, so the path it is given must be absolute.
+		if b.opts.tscProfile, err = filepath.Abs(b.opts.tscProfile); err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(b.opts.tscProfile, 0o755); err != nil {
+			return nil, err
+		}
+	}
 	npmDir, err := installTscWorker(ctx, b.moduleRoot)
 	if err != nil {
 		return nil, err
@@ -243,7 +252,7 @@ func tscBuildLocal(ctx context.Context, b *bench, dir, ws string, env []string, 
 	if err := setTscSources(ws, b.opts.tscLibs, name); err != nil {
 		return tscBuild{}, err
 	}
-	res, out, err := z.build(flags...)
+	res, out, err := z.build(append(flags, b.tscProfileFlags(name)...)...)
 	os.WriteFile(filepath.Join(dir, name+"-build.log"), []byte(out), 0o644)
 	return res, err
 }
@@ -286,7 +295,7 @@ func tscBuildRemote(ctx context.Context, b *bench, dir, ws string, env []string,
 	defer srv.kill()
 	stopProfile := b.profile(srv, "tsc-"+name)
 	start := time.Now()
-	res, out, err := z.build(flags(srv)...)
+	res, out, err := z.build(append(flags(srv), b.tscProfileFlags(name)...)...)
 	stopProfile()
 	os.WriteFile(filepath.Join(dir, name+"-build.log"), []byte(out), 0o644)
 	if err != nil {
@@ -299,6 +308,15 @@ func tscBuildRemote(ctx context.Context, b *bench, dir, ws string, env []string,
 		return res, err
 	}
 	return res, res.stages.writeActions(filepath.Join(dir, name+"-actions.txt"))
+}
+
+// tscProfileFlags asks Bazel for its trace profile of the timed build named
+// name, with -tsc-bazel-profile; the untimed warm-ups never write one.
+func (b *bench) tscProfileFlags(name string) []string {
+	if b.opts.tscProfile == "" {
+		return nil
+	}
+	return []string{"--profile=" + filepath.Join(b.opts.tscProfile, name+".profile.gz")}
 }
 
 // npmSummary describes the installed node_modules: files and bytes.
