@@ -48,7 +48,9 @@ import (
 // When the file is full, the journal starts again from its beginning once
 // its blobs are durable in place: it waits for the commits in flight, then
 // syncs the whole file system (syncfs), which makes every installed blob and
-// its directory entry durable; a clean Close does the same and clears the
+// its directory entry durable (a background syncfs started when the journal
+// passed its midpoint has usually written most of that already, so the
+// commits waiting for the rotation wait for little); a clean Close does the same and clears the
 // first record, so the next start has nothing to replay. So a journaled
 // blob costs no fsync of its own at all, on the request path or after it.
 
@@ -86,6 +88,10 @@ type journal struct {
 
 	syncMu sync.Mutex
 	synced int64 // records before this offset are durable; under syncMu
+
+	// flushing runs a background syncfs from the journal's midpoint on, so
+	// that the one a rotation waits for finds little left to write.
+	flushing sync.WaitGroup
 }
 
 // openJournal opens (creating if needed) the journal file and reads the
@@ -198,6 +204,11 @@ func (j *journal) append(rec []byte) (end int64, ok bool, err error) {
 	if _, err := j.f.WriteAt(rec, j.off); err != nil {
 		return 0, false, err
 	}
+	half := j.size / 2
+	if j.off < half && j.off+int64(len(rec)) >= half {
+		// Its error is the rotation's to report: that syncfs is checked.
+		j.flushing.Go(func() { _ = unix.Syncfs(int(j.f.Fd())) })
+	}
 	j.off += int64(len(rec))
 	return j.off, true, nil
 }
@@ -258,6 +269,7 @@ func (j *journal) close() error {
 	}
 	close(j.stop)
 	<-j.done
+	j.flushing.Wait()
 	defer j.f.Close()
 	if err := unix.Syncfs(int(j.f.Fd())); err != nil {
 		return fmt.Errorf("cas: syncing the journaled blobs: %w", err)
