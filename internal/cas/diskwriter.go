@@ -66,7 +66,7 @@ func (d *Disk) createWith(ctx context.Context, k blobKey, useJournal bool) (Writ
 	}
 	w := &fileWriter{d: d, k: k, f: f, tmp: f.Name(), relaxed: relaxed}
 	if journaled {
-		w.journal = make([]byte, 0, k.size)
+		w.journal = newJournalRecord(k)
 	}
 	return w, nil
 }
@@ -167,9 +167,9 @@ type fileWriter struct {
 	// relaxed: Commit leaves the fsyncs to the background syncer
 	// (relaxed.go); the syncer hears of the writer's end exactly once.
 	relaxed bool
-	// journal, when not nil, collects the bytes of a blob that Commit makes
-	// durable through the journal (journal.go) before installing it
-	// without fsyncs.
+	// journal, when not nil, is the journal record (header, then the bytes
+	// written) that Commit makes durable (journal.go) before installing the
+	// blob without fsyncs.
 	journal []byte
 }
 

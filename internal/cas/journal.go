@@ -50,13 +50,15 @@ import (
 // syncs the whole file system (syncfs), which makes every installed blob and
 // its directory entry durable (a background syncfs started when the journal
 // passed its midpoint has usually written most of that already, so the
-// commits waiting for the rotation wait for little); a clean Close does the same and clears the
-// first record, so the next start has nothing to replay. So a journaled
-// blob costs no fsync of its own at all, on the request path or after it.
-
+// commits waiting for the rotation wait for little); a clean Close does the
+// same and clears the first record, so the next start has nothing to
+// replay. So a journaled blob costs no fsync of its own at all, on the
+// request path or after it.
+//
 // Only blobs up to journalMaxBlob go through the journal; a larger blob's
 // own fsync is small beside its writing, and its bytes are not held in
-// memory until Commit.
+// memory until Commit. A journaled writer collects its record as the bytes
+// arrive (newJournalRecord), so Commit writes it without another copy.
 
 const (
 	journalName  = "journal"
@@ -164,10 +166,10 @@ func (j *journal) usable(size int64) bool {
 	return j != nil && size <= journalMaxBlob && j.ready.Load()
 }
 
-// commit appends k's record, waits until it is durable, then runs install
-// (which makes the blob visible) before a rotation may overwrite the record.
-func (j *journal) commit(k blobKey, data []byte, install func() error) error {
-	rec := encodeJournalRecord(k, data)
+// commit appends rec (k's record: newJournalRecord and the blob's bytes),
+// waits until it is durable, then runs install (which makes the blob
+// visible) before a rotation may overwrite the record.
+func (j *journal) commit(k blobKey, rec []byte, install func() error) error {
 	for {
 		j.rot.RLock()
 		end, ok, err := j.append(rec)
@@ -289,14 +291,15 @@ type journalRecord struct {
 	data []byte
 }
 
-func encodeJournalRecord(k blobKey, data []byte) []byte {
-	rec := make([]byte, journalHeader+len(data))
+// newJournalRecord returns k's record header, with room for its bytes to
+// be appended.
+func newJournalRecord(k blobKey) []byte {
+	rec := make([]byte, journalHeader, journalHeader+int(k.size))
 	n := copy(rec, journalMagic)
 	binary.LittleEndian.PutUint32(rec[n:], uint32(k.fn))
 	n += 4
 	n += copy(rec[n:], k.hash[:])
 	binary.LittleEndian.PutUint64(rec[n:], uint64(k.size))
-	copy(rec[journalHeader:], data)
 	return rec
 }
 

@@ -92,8 +92,9 @@ func TestJournalReplayStopsAtAnInvalidRecord(t *testing.T) {
 		}
 		return k
 	}
-	valid := func(data []byte) []byte { return encodeJournalRecord(key(digest.SHA256, data), data) }
-	torn := encodeJournalRecord(key(digest.SHA256, []byte("the whole blob")), []byte("the whole bl\x00\x00"))
+	record := func(k blobKey, data []byte) []byte { return append(newJournalRecord(k), data...) }
+	valid := func(data []byte) []byte { return record(key(digest.SHA256, data), data) }
+	torn := record(key(digest.SHA256, []byte("the whole blob")), []byte("the whole bl\x00\x00"))
 	for _, tt := range []struct {
 		name    string
 		records [][]byte
