@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -278,4 +280,57 @@ func waitCommitted(ctx context.Context, t *testing.T, c *reapiClient, resource s
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// TestCrashJournalReplay plays what a power loss may do to small uploads
+// the server acknowledged through its upload journal and renamed into place
+// without fsyncs: after a SIGKILL their blob files are deleted or emptied,
+// and the restarted server must store every one again from the journal,
+// with its bytes. Larger uploads are fsynced in place and stay untouched.
+func TestCrashJournalReplay(t *testing.T) {
+	ctx := t.Context()
+	data := t.TempDir()
+	blobs := randomBlobs(newRand(t), 60)
+
+	p := startServe(t, data)
+	if _, err := p.log.waitFor(ctx, p.done, `msg="cas: upload journal ready"`); err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, p.GRPCAddr)
+	if err := uploadAll(ctx, c, blobs); err != nil {
+		t.Fatalf("uploading: %v", err)
+	}
+	p.kill()
+
+	const journalMaxBlob = 256 << 10 // the cas package's limit
+	damaged := 0
+	for i, b := range blobs {
+		if b.digest.SizeBytes > journalMaxBlob {
+			continue
+		}
+		path := filepath.Join(data, "cas", "sha256", b.digest.Hash[:2], fmt.Sprintf("%s-%d", b.digest.Hash, b.digest.SizeBytes))
+		var err error
+		if i%2 == 0 {
+			err = os.Remove(path)
+		} else if err = os.Chmod(path, 0o644); err == nil {
+			err = os.Truncate(path, 0)
+		}
+		if err != nil {
+			t.Fatalf("damaging blob %d: %v", i, err)
+		}
+		damaged++
+	}
+	if damaged < 10 {
+		t.Fatalf("only %d of the blobs are small enough to be journaled", damaged)
+	}
+
+	p2 := startServe(t, data)
+	line, ok := p2.log.find(`msg="cas: disk store opened"`)
+	if !ok {
+		t.Fatal("the restarted server logged no disk store line")
+	}
+	if got := parseLogfmt(line)["restored_from_journal"]; got != strconv.Itoa(damaged) {
+		t.Errorf("restored_from_journal=%s, want the %d blobs whose files were lost or emptied: %s", got, damaged, line)
+	}
+	verifyAll(ctx, t, dial(t, p2.GRPCAddr), blobs)
 }

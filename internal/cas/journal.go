@@ -132,6 +132,7 @@ func (j *journal) prepare() {
 		return
 	}
 	j.ready.Store(true)
+	j.d.logger.Info("cas: upload journal ready", "path", j.f.Name(), "bytes", j.size, "max_blob_bytes", journalMaxBlob)
 }
 
 var errJournalStopped = errors.New("cas: the store closed before its journal was prepared")

@@ -10,6 +10,7 @@ package s3test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -155,12 +156,19 @@ func (s *Server) Client() *minio.Client {
 	return c
 }
 
+// freePort picks a free port below Linux's ephemeral range (32768 and up):
+// a restart reuses its ports, and one from the ephemeral range may meanwhile
+// be claimed by any outbound connection on the machine.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("s3test: pick a port: %v", err)
+	for range 1000 {
+		p := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err == nil {
+			l.Close()
+			return p
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("s3test: no free port below 32768 after 1000 tries")
+	return 0
 }
