@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-build/hearth/internal/testports"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -41,7 +42,9 @@ func Start(t testing.TB) *Server {
 		t.Fatalf("redistest: redis-server not on PATH (scripts/install-test-deps.sh installs Debian's redis-server): %v", err)
 	}
 	s := &Server{dir: t.TempDir(), t: t}
-	s.port = freePort(t)
+	port, lease := testports.Reserve(t)
+	t.Cleanup(func() { lease.Close() })
+	s.port = port
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
 	s.start()
 	t.Cleanup(s.Stop)
@@ -127,14 +130,4 @@ func ping(addr string) error {
 		return fmt.Errorf("redis answered %q", line)
 	}
 	return nil
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("redistest: pick a port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

@@ -10,7 +10,6 @@ package s3test
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -20,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-build/hearth/internal/testports"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 )
@@ -41,6 +41,9 @@ type Server struct {
 	Bucket string
 	dir    string
 	ports  []int
+	// leases hold the flock on each port's reservation file for the
+	// server's lifetime, so no other test process picks the same port.
+	leases []*os.File
 	cmd    *exec.Cmd
 	t      testing.TB
 }
@@ -68,8 +71,14 @@ func Start(t testing.TB) *Server {
 	t.Helper()
 	s := &Server{dir: t.TempDir(), t: t, Bucket: "hearth"}
 	for range 10 {
-		s.ports = append(s.ports, freePort(t))
+		port, lease := testports.Reserve(t)
+		s.ports, s.leases = append(s.ports, port), append(s.leases, lease)
 	}
+	t.Cleanup(func() {
+		for _, f := range s.leases {
+			f.Close()
+		}
+	})
 	s.Endpoint = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.ports[6]))
 	cfg := fmt.Sprintf(`{"identities":[{"name":"hearth","credentials":[{"accessKey":%q,"secretKey":%q}],"actions":["Admin","Read","Write","List","Tagging"]}]}`, AccessKey, SecretKey)
 	if err := os.WriteFile(filepath.Join(s.dir, "s3.json"), []byte(cfg), 0o600); err != nil {
@@ -154,21 +163,4 @@ func (s *Server) Client() *minio.Client {
 		s.t.Fatalf("s3test: client: %v", err)
 	}
 	return c
-}
-
-// freePort picks a free port below Linux's ephemeral range (32768 and up):
-// a restart reuses its ports, and one from the ephemeral range may meanwhile
-// be claimed by any outbound connection on the machine.
-func freePort(t testing.TB) int {
-	t.Helper()
-	for range 1000 {
-		p := 20000 + rand.IntN(12000)
-		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
-		if err == nil {
-			l.Close()
-			return p
-		}
-	}
-	t.Fatal("s3test: no free port below 32768 after 1000 tries")
-	return 0
 }
