@@ -8,6 +8,7 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/hearth-build/hearth/internal/actioncache"
@@ -130,6 +131,9 @@ func (s *actionCacheServer) UpdateActionResult(ctx context.Context, req *repb.Up
 	if err := actioncache.Validate(fn, result); err != nil {
 		return nil, invalidf("action_result: %v", err)
 	}
+	if err := s.checkTreeRoots(ctx, fn, result); err != nil {
+		return nil, err
+	}
 	if err := s.cfg.ActionCache.Put(ctx, req.GetInstanceName(), action, result); err != nil {
 		return nil, toStatus(err)
 	}
@@ -176,6 +180,82 @@ func (s *actionCacheServer) requireUploaded(ctx context.Context, action digest.D
 		return missingStatus(&cas.MissingError{Digests: missing})
 	}
 	return nil
+}
+
+// maxTreeCheck bounds the Tree a result's root_directory_digest is checked
+// against: Trees of even large output directories are a few MiB.
+const maxTreeCheck = 64 << 20
+
+// checkTreeRoots enforces REAPI's "if both [tree_digest] and
+// root_directory_digest are set, this field MUST match the digest of the
+// root directory contained in the Tree message": a result whose two views of
+// one directory disagree would give clients that read the Tree and clients
+// that walk from the root different outputs. A Tree not (yet) in the CAS is
+// not checked here: results may be stored before their blobs, and the
+// completeness check makes such a result a miss until they arrive.
+func (s *actionCacheServer) checkTreeRoots(ctx context.Context, fn digest.Function, r *repb.ActionResult) error {
+	for _, od := range r.GetOutputDirectories() {
+		if od.GetTreeDigest() == nil || od.GetRootDirectoryDigest() == nil {
+			continue
+		}
+		// Both digests were validated with the result.
+		td, _ := digest.FromProto(fn, od.GetTreeDigest())
+		rd, _ := digest.FromProto(fn, od.GetRootDirectoryDigest())
+		if td.Size > maxTreeCheck {
+			continue
+		}
+		data, err := readSmallBlob(ctx, s.cfg.CAS, td)
+		if errors.Is(err, cas.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return toStatus(fmt.Errorf("reading the tree of output directory %q: %w", od.GetPath(), err))
+		}
+		root, err := treeRootBytes(data)
+		if err != nil {
+			return invalidf("action_result: tree_digest %s of output directory %q is not a Tree: %v", td, od.GetPath(), err)
+		}
+		if got := digest.Compute(fn, root); got != rd {
+			return invalidf("action_result: root_directory_digest %s of output directory %q is not the digest of its Tree's root (%s)", rd, od.GetPath(), got)
+		}
+	}
+	return nil
+}
+
+// treeRootBytes returns the encoded root Directory of an encoded Tree as the
+// client wrote it (the bytes its root_directory_digest was computed from),
+// not a re-encoding, which could differ from a client's valid encoding.
+func treeRootBytes(data []byte) ([]byte, error) {
+	if err := proto.Unmarshal(data, &repb.Tree{}); err != nil {
+		return nil, err
+	}
+	var root []byte
+	found := false
+	for len(data) > 0 {
+		num, typ, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		data = data[n:]
+		if num == 1 && typ == protowire.BytesType {
+			v, m := protowire.ConsumeBytes(data)
+			if m < 0 {
+				return nil, protowire.ParseError(m)
+			}
+			if found {
+				return nil, errors.New("it has more than one root field")
+			}
+			root, found = v, true
+			data = data[m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, data)
+		if m < 0 {
+			return nil, protowire.ParseError(m)
+		}
+		data = data[m:]
+	}
+	return root, nil
 }
 
 func (s *actionCacheServer) moveInlineToCAS(ctx context.Context, fn digest.Function, r *repb.ActionResult) error {

@@ -9,6 +9,7 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/hearth-build/hearth/internal/cas"
@@ -148,6 +149,7 @@ func TestGetActionResultIncompleteIsNotFound(t *testing.T) {
 		},
 		"directory below root_directory_digest": func(t *testing.T, s cas.Store, r *repb.ActionResult) {
 			root := &repb.Directory{Directories: []*repb.DirectoryNode{{Name: "sub", Digest: absent}}}
+			r.OutputDirectories[0].TreeDigest = nil
 			r.OutputDirectories[0].RootDirectoryDigest = putProto(t, s, fn, root).Proto()
 		},
 		"file below root_directory_digest": func(t *testing.T, s cas.Store, r *repb.ActionResult) {
@@ -338,5 +340,78 @@ func TestUpdateActionResultNeedsTheCommand(t *testing.T) {
 	}
 	if _, err := client.UpdateActionResult(ctx, req); err != nil {
 		t.Fatalf("with the Command uploaded: %v", err)
+	}
+}
+
+// An output directory carrying both a Tree and a root_directory_digest must
+// name the same directory twice: REAPI says the root digest MUST match the
+// Tree's root.
+func TestUpdateActionResultChecksTreeRoot(t *testing.T) {
+	fn := digest.SHA256
+	for _, tc := range []struct {
+		name     string
+		root     func(t *testing.T, s cas.Store, tree *repb.Tree) *repb.Digest
+		treeBlob func(t *testing.T, s cas.Store, tree *repb.Tree) *repb.Digest
+		code     codes.Code // of UpdateActionResult
+		served   bool
+	}{
+		{"root matches the tree", func(t *testing.T, s cas.Store, tree *repb.Tree) *repb.Digest {
+			return putProto(t, s, fn, tree.GetRoot()).Proto()
+		}, nil, codes.OK, true},
+		{"root is another directory", func(t *testing.T, s cas.Store, tree *repb.Tree) *repb.Digest {
+			return putProto(t, s, fn, &repb.Directory{}).Proto()
+		}, nil, codes.InvalidArgument, false},
+		{"tree blob is not a Tree", func(t *testing.T, s cas.Store, tree *repb.Tree) *repb.Digest {
+			return putProto(t, s, fn, tree.GetRoot()).Proto()
+		}, func(t *testing.T, s cas.Store, tree *repb.Tree) *repb.Digest {
+			return putBlobs(t, s, fn, []byte{0xff, 0xff, 0xff})[0].Proto()
+		}, codes.InvalidArgument, false},
+		{"tree not uploaded yet", func(t *testing.T, s cas.Store, tree *repb.Tree) *repb.Digest {
+			return putProto(t, s, fn, &repb.Directory{}).Proto()
+		}, func(t *testing.T, s cas.Store, tree *repb.Tree) *repb.Digest {
+			data, _ := proto.Marshal(tree)
+			return digest.Compute(fn, append(data, 0x0a, 0x00)).Proto() // a Tree nobody stored
+		}, codes.OK, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, cfg := startServer(t)
+			client := repb.NewActionCacheClient(conn)
+			r := completeResult(t, cfg.CAS, fn)
+			tree := &repb.Tree{Root: &repb.Directory{Files: []*repb.FileNode{{Name: "inner", Digest: putBlobs(t, cfg.CAS, fn, []byte("file in tree"))[0].Proto()}}}}
+			if tc.treeBlob != nil {
+				r.OutputDirectories[0].TreeDigest = tc.treeBlob(t, cfg.CAS, tree)
+			}
+			r.OutputDirectories[0].RootDirectoryDigest = tc.root(t, cfg.CAS, tree)
+			action := storedAction(t, cfg, fn, tc.name)
+			_, err := client.UpdateActionResult(context.Background(), &repb.UpdateActionResultRequest{ActionDigest: action, ActionResult: r})
+			wantCode(t, err, tc.code)
+			_, err = client.GetActionResult(context.Background(), &repb.GetActionResultRequest{ActionDigest: action})
+			if tc.served {
+				if err != nil {
+					t.Fatalf("stored result not served: %v", err)
+				}
+			} else {
+				wantCode(t, err, codes.NotFound)
+			}
+		})
+	}
+}
+
+func TestTreeRootBytesKeepsTheClientsEncoding(t *testing.T) {
+	// A root whose fields are out of tag order: valid protobuf, but not
+	// what a re-encoding would produce.
+	root := protowire.AppendTag(nil, 2, protowire.BytesType)
+	root = protowire.AppendBytes(root, []byte{})
+	root = protowire.AppendTag(root, 1, protowire.BytesType)
+	root = protowire.AppendBytes(root, []byte{})
+	tree := protowire.AppendTag(nil, 1, protowire.BytesType)
+	tree = protowire.AppendBytes(tree, root)
+	got, err := treeRootBytes(tree)
+	if err != nil || !bytes.Equal(got, root) {
+		t.Fatalf("treeRootBytes = %x, %v; want %x", got, err, root)
+	}
+	twice := append(append([]byte(nil), tree...), tree...)
+	if _, err := treeRootBytes(twice); err == nil {
+		t.Fatal("a Tree with two root fields was accepted")
 	}
 }
