@@ -44,6 +44,10 @@ type Disk struct {
 	// madeDirs remembers directories known to exist durably, so a Put into a
 	// familiar shard costs no mkdir or directory fsync beyond the rename's.
 	madeDirs *sync.Map // string → struct{}
+	// looseDirs remembers directories a relaxed Put created without making
+	// their entries durable: relaxed Puts use them as they are, and the
+	// first durable Put into one syncs its parents first.
+	looseDirs *sync.Map // string → struct{}
 	// durable: Put fsyncs the file and its directory (see Relaxed).
 	durable bool
 	// spares, when set, are Put's temporary files created ahead of need.
@@ -59,11 +63,15 @@ func NewDisk(dir string) (*Disk, error) {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return nil, fmt.Errorf("creating action cache directory: %w", err)
 	}
-	d := &Disk{root: root, tmp: filepath.Join(root, "tmp"), madeDirs: &sync.Map{}, durable: true}
+	d := &Disk{root: root, tmp: filepath.Join(root, "tmp"), madeDirs: &sync.Map{}, looseDirs: &sync.Map{}, durable: true}
+	if err := fsutil.SyncDir(filepath.Dir(root)); err != nil {
+		return nil, err
+	}
+	d.madeDirs.Store(root, struct{}{}) // what is above the cache is not its to sync
 	if err := os.RemoveAll(d.tmp); err != nil {
 		return nil, fmt.Errorf("clearing interrupted writes: %w", err)
 	}
-	if err := d.ensureDir(d.tmp); err != nil {
+	if err := d.ensureDir(d.tmp, true); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -135,7 +143,7 @@ func (d *Disk) Put(ctx context.Context, instance string, action digest.Digest, r
 		return fmt.Errorf("encoding action result: %w", err)
 	}
 	dir := filepath.Dir(p)
-	if err := d.ensureDir(dir); err != nil {
+	if err := d.ensureDir(dir, d.durable); err != nil {
 		return err
 	}
 	if d.spares != nil {
@@ -175,29 +183,46 @@ func (d *Disk) Close() {
 // reply path. UpdateActionResult from clients always goes through the
 // durable Disk.
 func (d *Disk) Relaxed() *Disk {
-	return &Disk{root: d.root, tmp: d.tmp, madeDirs: d.madeDirs, durable: false, spares: d.spares}
+	return &Disk{root: d.root, tmp: d.tmp, madeDirs: d.madeDirs, looseDirs: d.looseDirs, durable: false, spares: d.spares}
 }
 
-// ensureDir creates dir and any missing parents, fsyncing each parent whose
-// entries changed, so that a later rename into dir is reachable after a crash.
-func (d *Disk) ensureDir(dir string) error {
+// syncDir is fsutil.SyncDir; the tests count its calls.
+var syncDir = fsutil.SyncDir
+
+// ensureDir creates dir and any missing parents. Durably, it fsyncs the
+// parent of each directory (once per directory and process), so that a
+// later rename into dir is reachable after a crash; only then is dir
+// remembered in madeDirs. A relaxed Put needs no such promise (a directory
+// lost with a power loss loses only entries that are allowed to be lost),
+// so its new directories are remembered as loose and synced by the first
+// durable Put that passes through them. In a young cache nearly every result
+// lands in a new shard directory, and the directory fsync was most of a
+// relaxed Put.
+func (d *Disk) ensureDir(dir string, durable bool) error {
 	if _, ok := d.madeDirs.Load(dir); ok {
 		return nil
 	}
-	if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
-		d.madeDirs.Store(dir, struct{}{})
-		return nil
+	if !durable {
+		if _, ok := d.looseDirs.Load(dir); ok {
+			return nil
+		}
 	}
 	parent := filepath.Dir(dir)
 	if parent != dir {
-		if err := d.ensureDir(parent); err != nil {
+		if err := d.ensureDir(parent, durable); err != nil {
 			return err
 		}
 	}
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("creating action cache directory: %w", err)
 	}
-	if err := fsutil.SyncDir(parent); err != nil {
+	if !durable {
+		d.looseDirs.Store(dir, struct{}{})
+		return nil
+	}
+	// Whoever created dir (a relaxed Put, an earlier process), its entry
+	// is durable once its parent is synced.
+	if err := syncDir(parent); err != nil {
 		return err
 	}
 	d.madeDirs.Store(dir, struct{}{})

@@ -245,3 +245,53 @@ func TestDiskSpareFiles(t *testing.T) {
 		t.Fatalf("tmp/ after Close: %v, %v", ents, err)
 	}
 }
+
+// A relaxed Put creates its shard directories without syncing them; the
+// first durable Put through them syncs each one's parent, once.
+func TestDiskDirectorySyncs(t *testing.T) {
+	ctx := context.Background()
+	d, err := NewDisk(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var synced []string
+	orig := syncDir
+	syncDir = func(dir string) error { synced = append(synced, dir); return orig(dir) }
+	t.Cleanup(func() { syncDir = orig })
+	a := digest.Compute(digest.SHA256, []byte("an action"))
+	for _, step := range []struct {
+		store Store
+		syncs int // directory syncs this Put must make
+	}{
+		{d.Relaxed(), 0}, // new function, instance and shard directories, loose
+		{d.Relaxed(), 0},
+		{d, 3}, // each of the three loose directories' parents
+		{d, 0},
+		{d.Relaxed(), 0},
+	} {
+		synced = nil
+		if err := step.store.Put(ctx, "main", a, resultWithExitCode(1)); err != nil {
+			t.Fatal(err)
+		}
+		if len(synced) != step.syncs {
+			t.Errorf("Put synced %q, want %d directory syncs", synced, step.syncs)
+		}
+	}
+	// A second Disk on the same directory (a restart) knows nothing of what
+	// the first made durable: its first durable Put syncs again.
+	d2, err := NewDisk(d.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	synced = nil
+	if err := d2.Put(ctx, "main", a, resultWithExitCode(2)); err != nil {
+		t.Fatal(err)
+	}
+	if len(synced) != 3 {
+		t.Errorf("first durable Put after reopening synced %q, want 3 directory syncs", synced)
+	}
+	got, err := d2.Get(ctx, "main", a)
+	if err != nil || got.GetExitCode() != 2 {
+		t.Fatalf("Get = %v, %v", got, err)
+	}
+}
