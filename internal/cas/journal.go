@@ -45,16 +45,18 @@ import (
 // is short). After replaying anything, the file system is synced, because a
 // crashed process's unsynced blobs survive it in the page cache.
 //
-// When the file is full, the journal starts again from its beginning once
-// its blobs are durable in place: it waits for the commits in flight, then
-// syncs the whole file system (syncfs), which makes every installed blob and
-// its directory entry durable (a background syncfs started when the journal
-// passed its midpoint has usually written most of that already, so the
-// commits waiting for the rotation wait for little); a clean Close does the
-// same and clears the first record, so the next start has nothing to
-// replay. So a journaled blob costs no fsync of its own at all, on the
-// request path or after it.
-//
+// The file is two halves used in turn. When the half being appended to is
+// full, appends move to the other half at once, and in the background the
+// full half waits for its commits in flight (each holds its half from its
+// append until its blob is installed) and syncs the whole file system
+// (syncfs), which makes every installed blob and its directory entry
+// durable; only then may the half be overwritten. A commit waits for a
+// rotation only if it fills a half before the other half's syncfs is done.
+// A clean Close does the same syncfs and clears each half's first record,
+// so the next start has nothing to replay. So a journaled blob costs no
+// fsync of its own at all, on the request path or after it. Each half is
+// scanned on its own at recovery (records never cross the middle).
+
 // Only blobs up to journalMaxBlob go through the journal; a larger blob's
 // own fsync is small beside its writing, and its bytes are not held in
 // memory until Commit. A journaled writer collects its record as the bytes
@@ -81,20 +83,29 @@ type journal struct {
 	stop  chan struct{} // closed by close: prepare gives up
 	done  chan struct{} // closed when prepare has returned
 
-	// rot is held for reading by each commit from its append until its blob
-	// is installed, and for writing by a rotation.
-	rot sync.RWMutex
-
-	mu  sync.Mutex // guards off and the file's writes
-	off int64      // where the next record goes
+	mu      sync.Mutex // guards the fields below and the file's writes
+	free    sync.Cond  // on mu: broadcast when a half's drain ends
+	half    int        // the half records are appended to
+	off     int64      // the file offset of the next record, inside half
+	written int64      // bytes appended since open: positions for syncTo
+	// reusable marks a half whose records' blobs are durable in place;
+	// the half being appended to is not.
+	reusable [2]bool
+	failed   error // a drain's syncfs failed: no more appends
+	// pending counts, per half, the commits between their append and the
+	// install of their blob.
+	pending [2]sync.WaitGroup
 
 	syncMu sync.Mutex
-	synced int64 // records before this offset are durable; under syncMu
+	synced int64 // records before this position are durable; under syncMu
 
-	// flushing runs a background syncfs from the journal's midpoint on, so
-	// that the one a rotation waits for finds little left to write.
-	flushing sync.WaitGroup
+	draining sync.WaitGroup // drains of full halves in the background
+	syncfs   func(fd int) error // drainSyncfs when opened
 }
+
+// drainSyncfs is the syncfs of the drains of journals opened from now on:
+// unix.Syncfs; a test holds a drain in it.
+var drainSyncfs = unix.Syncfs
 
 // openJournal opens (creating if needed) the journal file and reads the
 // records a previous process left.
@@ -104,12 +115,16 @@ func (d *Disk) openJournal() (*journal, []journalRecord, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("cas: opening %s: %w", path, err)
 	}
-	records, err := readJournal(f, journalSize)
+	records, err := readJournalFile(f, journalSize)
 	if err != nil {
 		f.Close()
 		return nil, nil, fmt.Errorf("cas: reading %s: %w", path, err)
 	}
-	return &journal{d: d, f: f, size: journalSize, stop: make(chan struct{}), done: make(chan struct{})}, records, nil
+	// The records left are replayed and synced before the first append
+	// (startJournal), so both halves start out reusable.
+	j := &journal{d: d, f: f, size: journalSize, stop: make(chan struct{}), done: make(chan struct{}), reusable: [2]bool{false, true}, syncfs: drainSyncfs}
+	j.free.L = &j.mu
+	return j, records, nil
 }
 
 // prepare makes every block of the file allocated and written, so that a
@@ -164,61 +179,95 @@ func (d *Disk) JournalReady() bool { return d.journal != nil && d.journal.ready.
 
 // usable reports whether a blob of size bytes is to be journaled.
 func (j *journal) usable(size int64) bool {
-	return j != nil && size <= journalMaxBlob && j.ready.Load()
+	return j != nil && size <= journalMaxBlob && int64(journalHeader)+size <= j.size/2 && j.ready.Load()
+}
+
+// bounds returns the file offsets where half h starts and ends.
+func (j *journal) bounds(h int) (start, end int64) {
+	mid := j.size / 2
+	if h == 0 {
+		return 0, mid
+	}
+	return mid, j.size
 }
 
 // commit appends rec (k's record: newJournalRecord and the blob's bytes),
 // waits until it is durable, then runs install (which makes the blob
-// visible) before a rotation may overwrite the record.
+// visible) before a drain may let its half be overwritten.
 func (j *journal) commit(k blobKey, rec []byte, install func() error) error {
-	for {
-		j.rot.RLock()
-		end, ok, err := j.append(rec)
-		if err != nil {
-			j.rot.RUnlock()
-			return fmt.Errorf("cas: journaling %s %s: %w", k.fn, k.digest(), err)
-		}
-		if !ok {
-			j.rot.RUnlock()
-			if err := j.rotate(int64(len(rec))); err != nil {
-				return fmt.Errorf("cas: journaling %s %s: %w", k.fn, k.digest(), err)
-			}
-			continue
-		}
-		err = j.syncTo(end)
-		if err == nil {
-			err = install()
-		} else {
-			err = fmt.Errorf("cas: journaling %s %s: %w", k.fn, k.digest(), err)
-		}
-		j.rot.RUnlock()
-		return err
+	h, end, err := j.append(rec)
+	if err != nil {
+		return fmt.Errorf("cas: journaling %s %s: %w", k.fn, k.digest(), err)
 	}
+	defer j.pending[h].Done()
+	if err := j.syncTo(end); err != nil {
+		return fmt.Errorf("cas: journaling %s %s: %w", k.fn, k.digest(), err)
+	}
+	return install()
 }
 
-// append writes rec at the end of the journal and returns the offset after
-// it; ok is false when it does not fit.
-func (j *journal) append(rec []byte) (end int64, ok bool, err error) {
+// append writes rec at the end of the current half, moving to the other
+// half first if it does not fit, and returns the half and the position
+// after rec. The caller must call pending[half].Done once its blob is
+// installed.
+func (j *journal) append(rec []byte) (half int, end int64, err error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.off+int64(len(rec)) > j.size {
-		return 0, false, nil
+	need := int64(len(rec))
+	if start, end := j.bounds(0); need > end-start {
+		return 0, 0, fmt.Errorf("a record of %d bytes does not fit half of the %d-byte journal", need, j.size)
+	}
+	for {
+		if j.failed != nil {
+			return 0, 0, j.failed
+		}
+		if _, end := j.bounds(j.half); j.off+need <= end {
+			break
+		}
+		// Another append may have moved to the other half while this one
+		// waited: each round looks at the current half again.
+		if next := 1 - j.half; j.reusable[next] {
+			full := j.half
+			j.reusable[next] = false
+			j.half = next
+			j.off, _ = j.bounds(next)
+			j.draining.Go(func() { j.drain(full) })
+			continue
+		}
+		j.free.Wait() // the other half's syncfs is still running
 	}
 	if _, err := j.f.WriteAt(rec, j.off); err != nil {
-		return 0, false, err
+		return 0, 0, err
 	}
-	half := j.size / 2
-	if j.off < half && j.off+int64(len(rec)) >= half {
-		// Its error is the rotation's to report: that syncfs is checked.
-		j.flushing.Go(func() { _ = unix.Syncfs(int(j.f.Fd())) })
-	}
-	j.off += int64(len(rec))
-	return j.off, true, nil
+	j.pending[j.half].Add(1)
+	j.off += need
+	j.written += need
+	return j.half, j.written, nil
 }
 
-// syncTo returns once every record before end is durable. A caller that
-// finds a sync running waits for it and is often covered by it: one
-// fdatasync serves every record appended before it started.
+// drain makes half h reusable once the blobs of its records are durable in
+// place: when its commits have installed them, one syncfs covers them all
+// with their directory entries. If that fails, the journal takes no more
+// records (uploads fall back to fsyncs) and h is never overwritten, so its
+// records still back the blobs they acknowledged.
+func (j *journal) drain(h int) {
+	j.pending[h].Wait()
+	err := j.syncfs(int(j.f.Fd()))
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err != nil {
+		j.failed = fmt.Errorf("syncfs before reusing half of the upload journal: %w", err)
+		j.ready.Store(false)
+		j.d.logger.Error("cas: the upload journal is no longer used; small uploads are made durable with fsyncs instead", "err", err)
+	} else {
+		j.reusable[h] = true
+	}
+	j.free.Broadcast()
+}
+
+// syncTo returns once every record before position end is durable. A
+// caller that finds a sync running waits for it and is often covered by
+// it: one fdatasync serves every record appended before it started.
 func (j *journal) syncTo(end int64) error {
 	j.syncMu.Lock()
 	defer j.syncMu.Unlock()
@@ -226,41 +275,12 @@ func (j *journal) syncTo(end int64) error {
 		return nil
 	}
 	j.mu.Lock()
-	target := j.off
+	target := j.written
 	j.mu.Unlock()
 	if err := unix.Fdatasync(int(j.f.Fd())); err != nil {
 		return err
 	}
 	j.synced = target
-	return nil
-}
-
-// rotate starts the journal again from its beginning once the blobs of its
-// records are durable in place. need is the size of the record that did
-// not fit; another caller may have rotated meanwhile.
-func (j *journal) rotate(need int64) error {
-	j.rot.Lock()
-	defer j.rot.Unlock()
-	j.mu.Lock()
-	full := j.off+need > j.size
-	j.mu.Unlock()
-	if !full {
-		return nil
-	}
-	if need > j.size {
-		return fmt.Errorf("a record of %d bytes does not fit the %d-byte journal", need, j.size)
-	}
-	// Every journaled blob is installed (no commit holds rot), so syncing
-	// the file system makes each one and its directory entry durable.
-	if err := unix.Syncfs(int(j.f.Fd())); err != nil {
-		return fmt.Errorf("syncfs before reusing the journal: %w", err)
-	}
-	j.mu.Lock()
-	j.off = 0
-	j.mu.Unlock()
-	j.syncMu.Lock()
-	j.synced = 0
-	j.syncMu.Unlock()
 	return nil
 }
 
@@ -272,13 +292,16 @@ func (j *journal) close() error {
 	}
 	close(j.stop)
 	<-j.done
-	j.flushing.Wait()
+	j.draining.Wait()
 	defer j.f.Close()
 	if err := unix.Syncfs(int(j.f.Fd())); err != nil {
 		return fmt.Errorf("cas: syncing the journaled blobs: %w", err)
 	}
-	if _, err := j.f.WriteAt(make([]byte, journalHeader), 0); err != nil {
-		return fmt.Errorf("cas: clearing the journal: %w", err)
+	for h := range 2 {
+		start, _ := j.bounds(h)
+		if _, err := j.f.WriteAt(make([]byte, journalHeader), start); err != nil {
+			return fmt.Errorf("cas: clearing the journal: %w", err)
+		}
 	}
 	if err := unix.Fdatasync(int(j.f.Fd())); err != nil {
 		return fmt.Errorf("cas: clearing the journal: %w", err)
@@ -304,17 +327,31 @@ func newJournalRecord(k blobKey) []byte {
 	return rec
 }
 
-// readJournal returns the valid records from the start of the file up to
-// the first invalid one (see above). limit bounds what is read.
-func readJournal(f *os.File, limit int64) ([]journalRecord, error) {
+// readJournalFile returns the valid records of both halves of a journal
+// of the given size. The first half is scanned with the whole file as its
+// limit, so that a journal written as one sequence (before the halves) is
+// read whole; if that scan reached into the second half, it has read it.
+func readJournalFile(f *os.File, size int64) ([]journalRecord, error) {
+	records, end, err := readJournal(f, 0, size)
+	if err != nil || end > size/2 {
+		return records, err
+	}
+	second, _, err := readJournal(f, size/2, size)
+	return append(records, second...), err
+}
+
+// readJournal returns the valid records from start up to the first invalid
+// one (see above), and where it stopped. limit bounds what is read.
+func readJournal(f *os.File, start, limit int64) ([]journalRecord, int64, error) {
 	var records []journalRecord
 	header := make([]byte, journalHeader)
-	for off := int64(0); off+int64(journalHeader) <= limit; {
+	off := start
+	for off+int64(journalHeader) <= limit {
 		if _, err := f.ReadAt(header, off); err != nil {
 			if errors.Is(err, io.EOF) {
 				break
 			}
-			return nil, err
+			return nil, off, err
 		}
 		if !bytes.Equal(header[:len(journalMagic)], []byte(journalMagic)) {
 			break
@@ -334,7 +371,7 @@ func readJournal(f *os.File, limit int64) ([]journalRecord, error) {
 			if errors.Is(err, io.EOF) {
 				break
 			}
-			return nil, err
+			return nil, off, err
 		}
 		if got, _ := keyOf(digest.Compute(k.fn, data)); got != k {
 			break // torn, or the stale rest of an earlier round
@@ -342,7 +379,7 @@ func readJournal(f *os.File, limit int64) ([]journalRecord, error) {
 		records = append(records, journalRecord{k: k, data: data})
 		off += int64(journalHeader) + int64(size)
 	}
-	return records, nil
+	return records, off, nil
 }
 
 // startJournal opens the journal and replays what a previous process left.
