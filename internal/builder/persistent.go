@@ -159,8 +159,17 @@ func (b *Builder) runOnWorker(ctx context.Context, t Task, cmd *repb.Command, tr
 			return nil, ctx.Err()
 		case timedOut:
 			// The action's own timeout: a result, not a worker failure.
+			// As for a one-shot action, what it wrote before the timeout
+			// is collected, best effort, before its workspace is cleaned:
+			// the worker answered the cancel (and may no longer write) or
+			// was killed with its process group.
+			collected, cerr := b.collect(ctx, fn, dir, cmd)
+			if cerr != nil {
+				b.logger().Debug("outputs of a timed-out worker action not collected", "action", t.ActionDigest, "err", cerr)
+				collected = nil
+			}
 			release(nil)
-			result, upErr := b.streamsResult(ctx, fn, nil, "")
+			result, upErr := b.streamsResult(ctx, fn, collected, "")
 			if upErr != nil {
 				return nil, upErr
 			}

@@ -51,3 +51,38 @@ func TestTimedOutActionKeepsPartialOutputs(t *testing.T) {
 		t.Errorf("an uncollectable output was returned: %v", resp.GetResult())
 	}
 }
+
+// A worker action that reaches its timeout reports DEADLINE_EXCEEDED with
+// the outputs it wrote before, like a one-shot action, whether the worker
+// answers the cancel or is killed; the next action of the key still runs.
+func TestTimedOutWorkerActionKeepsPartialOutputs(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		startup []string
+		props   []string
+	}{
+		{"answers the cancel", []string{"--honor-cancel"}, []string{"supports-worker-cancellation", "1"}},
+		{"killed", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, workerpool.Options{CancelGrace: 300 * time.Millisecond})
+			task := r.workerTask(tc.startup, []string{"--out=o", "--content=partial", "--sleep=30s"}, tc.props...)
+			task.Command.OutputPaths = []string{"o"}
+			task.Action.CommandDigest = r.putProto(task.Command)
+			task.Action.Timeout = durationpb.New(time.Second)
+			task.ActionDigest, _ = digest.FromProto(digest.SHA256, r.putProto(task.Action))
+			resp := r.b.Build(context.Background(), task)
+			if codes.Code(resp.GetStatus().GetCode()) != codes.DeadlineExceeded {
+				t.Fatalf("status %v, want DEADLINE_EXCEEDED", resp.GetStatus())
+			}
+			of := resp.GetResult().GetOutputFiles()
+			if len(of) != 1 || of[0].GetPath() != "o" || of[0].GetDigest().GetSizeBytes() != int64(len("partial")) {
+				t.Errorf("output files %v, want the partial o", of)
+			}
+			next := r.b.Build(context.Background(), r.workerTask(tc.startup, []string{"--counter"}, tc.props...))
+			if next.GetStatus().GetCode() != 0 || next.GetResult().GetExitCode() != 0 {
+				t.Fatalf("the next action: %v, exit %d", next.GetStatus(), next.GetResult().GetExitCode())
+			}
+		})
+	}
+}
