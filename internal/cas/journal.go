@@ -99,7 +99,7 @@ type journal struct {
 	syncMu sync.Mutex
 	synced int64 // records before this position are durable; under syncMu
 
-	draining sync.WaitGroup // drains of full halves in the background
+	draining sync.WaitGroup     // drains of full halves in the background
 	syncfs   func(fd int) error // drainSyncfs when opened
 }
 
