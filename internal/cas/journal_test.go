@@ -152,7 +152,15 @@ func TestJournalConcurrentCommitsAndRotation(t *testing.T) {
 	if len(recs) == 0 || len(recs) == n {
 		t.Fatalf("the journal holds %d records of %d uploads: it did not rotate", len(recs), n)
 	}
-	for _, r := range recs {
+	crashAndCheck(t, d, dir, ds)
+}
+
+// crashAndCheck loses the blob file of every record in the journal (what a
+// power loss may do to blobs installed since the last sync), reopens the
+// store without closing d, and checks that ds[i] reads smallBlob(100+i).
+func crashAndCheck(t *testing.T, d *Disk, dir string, ds []digest.Digest) {
+	t.Helper()
+	for _, r := range journalRecords(t, dir) {
 		loseBlobFile(t, d, r.k.digest())
 	}
 	d2 := newDisk(t, dir, 0)
@@ -235,15 +243,7 @@ func TestJournalRotationSyncsInTheBackground(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("commits still waiting after the drain's syncfs finished")
 	}
-	for _, r := range journalRecords(t, dir) {
-		loseBlobFile(t, d, r.k.digest())
-	}
-	d2 := newDisk(t, dir, 0)
-	for n, dg := range ds {
-		if got := mustGet(t, d2, dg); !bytes.Equal(got, smallBlob(100+n)) {
-			t.Fatalf("%s reads %q", dg, got)
-		}
-	}
+	crashAndCheck(t, d, dir, ds)
 }
 
 // Each half is scanned on its own, and a journal written as one sequence
