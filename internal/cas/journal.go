@@ -56,7 +56,7 @@ import (
 // so the next start has nothing to replay. So a journaled blob costs no
 // fsync of its own at all, on the request path or after it. Each half is
 // scanned on its own at recovery (records never cross the middle).
-
+//
 // Only blobs up to journalMaxBlob go through the journal; a larger blob's
 // own fsync is small beside its writing, and its bytes are not held in
 // memory until Commit. A journaled writer collects its record as the bytes
@@ -121,7 +121,7 @@ func (d *Disk) openJournal() (*journal, []journalRecord, error) {
 		return nil, nil, fmt.Errorf("cas: reading %s: %w", path, err)
 	}
 	// The records left are replayed and synced before the first append
-	// (startJournal), so both halves start out reusable.
+	// (startJournal): appends start in half 0, and half 1 is reusable.
 	j := &journal{d: d, f: f, size: journalSize, stop: make(chan struct{}), done: make(chan struct{}), reusable: [2]bool{false, true}, syncfs: drainSyncfs}
 	j.free.L = &j.mu
 	return j, records, nil
@@ -284,8 +284,8 @@ func (j *journal) syncTo(end int64) error {
 	return nil
 }
 
-// close makes every journaled blob durable in place and clears the first
-// record, so that the next start finds nothing to replay.
+// close makes every journaled blob durable in place and clears each half's
+// first record, so that the next start finds nothing to replay.
 func (j *journal) close() error {
 	if j == nil {
 		return nil
