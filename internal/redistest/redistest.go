@@ -42,9 +42,7 @@ func Start(t testing.TB) *Server {
 		t.Fatalf("redistest: redis-server not on PATH (scripts/install-test-deps.sh installs Debian's redis-server): %v", err)
 	}
 	s := &Server{dir: t.TempDir(), t: t}
-	port, lease := testports.Reserve(t)
-	t.Cleanup(func() { lease.Close() })
-	s.port = port
+	s.port = testports.Reserve(t)
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
 	s.start()
 	t.Cleanup(s.Stop)

@@ -41,9 +41,6 @@ type Server struct {
 	Bucket string
 	dir    string
 	ports  []int
-	// leases hold the flock on each port's reservation file for the
-	// server's lifetime, so no other test process picks the same port.
-	leases []*os.File
 	cmd    *exec.Cmd
 	t      testing.TB
 }
@@ -71,14 +68,8 @@ func Start(t testing.TB) *Server {
 	t.Helper()
 	s := &Server{dir: t.TempDir(), t: t, Bucket: "hearth"}
 	for range 10 {
-		port, lease := testports.Reserve(t)
-		s.ports, s.leases = append(s.ports, port), append(s.leases, lease)
+		s.ports = append(s.ports, testports.Reserve(t))
 	}
-	t.Cleanup(func() {
-		for _, f := range s.leases {
-			f.Close()
-		}
-	})
 	s.Endpoint = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.ports[6]))
 	cfg := fmt.Sprintf(`{"identities":[{"name":"hearth","credentials":[{"accessKey":%q,"secretKey":%q}],"actions":["Admin","Read","Write","List","Tagging"]}]}`, AccessKey, SecretKey)
 	if err := os.WriteFile(filepath.Join(s.dir, "s3.json"), []byte(cfg), 0o600); err != nil {
