@@ -358,17 +358,22 @@ func outOfRange(k blobKey, offset int64) error {
 }
 
 // syncDir makes the entries of directory dir (renames, creations) durable.
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
+func syncDir(dir string) error { return syncPath(dir, "directory") }
+
+// syncFile makes the bytes of the (closed) file at path durable.
+func syncFile(path string) error { return syncPath(path, "file") }
+
+func syncPath(path, what string) error {
+	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("cas: opening directory for fsync: %w", err)
+		return fmt.Errorf("cas: opening %s for fsync: %w", what, err)
 	}
 	err = f.Sync()
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("cas: fsync of directory %s: %w", dir, err)
+		return fmt.Errorf("cas: fsync of %s %s: %w", what, path, err)
 	}
 	return nil
 }

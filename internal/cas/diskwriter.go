@@ -239,6 +239,14 @@ func (w *fileWriter) Commit() error {
 			return ierr
 		})
 		w.journal = nil
+		if errors.Is(err, errJournalOff) {
+			// The journal stopped after this upload chose it: its file
+			// was not fsynced, so it is synced now, then installed the
+			// way a blob outside the journal is.
+			if err = syncFile(w.tmp); err == nil {
+				stamp, added, err = w.d.install(w.k, w.tmp, true)
+			}
+		}
 	} else {
 		stamp, added, err = w.d.install(w.k, w.tmp, !w.relaxed)
 	}

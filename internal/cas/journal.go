@@ -103,6 +103,10 @@ type journal struct {
 	syncfs   func(fd int) error // drainSyncfs when opened
 }
 
+// errJournalOff reports that the journal stopped taking records after a
+// writer chose it; the writer makes its blob durable with fsyncs instead.
+var errJournalOff = errors.New("the upload journal is no longer used")
+
 // drainSyncfs is the syncfs of the drains of journals opened from now on:
 // unix.Syncfs; a test holds a drain in it.
 var drainSyncfs = unix.Syncfs
@@ -219,7 +223,7 @@ func (j *journal) append(rec []byte) (half int, end int64, err error) {
 	}
 	for {
 		if j.failed != nil {
-			return 0, 0, j.failed
+			return 0, 0, fmt.Errorf("%w: %w", errJournalOff, j.failed)
 		}
 		if _, end := j.bounds(j.half); j.off+need <= end {
 			break

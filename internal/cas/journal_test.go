@@ -2,6 +2,8 @@ package cas
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -289,4 +291,36 @@ func TestJournalHalvesAtRecovery(t *testing.T) {
 		}
 		mustGet(t, d, digest.Compute(digest.SHA256, smallBlob(102)))
 	})
+}
+
+// When the journal stops (a drain's syncfs failed), an upload that had
+// chosen it is still stored, with fsyncs, and later uploads bypass it.
+func TestJournalStoppedUnderAWriter(t *testing.T) {
+	dir := t.TempDir()
+	d := newDisk(t, dir, 0)
+	data := smallBlob(1)
+	dg := digest.Compute(digest.SHA256, data)
+	w, err := d.Create(context.Background(), dg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	d.journal.mu.Lock()
+	d.journal.failed = errors.New("syncfs: input/output error (injected)")
+	d.journal.ready.Store(false)
+	d.journal.mu.Unlock()
+	if err := w.Commit(); err != nil {
+		t.Fatalf("Commit after the journal stopped: %v", err)
+	}
+	later := mustPut(t, d, digest.SHA256, smallBlob(2))
+	if recs := journalRecords(t, dir); len(recs) != 0 {
+		t.Fatalf("%d records journaled after the journal stopped", len(recs))
+	}
+	if got := mustGet(t, d, dg); !bytes.Equal(got, data) {
+		t.Fatalf("%s reads %q", dg, got)
+	}
+	mustGet(t, d, later)
 }
